@@ -1,0 +1,84 @@
+"""What a finished `pipeline` run tells its readers (trainer, serving).
+
+This is the one contract between the preprocessing job and everything
+downstream: the transformed field names in model order, each field's id range
+and the label key. Downstream code never hard-codes feature counts; it reads
+them here, from `stats.json` written by the job next to `transform_fn/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+STATS_FILE = "stats.json"
+SPLITS = ("train", "valid", "test")
+
+
+class DatasetInfoError(ValueError):
+    """A preprocessed data directory is missing or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """One transformed field: ids are int64 in [0, vocab_size)."""
+
+    name: str
+    vocab_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Fields (in model order), label key and file patterns of one run."""
+
+    data_dir: pathlib.Path
+    dataset: str
+    label_key: str
+    fields: tuple[FieldInfo, ...]
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def vocab_sizes(self) -> list[int]:
+        return [f.vocab_size for f in self.fields]
+
+    def split_pattern(self, split: str) -> str:
+        """Glob of the gzipped TFRecord shards of `split`."""
+        if split not in SPLITS:
+            raise DatasetInfoError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return str(self.data_dir / f"{split}-*.tfrecord.gz")
+
+    @property
+    def transform_output_dir(self) -> pathlib.Path:
+        """Directory loadable by `tft.TFTransformOutput`."""
+        return self.data_dir
+
+
+def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
+    """Reads `stats.json` of a finished pipeline run, with a readable error."""
+    data_dir = pathlib.Path(data_dir)
+    stats_path = data_dir / STATS_FILE
+    if not stats_path.is_file():
+        raise DatasetInfoError(
+            f"{data_dir} is not a finished pipeline output: {STATS_FILE} is missing "
+            "(run `pipeline --dataset ... --output DIR` first)"
+        )
+    try:
+        stats = json.loads(stats_path.read_text())
+        fields = tuple(
+            FieldInfo(name=f["name"], vocab_size=int(f["vocab_size"])) for f in stats["fields"]
+        )
+        info = DatasetInfo(
+            data_dir=data_dir,
+            dataset=str(stats["dataset"]),
+            label_key=str(stats["label_key"]),
+            fields=fields,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetInfoError(f"{stats_path} is malformed: {err!r}") from err
+    if not fields or any(f.vocab_size < 1 for f in fields):
+        raise DatasetInfoError(f"{stats_path} lists no fields or a field with vocab_size < 1")
+    return info
