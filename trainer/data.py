@@ -1,0 +1,101 @@
+"""tf.data input from the pipeline's gzipped TFRecords.
+
+Batch first, then one `tf.io.parse_example` per batch (per-example parsing is
+~25x slower here); files read in parallel with a deterministic interleave and
+shuffled with a per-epoch seed, so epoch k sees the same order whether the run
+was interrupted before it or not.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from pipeline.dataset_info import DatasetInfo, DatasetInfoError
+
+Features = dict[str, tf.Tensor]
+
+
+def split_files(info: DatasetInfo, split: str) -> list[str]:
+    """Sorted shard paths of `split`; raises if there are none."""
+    files = sorted(tf.io.gfile.glob(info.split_pattern(split)))
+    if not files:
+        raise DatasetInfoError(
+            f"no {split} shards match {info.split_pattern(split)} (is {info.data_dir} a finished pipeline run?)"
+        )
+    return files
+
+
+def feature_spec(info: DatasetInfo) -> dict[str, tf.io.FixedLenFeature]:
+    """One int64 scalar per field, plus the label."""
+    spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in info.field_names}
+    spec[info.label_key] = tf.io.FixedLenFeature([], tf.int64)
+    return spec
+
+
+def make_dataset(
+    info: DatasetInfo,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int = 100_000,
+) -> tf.data.Dataset:
+    """Yields (features {field: int64[B]}, labels float32[B]) batches of `split`."""
+    files = split_files(info, split)
+    spec = feature_spec(info)
+    label_key = info.label_key
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
+    ds = ds.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        cycle_length=min(len(files), 4),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    ds = ds.batch(batch_size)
+
+    def parse(serialized: tf.Tensor) -> tuple[Features, tf.Tensor]:
+        parsed = tf.io.parse_example(serialized, spec)
+        labels = tf.cast(parsed.pop(label_key), tf.float32)
+        return parsed, labels
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def check_data(info: DatasetInfo) -> None:
+    """Fails before training if the shards disagree with stats.json.
+
+    Reads the first record of each split: its features must be exactly the
+    listed fields plus the label, and every id must lie in [0, vocab_size).
+    """
+    expected = set(info.field_names) | {info.label_key}
+    for split in ("train", "valid", "test"):
+        path = split_files(info, split)[0]
+        try:
+            record = next(iter(tf.data.TFRecordDataset(path, compression_type="GZIP").take(1)))
+        except StopIteration:
+            raise DatasetInfoError(f"{path} holds no records") from None
+        except tf.errors.OpError as err:
+            raise DatasetInfoError(f"{path} is not a readable gzipped TFRecord: {err.message}") from err
+        example = tf.train.Example.FromString(record.numpy())
+        present = set(example.features.feature)
+        if present != expected:
+            missing = sorted(expected - present)
+            extra = sorted(present - expected)
+            raise DatasetInfoError(
+                f"{path} does not match {info.data_dir}/stats.json ({len(info.fields)} fields): "
+                f"missing {missing[:5]}, unexpected {extra[:5]}"
+            )
+        for field in info.fields:
+            ids = example.features.feature[field.name].int64_list.value
+            if len(ids) != 1 or not 0 <= ids[0] < field.vocab_size:
+                raise DatasetInfoError(
+                    f"{path}: field {field.name} holds {list(ids)[:3]}, outside [0, {field.vocab_size}) "
+                    "from stats.json (were the shards written by another pipeline run?)"
+                )

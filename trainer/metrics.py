@@ -1,0 +1,44 @@
+"""Exact ROC AUC and LogLoss over a whole evaluation split.
+
+Why not `keras.metrics.AUC`: it buckets scores into 200 thresholds, and in CTR
+work a 0.001 AUC difference is significant. These are computed in numpy over
+every example of the split, ties counted as half (the Mann-Whitney statistic).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties = 1/2.
+
+    Rank formula with average ranks over tied scores:
+    AUC = (sum of positive ranks - P (P + 1) / 2) / (P N).
+    """
+    labels = np.asarray(labels).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in length. Received: {labels.shape} vs {scores.shape}")
+    positive = labels.astype(bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUC needs both classes. Received: {n_pos} positives, {n_neg} negatives")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    # Average 1-based rank of each run of equal scores.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], sorted_scores.size]
+    run_rank = (starts + ends + 1) / 2.0
+    ranks = np.empty(scores.size, dtype=np.float64)
+    ranks[order] = np.repeat(run_rank, ends - starts)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Mean binary cross-entropy, from logits so that it never takes log(0)."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    # -[y log s(z) + (1-y) log(1-s(z))] = softplus(z) - y z
+    return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
