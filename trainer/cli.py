@@ -1,0 +1,146 @@
+"""`trainer`: search a fusion architecture, retrain it, or train a fixed design.
+
+  trainer --stage=search  --data DIR [--config FILE] [--section.key=value ...] --out RUN [--resume]
+  trainer --stage=retrain --data DIR --architecture RUN/architecture.json --mode {hard,soft} --out RUN2
+  trainer --stage=train   --data DIR --architecture FILE --mode {hard,soft} --out RUN
+
+Bad input (config, data dir, architecture, run dir) fails before training with
+one line and exit code 2; a diverging loss stops with exit code 1, keeping the
+last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+from typing import Any
+
+from pipeline.dataset_info import DatasetInfoError, read_dataset_info
+
+log = logging.getLogger("trainer")
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 1
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together, or an unreadable architecture file."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainer",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any further --section.key=value overrides the config, e.g. --train.lr=3e-4 --model.n=2 "
+        "--search.fixed_op=add --search.sequential=true --train.jit_compile=true.",
+    )
+    parser.add_argument("--stage", required=True, choices=("search", "retrain", "train"))
+    parser.add_argument("--data", required=True, type=pathlib.Path, help="output DIR of a `pipeline` run")
+    parser.add_argument(
+        "--config", type=pathlib.Path,
+        help="YAML config; default: for retrain, the config.yaml beside --architecture, else the "
+        "dataset's CPU preset trainer/configs/<dataset>_cpu.yaml",
+    )
+    parser.add_argument("--architecture", type=pathlib.Path, help="architecture JSON (retrain, train)")
+    parser.add_argument("--mode", choices=("hard", "soft"), help="retrain/train: one op per component or the softmax(beta) mix")
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory to write")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    return parser
+
+
+def _resolve_config_path(args: argparse.Namespace, dataset: str) -> pathlib.Path:
+    from trainer.config import ConfigError, preset_path
+    from trainer.model_io import CONFIG_FILE
+
+    if args.resume and (args.out / CONFIG_FILE).is_file():
+        if args.config is not None:
+            raise ConfigError(f"--resume uses {args.out / CONFIG_FILE}; drop --config (overrides are allowed)")
+        return args.out / CONFIG_FILE
+    if args.config is not None:
+        return args.config
+    if args.stage == "retrain" and args.architecture is not None:
+        beside = args.architecture.parent / CONFIG_FILE
+        if beside.is_file():
+            log.info("config: %s (the search run's, same lr/L2)", beside)
+            return beside
+    preset = preset_path(dataset, "cpu")
+    if not preset.is_file():
+        raise ConfigError(f"no CPU preset for dataset {dataset!r} ({preset} missing); pass --config FILE")
+    log.info("config: %s (CPU preset for %s: smaller than the paper's GPU setting)", preset, dataset)
+    return preset
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """Parses arguments, checks every input, runs the stage; raises on bad input."""
+    args, extra = _parser().parse_known_args(argv)
+    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
+    if bad:
+        raise UsageError(f"unrecognised argument {bad[0]!r} (overrides look like --section.key=value)")
+
+    from trainer.architecture import Architecture
+    from trainer.config import load_config
+    from trainer.data import check_data
+    from trainer.stages import run_fixed, run_search
+
+    info = read_dataset_info(args.data)
+    config = load_config(_resolve_config_path(args, info.dataset), extra)
+    check_data(info)
+    if args.stage == "search":
+        if args.architecture is not None or args.mode is not None:
+            raise UsageError("--architecture and --mode belong to --stage=retrain|train, not search")
+        return run_search(config, info, args.out, resume=args.resume)
+    if args.architecture is None or args.mode is None:
+        raise UsageError(f"--stage={args.stage} needs --architecture FILE and --mode {{hard,soft}}")
+    try:
+        architecture = Architecture.load(args.architecture)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if architecture.n != config.model.n:
+        raise UsageError(
+            f"{args.architecture} has n={architecture.n} but the config has model.n={config.model.n} "
+            f"(pass --model.n={architecture.n})"
+        )
+    return run_fixed(args.stage, config, info, architecture, str(args.architecture), args.mode, args.out,
+                     resume=args.resume)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    lines = [f"trainer {summary['stage']} done in {summary['seconds']:.0f}s -> {summary['run_dir']}"]
+    if summary["stage"] == "search":
+        for name, p in summary["phases"].items():
+            lines.append(f"  {name}: best valid AUC {p['best_valid_auc']:.4f} at epoch {p['best_epoch']} of {p['epochs']}")
+        lines.append(summary["rendering"])
+        lines.append(f"  architecture: {summary['architecture']}")
+    else:
+        lines.append(
+            f"  {summary['mode']}: test AUC {summary['test_auc']:.4f}, LogLoss {summary['test_logloss']:.4f} "
+            f"({summary['test_rows']} rows); best valid AUC {summary['best_valid_auc']:.4f} at epoch "
+            f"{summary['best_epoch']} of {summary['epochs']}; {summary['params']:,} parameters"
+        )
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from trainer.config import ConfigError
+    from trainer.loop import TrainingDiverged
+    from trainer.stages import RunDirError
+
+    try:
+        summary = run(sys.argv[1:] if argv is None else argv)
+    except (UsageError, ConfigError, DatasetInfoError, RunDirError) as err:
+        print(f"trainer: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingDiverged as err:
+        print(f"trainer: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    _print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Run configuration: YAML file -> typed dataclasses, `--key=value` overrides.
+
+Why typed: a misspelt key in a YAML experiment (FuxiCTR passes everything on as
+`**params`) silently trains the default; here every key must name a field, and
+every value must convert to that field's type, or the run stops before
+training with a one-line reason naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+from trainer.model.supernet import SupernetConfig
+
+CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
+OPS = ("add", "prod", "concat", "att")
+
+
+class ConfigError(ValueError):
+    """A config file or override is missing, malformed or inconsistent."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Model-weight optimisation, input pipeline and stopping rule."""
+
+    batch_size: int = 4096
+    eval_batch_size: int = 16384
+    epochs: int = 30
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    lr: float = 1e-3  # Adam lr of every non-embedding model weight
+    emb_lr: float = 1e-3  # Adam lr of the embedding table
+    l2: float = 0.0  # L2 on non-embedding model weights (added to the loss)
+    emb_l2: float = 0.0  # L2 on the embedding table (added to the loss)
+    shuffle_buffer: int = 100_000
+    jit_compile: bool = False  # XLA-compile the train step
+    max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
+    log_every: int = 50  # steps between TensorBoard loss points
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Architecture search: its optimizer and the paper's ablations."""
+
+    arch_lr: float = 3e-4  # Adam lr of alpha and beta
+    fixed_op: Literal["add", "prod", "concat", "att"] | None = None  # search connections only
+    sequential: bool = False  # connections first (with fixed_op or add), then ops, edges frozen
+
+
+@dataclasses.dataclass
+class Config:
+    """One run: seed, supernet shape, training and search settings."""
+
+    seed: int = 42
+    model: SupernetConfig = dataclasses.field(default_factory=SupernetConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+
+    def validate(self) -> None:
+        """Cross-field checks the types alone cannot express."""
+        positive = {
+            "train.batch_size": self.train.batch_size,
+            "train.eval_batch_size": self.train.eval_batch_size,
+            "train.epochs": self.train.epochs,
+            "train.patience": self.train.patience,
+            "train.shuffle_buffer": self.train.shuffle_buffer,
+            "train.log_every": self.train.log_every,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1. Received: {value}")
+        if self.train.max_steps_per_epoch is not None and self.train.max_steps_per_epoch < 1:
+            raise ConfigError(
+                f"train.max_steps_per_epoch must be >= 1 or null. Received: {self.train.max_steps_per_epoch}"
+            )
+        for key in ("lr", "emb_lr"):
+            if getattr(self.train, key) <= 0:
+                raise ConfigError(f"train.{key} must be > 0. Received: {getattr(self.train, key)}")
+        for key in ("l2", "emb_l2"):
+            if getattr(self.train, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0. Received: {getattr(self.train, key)}")
+        if self.search.arch_lr <= 0:
+            raise ConfigError(f"search.arch_lr must be > 0. Received: {self.search.arch_lr}")
+
+
+def preset_path(dataset: str, scale: str = "cpu") -> pathlib.Path:
+    """The shipped preset of `dataset` at `scale` ("cpu" or "gpu")."""
+    return CONFIG_DIR / f"{dataset}_{scale}.yaml"
+
+
+def load_config(path: str | pathlib.Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads a YAML config, applies `key=value` overrides, validates."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} does not exist (shipped presets: {sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))})"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    for override in overrides:
+        _apply_override(data, override)
+    try:
+        config = _build(Config, data, prefix="")
+        config.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain dict (tuples as lists) for writing the resolved config.yaml."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def dump_config(config: Config, path: pathlib.Path) -> None:
+    """Writes the resolved config, temp-then-rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    tmp.replace(path)
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    """`train.lr=1e-3` -> data["train"]["lr"] = 0.001 (value parsed as YAML)."""
+    key, sep, raw = override.removeprefix("--").partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like --section.key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML") from err
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Instantiates dataclass `cls` from `data`, rejecting unknown keys."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]} (known keys at {where}: {', '.join(sorted(names))})"
+        )
+    kwargs = {name: _convert(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    """Converts one YAML value to the field type `hint`, or says why not."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}. Received: {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list. Received: {value!r}")
+        item = args[0] if args else Any
+        items = [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false. Received: {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer. Received: {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number. Received: {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string. Received: {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {hint!r}")

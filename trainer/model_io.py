@@ -1,0 +1,84 @@
+"""Building, saving and loading a run's model (contract 3 of the project).
+
+A run directory is self-describing: `run.json` (stage, mode, fields and vocab
+sizes), the resolved `config.yaml`, `architecture.json` and the best epoch's
+weights `model.weights.h5`. `load_model` rebuilds the same Keras 3 model from
+those files alone, so serving needs neither the data dir nor the trainer CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from trainer.architecture import Architecture
+from trainer.config import Config, ConfigError, load_config
+from trainer.model.supernet import Supernet
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+ARCH_FILE = "architecture.json"
+WEIGHTS_FILE = "model.weights.h5"
+
+
+def build_model(
+    config: Config,
+    fields: list[dict[str, Any]],
+    *,
+    mode: str,
+    architecture: Architecture | None = None,
+    fixed_op: str | None = None,
+    search_ops_only: bool = False,
+) -> keras.Model:
+    """The supernet of `config` over `fields` ([{name, vocab_size}]), weights built."""
+    names = [f["name"] for f in fields]
+    try:
+        model = Supernet(
+            config.model,
+            names,
+            [int(f["vocab_size"]) for f in fields],
+            architecture=architecture,
+            mode=mode,
+            fixed_op=fixed_op,
+            search_ops_only=search_ops_only,
+        )
+    except ValueError as err:  # the model's own argument checks
+        raise ConfigError(f"the model section does not fit this run: {err}") from err
+    model({name: tf.zeros([1], tf.int64) for name in names}, training=False)
+    return model
+
+
+def save_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
+    """Writes the model weights temp-then-rename."""
+    tmp = run_dir / f".tmp.{WEIGHTS_FILE}"
+    model.save_weights(str(tmp))
+    tmp.replace(run_dir / WEIGHTS_FILE)
+
+
+def load_model(run_dir: str | pathlib.Path) -> keras.Model:
+    """The trained model of a `trainer --stage=retrain|train` run, weights loaded.
+
+    Call it as `model({field: int64[batch]}, training=False)` -> logits [batch, 1].
+    """
+    run_dir = pathlib.Path(run_dir)
+    run_path = run_dir / RUN_FILE
+    if not run_path.is_file():
+        raise ValueError(f"{run_dir} is not a trainer run directory: {RUN_FILE} is missing")
+    run = json.loads(run_path.read_text())
+    if run.get("stage") not in ("retrain", "train"):
+        raise ValueError(
+            f"{run_dir} is a {run.get('stage')!r} run; load_model needs a retrain or train run "
+            "(run `trainer --stage=retrain --architecture RUN/architecture.json ...` first)"
+        )
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise ValueError(f"{run_dir / WEIGHTS_FILE} is missing: the run did not finish (rerun it with --resume)")
+    config = load_config(run_dir / CONFIG_FILE)
+    model = build_model(
+        config, run["fields"], mode=run["mode"], architecture=Architecture.load(run_dir / ARCH_FILE)
+    )
+    model.load_weights(str(run_dir / WEIGHTS_FILE))
+    return model

@@ -1,0 +1,140 @@
+"""The three stages: search an architecture, retrain it, train a fixed design.
+
+Each stage owns a run directory (see model_io) and returns a summary dict.
+Search runs one phase (one-shot, or connections only with a fixed op) or two
+(the sequential ablation: connections with a fixed op, then operations with
+the connections frozen). Retrain and train are the same code: a frozen
+architecture, Hard or Soft, fresh weights, best validation epoch kept, test
+metrics in metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import keras
+
+from pipeline.dataset_info import DatasetInfo
+from trainer.architecture import Architecture
+from trainer.config import Config, dump_config
+from trainer.loop import Phase
+from trainer.model_io import ARCH_FILE, CONFIG_FILE, RUN_FILE, build_model, save_weights
+
+log = logging.getLogger("trainer")
+
+METRICS_FILE = "metrics.json"
+ARCH_TEXT_FILE = "architecture.txt"
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used (exists, or does not match on resume)."""
+
+
+def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _fields(info: DatasetInfo) -> list[dict[str, Any]]:
+    return [{"name": f.name, "vocab_size": f.vocab_size} for f in info.fields]
+
+
+def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resume: bool) -> None:
+    """Creates `out` (or checks it on resume) and writes run.json + config.yaml."""
+    if resume:
+        if not (out / RUN_FILE).is_file():
+            raise RunDirError(f"--resume: {out} holds no {RUN_FILE}; start the run without --resume")
+        old = json.loads((out / RUN_FILE).read_text())
+        for key in ("stage", "mode", "fields"):
+            if old.get(key) != run.get(key):
+                raise RunDirError(
+                    f"--resume: {out} was a run with a different {key} "
+                    f"({str(old.get(key))[:80]} vs {str(run.get(key))[:80]}); use another --out"
+                )
+    elif out.exists() and any(out.iterdir()):
+        raise RunDirError(f"{out} exists and is not empty; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / RUN_FILE, run)
+    dump_config(config, out / CONFIG_FILE)
+
+
+def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: bool = False) -> dict[str, Any]:
+    """Searches connections and operations; writes architecture.json/.txt."""
+    run = {"stage": "search", "mode": "search", "dataset": info.dataset, "data_dir": str(info.data_dir),
+           "fields": _fields(info), "seed": config.seed}
+    prepare_run_dir(out, run, config, resume)
+    s = config.search
+    phases: list[tuple[str, dict[str, Any]]]
+    if s.sequential:
+        phases = [("connections", {"fixed_op": s.fixed_op or "add"}), ("operations", {"search_ops_only": True})]
+    else:
+        phases = [("search", {"fixed_op": s.fixed_op})]
+    start = time.perf_counter()
+    summary: dict[str, Any] = {"stage": "search", "run_dir": str(out), "phases": {}}
+    architecture: Architecture | None = None
+    for index, (name, kwargs) in enumerate(phases):
+        arch_path = out / (ARCH_FILE if index == len(phases) - 1 else f"architecture_{name}.json")
+        keras.utils.set_random_seed(config.seed + index)
+        model = build_model(config, run["fields"], mode="search", architecture=architecture, **kwargs)
+        phase = Phase(
+            name, model, config, info, out / "checkpoints" / name, out / "tensorboard", train_arch=True,
+            on_improve=lambda m, p=arch_path: m.architecture().save(p),
+        )
+        if resume:
+            phase.restore()
+        state = phase.fit()
+        summary["phases"][name] = {"best_epoch": state.best_epoch, "best_valid_auc": state.best_auc,
+                                   "epochs": state.epochs_done}
+        architecture = Architecture.load(arch_path)
+    assert architecture is not None
+    (out / ARCH_TEXT_FILE).write_text(architecture.render() + "\n")
+    summary.update(seconds=time.perf_counter() - start, architecture=str(out / ARCH_FILE),
+                   rendering=architecture.render())
+    return summary
+
+
+def run_fixed(
+    stage: str,
+    config: Config,
+    info: DatasetInfo,
+    architecture: Architecture,
+    architecture_source: str,
+    mode: str,
+    out: pathlib.Path,
+    *,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Trains a frozen architecture from scratch (Hard or Soft); writes metrics.json."""
+    run = {"stage": stage, "mode": mode, "dataset": info.dataset, "data_dir": str(info.data_dir),
+           "fields": _fields(info), "seed": config.seed, "architecture_source": architecture_source}
+    prepare_run_dir(out, run, config, resume)
+    architecture.save(out / ARCH_FILE)
+    (out / ARCH_TEXT_FILE).write_text(architecture.render() + "\n")
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, run["fields"], mode=mode, architecture=architecture)
+    phase = Phase(stage, model, config, info, out / "checkpoints" / stage, out / "tensorboard", train_arch=False)
+    if resume:
+        phase.restore()
+    state = phase.fit()
+    test = phase.evaluate("test")
+    save_weights(model, out)
+    metrics = {
+        "stage": stage,
+        "mode": mode,
+        "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "test_rows": test["rows"],
+        "best_epoch": state.best_epoch,
+        "best_valid_auc": state.best_auc,
+        "epochs": state.epochs_done,
+        "params": int(model.count_params()),
+        "history": state.history,
+    }
+    _write_json(out / METRICS_FILE, metrics)
+    return {"stage": stage, "run_dir": str(out), "seconds": time.perf_counter() - start, **metrics}
