@@ -1,0 +1,292 @@
+"""The OptFusion search space and one point in it (an `Architecture`).
+
+Why a module of its own: the search stage writes an architecture, the retrain
+and train stages read one, fixed designs (parallel DCN, stacked DCN-v2, every
+ablation) are just architecture files, and serving never needs the model code.
+So the topology rules and the JSON format live here, free of Keras.
+
+Topology for n cells (DESIGN.md section 3), levels in brackets:
+
+    E [0] -> S0 [1] -> S_i, D_i [i + 1] for i = 1..n -> H [n + 2]
+
+Every *fusing* component (S_1..S_n, D_1..D_n, H) may take any component of a
+strictly lower level as input; S0 may take E only. Each such allowed edge has
+one scalar alpha and is used when alpha > 0: 2 (n + 1)^2 + 1 edges (33 for
+n = 3, the reference code's E -> S0 switch included). Each fusing component
+has one beta logit per fusion operation in `OPS`; S0 has a single candidate
+input and so no beta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import tempfile
+
+OPS: tuple[str, ...] = ("add", "prod", "concat", "att")
+"""Fusion operations, in the order of each component's beta logits."""
+
+ONE_HOT_LOGIT = 20.0
+"""Beta logit of the chosen op in hand-written designs (others 0): softmax ~ one-hot."""
+
+
+def components(n: int) -> list[str]:
+    """All component names for n cells, in level order: E, S0, S1, D1, ..., H."""
+    _check_n(n)
+    names = ["E", "S0"]
+    for i in range(1, n + 1):
+        names += [f"S{i}", f"D{i}"]
+    return names + ["H"]
+
+
+def connectable_components(n: int) -> list[str]:
+    """Components with switchable inputs (one alpha per candidate input)."""
+    return components(n)[1:]
+
+
+def fusing_components(n: int) -> list[str]:
+    """Components that fuse several candidate inputs (and so own a beta)."""
+    return components(n)[2:]
+
+
+def level(component: str, n: int) -> int:
+    """Level of a component: E 0, S0 1, S_i/D_i i + 1, H n + 2."""
+    if component == "E":
+        return 0
+    if component == "H":
+        return n + 2
+    kind, index = component[:1], component[1:]
+    if kind in ("S", "D") and index.isdigit():
+        i = int(index)
+        if (kind == "S" and 0 <= i <= n) or (kind == "D" and 1 <= i <= n):
+            return i + 1
+    raise ValueError(f"Unknown component {component!r} for n={n}. Received: {component!r}")
+
+
+def candidate_inputs(component: str, n: int) -> list[str]:
+    """Components allowed to feed `component`: every strictly lower level."""
+    lvl = level(component, n)
+    return [c for c in components(n) if level(c, n) < lvl]
+
+
+def num_edges(n: int) -> int:
+    """Number of alpha parameters: 2 (n + 1)^2 + 1 (33 for n = 3)."""
+    return sum(len(candidate_inputs(c, n)) for c in connectable_components(n))
+
+
+def softmax(logits: list[float]) -> list[float]:
+    """Numerically stable softmax of a short list (no numpy needed)."""
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    total = sum(exps)
+    return [v / total for v in exps]
+
+
+def _check_n(n: int) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"`n` must be an integer >= 1. Received: n={n!r}")
+
+
+@dataclasses.dataclass
+class Architecture:
+    """Alpha per allowed edge and beta per fusing component.
+
+    alpha and beta are the source of truth; edges (1[alpha > 0]), the Hard
+    op (argmax beta) and the Soft weights (softmax beta) are derived and
+    written to JSON only for the reader.
+    """
+
+    n: int
+    alpha: dict[str, dict[str, float]]
+    beta: dict[str, list[float]]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_n(self.n)
+        connectable, fusing = connectable_components(self.n), fusing_components(self.n)
+        if set(self.alpha) != set(connectable) or set(self.beta) != set(fusing):
+            raise ValueError(
+                f"alpha must have exactly the components {connectable} and beta {fusing} "
+                f"for n={self.n}. Received: alpha={sorted(self.alpha)}, beta={sorted(self.beta)}"
+            )
+        for comp in connectable:
+            allowed = candidate_inputs(comp, self.n)
+            given = self.alpha[comp]
+            if set(given) != set(allowed):
+                raise ValueError(
+                    f"alpha[{comp!r}] must have one value per allowed input {allowed} "
+                    f"(only lower levels may feed {comp}). Received: {sorted(given)}"
+                )
+            self.alpha[comp] = {src: float(given[src]) for src in allowed}
+            if not all(math.isfinite(v) for v in self.alpha[comp].values()):
+                raise ValueError(f"alpha of {comp} must be finite. Received: {self.alpha[comp]}")
+            if comp not in fusing:
+                continue
+            if len(self.beta[comp]) != len(OPS):
+                raise ValueError(
+                    f"beta[{comp!r}] must have {len(OPS)} logits, one per op {OPS}. "
+                    f"Received: {self.beta[comp]!r}"
+                )
+            self.beta[comp] = [float(v) for v in self.beta[comp]]
+            if not all(math.isfinite(v) for v in self.beta[comp]):
+                raise ValueError(f"beta of {comp} must be finite. Received: {self.beta[comp]}")
+
+    @classmethod
+    def from_design(
+        cls,
+        n: int,
+        inputs: dict[str, list[str]],
+        ops: dict[str, str] | str,
+        description: str = "",
+    ) -> Architecture:
+        """A hand-written design: connected inputs per component and one op each.
+
+        Components missing from `inputs` get no input; alpha is 1 for a
+        connection and 0 otherwise; beta is ONE_HOT_LOGIT for the chosen op
+        (`ops` is one op for all, or per component; default the first op).
+        """
+        connectable = connectable_components(n)
+        unknown = set(inputs) - set(connectable)
+        if unknown:
+            raise ValueError(f"Unknown components {sorted(unknown)}. Received: {inputs}")
+        op_of = {c: ops for c in fusing_components(n)} if isinstance(ops, str) else dict(ops)
+        alpha, beta = {}, {}
+        for comp in connectable:
+            chosen = inputs.get(comp, [])
+            bad = set(chosen) - set(candidate_inputs(comp, n))
+            if bad:
+                raise ValueError(
+                    f"{comp} cannot take {sorted(bad)} as input (same or higher level). "
+                    f"Received: {chosen}"
+                )
+            alpha[comp] = {s: 1.0 if s in chosen else 0.0 for s in candidate_inputs(comp, n)}
+            if comp == "S0":
+                continue
+            op = op_of.get(comp, OPS[0])
+            if op not in OPS:
+                raise ValueError(f"Unknown op for {comp}; expected one of {OPS}. Received: {op!r}")
+            beta[comp] = [ONE_HOT_LOGIT if o == op else 0.0 for o in OPS]
+        return cls(n=n, alpha=alpha, beta=beta, description=description)
+
+    def inputs(self, component: str) -> list[str]:
+        """Connected inputs of a component, in level order."""
+        if component == "E":
+            return []
+        return [s for s, a in self.alpha[component].items() if a > 0]
+
+    def edges(self) -> list[tuple[str, str]]:
+        """Connected (source, destination) pairs among the alpha edges."""
+        return [(s, c) for c in connectable_components(self.n) for s in self.inputs(c)]
+
+    def hard_ops(self) -> dict[str, str]:
+        """Hard choice per fusing component: the op of the largest beta."""
+        return {c: OPS[max(range(len(OPS)), key=b.__getitem__)] for c, b in self.beta.items()}
+
+    def soft_weights(self) -> dict[str, list[float]]:
+        """Soft mixture weights per fusing component: softmax(beta)."""
+        return {c: softmax(b) for c, b in self.beta.items()}
+
+    def reachable(self) -> set[str]:
+        """Components with a path to H (H included); the rest are pruned."""
+        seen = {"H"}
+        stack = ["H"]
+        while stack:
+            for src in self.inputs(stack.pop()):
+                if src not in seen:
+                    seen.add(src)
+                    stack.append(src)
+        return seen
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: sources of truth first, then the derived views."""
+        return {
+            "n": self.n,
+            "description": self.description,
+            "ops": list(OPS),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "edges": [list(e) for e in self.edges()],
+            "hard_ops": self.hard_ops(),
+            "soft_weights": self.soft_weights(),
+            "reachable": sorted(self.reachable(), key=components(self.n).index),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Architecture:
+        """Inverse of to_dict; derived fields, if present, must agree with alpha/beta."""
+        missing = {"n", "alpha", "beta"} - set(data)
+        if missing:
+            raise ValueError(f"Architecture lacks {sorted(missing)}. Received keys: {sorted(data)}")
+        if "ops" in data and list(data["ops"]) != list(OPS):
+            raise ValueError(f"Architecture ops must be {list(OPS)}. Received: {data['ops']}")
+        arch = cls(
+            n=data["n"],
+            alpha={c: dict(v) for c, v in data["alpha"].items()},
+            beta={c: list(v) for c, v in data["beta"].items()},
+            description=str(data.get("description", "")),
+        )
+        derived = arch.to_dict()
+        for key in ("edges", "hard_ops", "reachable"):
+            if key in data and data[key] != derived[key]:
+                raise ValueError(
+                    f"Architecture field {key!r} disagrees with alpha/beta (it is derived: "
+                    f"edit alpha/beta instead). Received: {data[key]}, derived: {derived[key]}"
+                )
+        return arch
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Architecture:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes JSON to a temp file beside `path`, then renames (atomic)."""
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Architecture:
+        """Reads an architecture file with a one-line error naming the file."""
+        path = pathlib.Path(path)
+        try:
+            return cls.from_json(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(
+                f"Architecture file {path} does not exist (pass a search run's "
+                "architecture.json or one of trainer/architectures/*.json)"
+            ) from None
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"Invalid architecture file {path}: {err}") from None
+
+    def render(self) -> str:
+        """One-screen text view of the chosen DAG, top (H) to bottom (E)."""
+        keep = self.reachable()
+        hard, soft = self.hard_ops(), self.soft_weights()
+        lines = [
+            f"OptFusion architecture, n={self.n}: {len(self.edges())} of "
+            f"{num_edges(self.n)} edges on"
+            + (f"  ({self.description})" if self.description else "")
+        ]
+        for comp in reversed(components(self.n)):
+            if comp not in keep and comp != "E":
+                continue
+            if comp == "E":
+                lines.append("  E   embedding")
+            elif comp == "S0":
+                lines.append(f"  S0  <- {', '.join(self.inputs('S0')) or '(none: zero input)'}")
+            else:
+                srcs = ", ".join(self.inputs(comp)) or "(none: zero input)"
+                mix = " ".join(f"{o} {w:.2f}" for o, w in zip(OPS, soft[comp]))
+                lines.append(f"  {comp:<3} <- {hard[comp].upper()}({srcs})   soft: {mix}")
+        pruned = [c for c in components(self.n) if c not in keep and c != "E"]
+        lines.append("  pruned (no path to H): " + (", ".join(pruned) if pruned else "none"))
+        return "\n".join(lines)

@@ -1,0 +1,5 @@
+"""OptFusion model math: supernet, fusion ops, components, STE."""
+
+from trainer.model.supernet import MODES, Supernet, SupernetConfig
+
+__all__ = ["MODES", "Supernet", "SupernetConfig"]
