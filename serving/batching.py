@@ -1,0 +1,147 @@
+"""Server-side request batching: concurrent small requests share one model call.
+
+Why: at batch 1 the model call's fixed cost dominates; eight clients sending
+one row each are served much faster as one call of eight. A batch closes when
+it holds `max_batch_size` rows or `batch_timeout_micros` after its first
+request arrived, as in TF Serving's BasicBatchScheduler. Requests larger than
+`max_batch_size` are split (TF Serving's `enable_large_batch_splitting`).
+A request whose batch fails is retried alone, so that one malformed request
+never fails the requests it happened to be batched with.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from serving.configs import BatchingSettings
+
+Arrays = dict[str, np.ndarray]
+
+
+class QueueFullError(RuntimeError):
+    """More rows are waiting than `max_batch_size * max_enqueued_batches`."""
+
+
+@dataclasses.dataclass
+class _Task:
+    inputs: Arrays
+    size: int
+    enqueued: float
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    outputs: Arrays | None = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Runs `run_fn` on concatenated inputs from worker threads."""
+
+    def __init__(self, run_fn: Callable[[Arrays], Arrays], settings: BatchingSettings, name: str):
+        self._run_fn = run_fn
+        self._settings = settings
+        self._capacity = settings.max_batch_size * settings.max_enqueued_batches
+        self._tasks: collections.deque[_Task] = collections.deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True)
+            for i in range(max(1, settings.num_batch_threads))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def capacity_rows(self) -> int:
+        return self._capacity
+
+    def run(self, inputs: Arrays, size: int) -> Arrays:
+        """Blocks until the rows of `inputs` (batch-major, `size` rows) are computed."""
+        if size > self._capacity:
+            raise QueueFullError(
+                f"request of {size} rows exceeds the server's queue capacity of {self._capacity} "
+                "rows (max_batch_size * max_enqueued_batches); send smaller requests"
+            )
+        step = self._settings.max_batch_size
+        tasks = [
+            _Task({k: v[i:i + step] for k, v in inputs.items()}, min(step, size - i), time.monotonic())
+            for i in range(0, size, step)
+        ]
+        with self._cond:
+            if self._queued_rows + size > self._capacity:
+                raise QueueFullError(
+                    f"the batching queue is full ({self._queued_rows} rows waiting, capacity "
+                    f"{self._capacity}); retry later or raise max_enqueued_batches"
+                )
+            self._tasks.extend(tasks)
+            self._queued_rows += size
+            self._cond.notify_all()
+        for task in tasks:
+            task.done.wait()
+            if task.error is not None:
+                raise task.error
+        if len(tasks) == 1:
+            return tasks[0].outputs  # type: ignore[return-value]
+        return {k: np.concatenate([t.outputs[k] for t in tasks]) for k in tasks[0].outputs}  # type: ignore[index]
+
+    def stop(self) -> None:
+        """Finishes queued work, then ends the worker threads."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _next_batch(self) -> list[_Task] | None:
+        max_size = self._settings.max_batch_size
+        timeout = self._settings.batch_timeout_micros / 1e6
+        with self._cond:
+            while not self._tasks and not self._stopping:
+                self._cond.wait()
+            if not self._tasks:
+                return None
+            batch: list[_Task] = []
+            size = 0
+            deadline = self._tasks[0].enqueued + timeout
+            while True:
+                while self._tasks and size + self._tasks[0].size <= max_size:
+                    task = self._tasks.popleft()
+                    batch.append(task)
+                    size += task.size
+                full = size >= max_size or bool(self._tasks)
+                remaining = deadline - time.monotonic()
+                if full or remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            self._queued_rows -= size
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._execute(batch)
+
+    def _execute(self, batch: list[_Task]) -> None:
+        try:
+            if len(batch) == 1:
+                inputs = batch[0].inputs
+            else:
+                inputs = {k: np.concatenate([t.inputs[k] for t in batch]) for k in batch[0].inputs}
+            outputs = self._run_fn(inputs)
+        except Exception as err:  # noqa: BLE001 - handed to the waiting request threads
+            if len(batch) == 1:
+                batch[0].error = err
+                batch[0].done.set()
+            else:
+                for task in batch:
+                    self._execute([task])
+            return
+        start = 0
+        for task in batch:
+            task.outputs = {k: v[start:start + task.size] for k, v in outputs.items()}
+            start += task.size
+            task.done.set()

@@ -1,0 +1,245 @@
+"""`serving`: export a trained run for TF Serving, serve it over gRPC, predict raw rows.
+
+    serving export  --run RUN --data DATA --model_base_path BASE --model_name NAME
+    serving serve   --model_config_file BASE/models.config --port 8500
+    serving predict --target localhost:8500 --model_name NAME --input FILE --format criteo
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"serving: error: {message}", file=sys.stderr)
+    return code
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a verified SavedModel version + TF Serving configs",
+        description="Export a trained run (trainer --stage=retrain|train) as BASE/NAME/<version>: "
+        "a SavedModel on raw tf.Examples with the TFT graph inside, warmup records, and "
+        "BASE/models.config, batching.config, monitoring.config. Verified before it is published.",
+    )
+    p.add_argument("--run", required=True, help="trainer run dir (holds the trained model)")
+    p.add_argument("--data", required=True, help="pipeline output dir (transform_fn/, stats.json)")
+    p.add_argument("--model_base_path", required=True, help="TF Serving base dir BASE")
+    p.add_argument("--model_name", required=True, help="model name NAME (BASE/NAME/<version>)")
+    p.add_argument("--version", type=int, default=None, help="version number (default: next)")
+    p.add_argument("--verify_input", default=None,
+                   help="raw rows to verify on (default: rows drawn from the vocabularies)")
+    p.add_argument("--format", dest="input_format", default=None,
+                   help="format of --verify_input (default: the dataset of --data)")
+    p.add_argument("--verify_rows", type=int, default=1000, help="rows to verify on")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="max abs probability diff")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the TF Serving-compatible gRPC server (development and CI)",
+        description="A TF Serving-compatible gRPC server for machines without "
+        "tensorflow_model_server; production uses TF Serving (see serving/docker-compose.yaml). "
+        "Flags mirror tensorflow_model_server's. SIGTERM or Ctrl-C shut it down cleanly.",
+    )
+    p.add_argument("--model_config_file", required=True, help="BASE/models.config")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
+    p.add_argument("--host", default="0.0.0.0", help="interface to bind")
+    p.add_argument("--rest_api_port", type=int, default=0,
+                   help="HTTP port for Prometheus metrics (0 = off)")
+    p.add_argument("--enable_batching", default="true", choices=["true", "false"])
+    p.add_argument("--batching_parameters_file", default=None,
+                   help="batching.config (default: BASE/batching.config when present)")
+    p.add_argument("--monitoring_config_file", default=None,
+                   help="monitoring.config (default: BASE/monitoring.config when present)")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                   help="how often version dirs are scanned")
+    p.add_argument("--max_message_mb", type=int, default=64, help="largest gRPC message")
+    p.add_argument("--port_file", default=None,
+                   help="write the bound gRPC port here once listening (for --port 0)")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="send raw rows of a file as gRPC PredictRequests, print probabilities",
+        description="Read raw rows (the formats `pipeline` reads), send them in batches to "
+        "`serving_default` of a TF Serving (or `serving serve`) server, write one "
+        "probability per row.",
+    )
+    p.add_argument("--target", required=True, help="HOST:PORT of the gRPC server")
+    p.add_argument("--model_name", required=True)
+    p.add_argument("--input", required=True, help="raw rows file")
+    p.add_argument("--format", default="criteo",
+                   help="input format: a dataset name the pipeline knows (criteo, avazu, kdd12, ...)")
+    p.add_argument("--schema", default=None, help="schema file for schema-described input")
+    p.add_argument("--version", type=int, default=None, help="model version (default: latest)")
+    p.add_argument("--batch_size", type=int, default=256, help="rows per PredictRequest")
+    p.add_argument("--output", default=None, help="write probabilities here (default: stdout)")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline of each RPC, seconds")
+    p.add_argument("--wait_ready", type=float, default=0.0,
+                   help="first wait up to this many seconds for the model to be AVAILABLE")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_export(sub)
+    _add_serve(sub)
+    _add_predict(sub)
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from serving import configs
+    from serving.export import ExportError, export
+
+    start = time.perf_counter()
+    try:
+        result = export(args.run, args.data, args.model_base_path, args.model_name,
+                        version=args.version, verify_input=args.verify_input,
+                        input_format=args.input_format, verify_rows=args.verify_rows,
+                        tolerance=args.tolerance)
+    except ExportError as err:
+        return _fail(str(err), EXIT_FAILED)
+    except (FileNotFoundError, ValueError) as err:
+        return _fail(f"cannot export {args.run} with {args.data}: {err}")
+    v = result.verification
+    print(f"exported {result.version_dir} (version {result.version}) in "
+          f"{time.perf_counter() - start:.1f}s")
+    print(f"  verified on {v.rows} rows ({v.source}): max abs diff {v.max_abs_diff:.2e} vs Keras, "
+          f"raw_fields vs serving_default {v.fields_max_abs_diff:.2e} (tolerance {v.tolerance:g})")
+    print(f"  warmup records: {result.warmup_records}")
+    print(f"  configs: {', '.join(str(p) for p in result.config_files)}")
+    print("  production: " + configs.official_server_command(pathlib.Path(args.model_base_path)))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from serving import configs
+    from serving.server import ModelServer, ServerOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    base = pathlib.Path(args.model_config_file).parent
+    try:
+        model_config = configs.read_models_config(args.model_config_file)
+        batching_file = args.batching_parameters_file or (
+            base / configs.BATCHING_CONFIG if (base / configs.BATCHING_CONFIG).exists() else None)
+        batching = (configs.read_batching_config(batching_file) if batching_file
+                    else configs.BatchingSettings())
+        if args.enable_batching == "false":
+            batching = configs.BatchingSettings(max_batch_size=batching.max_batch_size,
+                                                batch_timeout_micros=0, num_batch_threads=4,
+                                                max_enqueued_batches=batching.max_enqueued_batches)
+        monitoring_file = args.monitoring_config_file or (
+            base / configs.MONITORING_CONFIG if (base / configs.MONITORING_CONFIG).exists() else None)
+        metrics_path = configs.PROMETHEUS_PATH
+        if monitoring_file:
+            monitoring = configs.read_monitoring_config(monitoring_file)
+            metrics_path = monitoring.prometheus_config.path or metrics_path
+    except configs.ConfigFileError as err:
+        return _fail(str(err))
+    options = ServerOptions(host=args.host, port=args.port,
+                            rest_api_port=args.rest_api_port or None,
+                            metrics_path=metrics_path,
+                            poll_seconds=args.file_system_poll_wait_seconds,
+                            max_message_bytes=args.max_message_mb << 20)
+    try:
+        server = ModelServer(model_config, batching, options)
+    except OSError as err:
+        return _fail(str(err))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    if args.port_file:
+        _write_atomic(args.port_file, f"{server.port}\n")
+    models = ", ".join(m.name for m in model_config.model_config_list.config)
+    print(f"serving {models} on gRPC port {server.port}"
+          + (f", metrics at :{server.rest_port}{metrics_path}" if server.rest_port else "")
+          + f" (batching: max {batching.max_batch_size} rows, {batching.batch_timeout_micros} us)",
+          flush=True)
+    stop.wait()
+    print("shutting down", flush=True)
+    server.stop()
+    print(f"stopped cleanly; {server.metrics.total()} requests served\n{server.metrics.summary()}",
+          flush=True)
+    return 0
+
+
+def _write_atomic(path: str, text: str) -> None:
+    target = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, target)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import grpc
+    from tqdm import tqdm
+
+    from pipeline import raw_rows
+    from serving.client import ServingClient
+
+    if args.batch_size < 1:
+        return _fail(f"--batch_size must be >= 1. Received: {args.batch_size}")
+    if not pathlib.Path(args.input).is_file():
+        return _fail(f"--input {args.input} does not exist")
+    try:
+        spec = raw_rows.load_spec(dataset=None if args.schema else args.format,
+                                  schema_path=args.schema)
+    except (ValueError, FileNotFoundError) as err:
+        return _fail(f"--format {args.format!r} / --schema {args.schema!r}: {err}")
+    start = time.perf_counter()
+    lines: list[str] = []
+    with ServingClient(args.target, timeout=args.timeout) as client:
+        try:
+            if args.wait_ready > 0:
+                client.wait_until_available(args.model_name, args.wait_ready, args.version)
+            rows = (features for features, _label in raw_rows.iter_raw_examples(args.input, spec))
+            progress = tqdm(unit="rows", desc="predict", file=sys.stderr, disable=None)
+            for probabilities in client.predict_rows(args.model_name, rows, args.batch_size,
+                                                     args.version):
+                lines.extend(f"{p:.6f}" for p in probabilities)
+                progress.update(len(probabilities))
+            progress.close()
+        except grpc.RpcError as err:
+            return _fail(f"{args.target}: {err.code().name}: {err.details()}", EXIT_FAILED)
+        except TimeoutError as err:
+            return _fail(str(err), EXIT_FAILED)
+        except ValueError as err:
+            return _fail(f"{args.input}: {err}")
+    text = "\n".join(lines) + ("\n" if lines else "")
+    if args.output:
+        _write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    print(f"predicted {len(lines)} rows of {args.input} via {args.target} in "
+          f"{time.perf_counter() - start:.2f}s", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"export": run_export, "serve": run_serve, "predict": run_predict}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

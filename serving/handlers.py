@@ -1,0 +1,100 @@
+"""Predict / Classify / GetModelMetadata on one servable: proto in, proto out.
+
+Kept apart from the gRPC servicers so that warmup replay (before a version is
+AVAILABLE) runs exactly the code a live request runs.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    model_pb2,
+    predict_pb2,
+)
+
+from serving import tensors
+from serving.servable import CLASSIFY_METHOD, Servable, ServingError
+
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def _model_spec(servable: Servable, signature_name: str) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=servable.name, signature_name=signature_name)
+    spec.version.value = servable.version
+    return spec
+
+
+def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = servable.signature(name)
+    arrays, size = servable.decode_inputs(signature, request.inputs)
+    outputs = servable.run(signature, arrays, size, request.output_filter)
+    response = predict_pb2.PredictResponse(model_spec=_model_spec(servable, name))
+    for key, value in outputs.items():
+        response.outputs[key].CopyFrom(tensors.from_ndarray(value))
+    return response
+
+
+def _serialized_examples(request: classification_pb2.ClassificationRequest) -> np.ndarray:
+    kind = request.input.WhichOneof("kind")
+    if kind == "example_list":
+        items = [e.SerializeToString() for e in request.input.example_list.examples]
+    elif kind == "example_list_with_context":
+        with_context = request.input.example_list_with_context
+        context = with_context.context
+        items = []
+        for example in with_context.examples:
+            merged = type(example)()
+            merged.CopyFrom(context)
+            merged.MergeFrom(example)
+            items.append(merged.SerializeToString())
+    else:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "classify input is empty: no examples")
+    if not items:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "classify input is empty: no examples")
+    return np.array(items, dtype=object)
+
+
+def classify(
+    servable: Servable, request: classification_pb2.ClassificationRequest
+) -> classification_pb2.ClassificationResponse:
+    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = servable.signature(name, CLASSIFY_METHOD)
+    (input_key,) = signature.definition.inputs
+    examples = _serialized_examples(request)
+    outputs = servable.run(signature, {input_key: examples}, len(examples))
+    scores, classes = outputs.get("scores"), outputs.get("classes")
+    response = classification_pb2.ClassificationResponse(model_spec=_model_spec(servable, name))
+    for row in range(len(examples)):
+        result = response.result.classifications.add()
+        width = (scores if scores is not None else classes).shape[1]
+        for col in range(width):
+            cls = result.classes.add()
+            if classes is not None:
+                cls.label = classes[row, col].decode()
+            if scores is not None:
+                cls.score = float(scores[row, col])
+    return response
+
+
+def metadata(
+    servable: Servable, request: get_model_metadata_pb2.GetModelMetadataRequest
+) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    fields = list(request.metadata_field)
+    if fields != [SIGNATURE_DEF_FIELD]:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"metadata_field must be [{SIGNATURE_DEF_FIELD!r}]. Received: {fields}",
+        )
+    response = get_model_metadata_pb2.GetModelMetadataResponse(
+        model_spec=_model_spec(servable, "")
+    )
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, definition in servable.signature_defs.items():
+        signature_map.signature_def[key].CopyFrom(definition)
+    response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+    return response

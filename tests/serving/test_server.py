@@ -1,0 +1,243 @@
+"""The bundled gRPC server on a tiny model: answers, metadata, status, versions, errors."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    predict_pb2,
+)
+
+from serving import examples
+from tests.serving import tiny
+from tests.serving.conftest import MAX_MESSAGE_BYTES, TINY_BATCHING
+
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
+DTYPES = examples.feature_kinds(tiny.RAW_SPEC)
+
+
+def _request(name="tiny", signature="serving_default", version=None, **inputs):
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=name, signature_name=signature))
+    if version is not None:
+        request.model_spec.version.value = version
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto)
+                                     else tf.make_tensor_proto(value))
+    return request
+
+
+def _serialized(rows=tiny.ROWS):
+    return examples.serialize_rows(rows, DTYPES)
+
+
+def test_predict_equals_in_process_savedmodel(tiny_base, tiny_client):
+    expected = tiny.reference_probabilities(tiny_base / "tiny" / "1", tiny.ROWS)
+    got = tiny_client.predict_examples("tiny", _serialized())
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    # the rows include a missing field and an unseen category: every row is answered
+    assert got.shape == (len(tiny.ROWS),) and np.all((got > 0) & (got < 1))
+
+
+def test_raw_fields_signature_equals_serving_default(tiny_client):
+    texts = examples.field_texts(tiny.ROWS, ["I1", "C1"])
+    by_fields = tiny_client.predict_tensors(
+        "tiny", {k: np.array(v, dtype=object) for k, v in texts.items()}, "raw_fields")
+    by_examples = tiny_client.predict_examples("tiny", _serialized())
+    np.testing.assert_allclose(by_fields["probabilities"], by_examples, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(1 / (1 + np.exp(-by_fields["logits"])), by_examples, atol=1e-6)
+
+
+def test_classify_scores_are_the_probabilities(tiny_server, tiny_client):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    request = classification_pb2.ClassificationRequest(
+        model_spec=model_pb2.ModelSpec(name="tiny", signature_name="classification"))
+    for row in tiny.ROWS:
+        request.input.example_list.examples.add().CopyFrom(examples.to_example(row, DTYPES))
+    with grpc.insecure_channel(f"127.0.0.1:{tiny_server.port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Classify(request, timeout=30)
+    p = tiny_client.predict_examples("tiny", _serialized())
+    results = response.result.classifications
+    assert [[c.label for c in r.classes] for r in results] == [["0", "1"]] * len(tiny.ROWS)
+    np.testing.assert_allclose([r.classes[1].score for r in results], p, atol=1e-6)
+    np.testing.assert_allclose([r.classes[0].score for r in results], 1 - p, atol=1e-6)
+
+
+def test_metadata_lists_signatures_with_dtypes_and_shapes(tiny_client):
+    signatures = tiny_client.metadata("tiny").signature_def
+    assert {"serving_default", "raw_fields", "classification"} <= set(signatures)
+    default = signatures["serving_default"]
+    assert default.method_name == "tensorflow/serving/predict"
+    examples_in = default.inputs["examples"]
+    assert examples_in.dtype == tf.string.as_datatype_enum
+    assert [d.size for d in examples_in.tensor_shape.dim] == [-1]
+    assert set(default.outputs) == {"probabilities", "logits"}
+    assert default.outputs["probabilities"].dtype == tf.float32.as_datatype_enum
+    fields = signatures["raw_fields"]
+    assert set(fields.inputs) == {"I1", "C1"}
+    assert all(t.dtype == tf.string.as_datatype_enum for t in fields.inputs.values())
+    assert signatures["classification"].method_name == "tensorflow/serving/classify"
+
+
+def test_status_available_after_warmup(tiny_client):
+    assert tiny_client.status("tiny") == {1: AVAILABLE}
+
+
+def test_version_with_failing_warmup_is_never_available(tiny_base, tiny_server, tiny_client):
+    """Warmup really runs: a version whose warmup request fails ends in END, with the error."""
+    from serving.manager import ModelManager
+    from serving import configs
+
+    model_dir = tiny_base / "broken"
+    model_dir.mkdir()
+    version = tiny.write_version(model_dir, 1, "broken")
+    with tf.io.TFRecordWriter(str(version / "assets.extra" / "tf_serving_warmup_requests")) as w:
+        from tensorflow_serving.apis import prediction_log_pb2
+        bad = _request("broken", examples=tf.make_tensor_proto([b"not a tf.Example"]))
+        w.write(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=bad)).SerializeToString())
+    config = configs.read_models_config(tiny_base / "models.config")
+    entry = config.model_config_list.config.add(name="broken", base_path=str(model_dir))
+    del config.model_config_list.config[:-1]
+    manager = ModelManager(config, TINY_BATCHING)
+    try:
+        manager.poll_once()
+        status = manager.status(get_model_status_pb2.GetModelStatusRequest(
+            model_spec=model_pb2.ModelSpec(name=entry.name))).model_version_status[0]
+    finally:
+        manager.stop()
+    assert status.state == get_model_status_pb2.ModelVersionStatus.State.END
+    assert "examples" in status.status.error_message
+
+
+def test_new_version_is_picked_up_without_restart(tiny_base, tiny_client):
+    model_dir = tiny_base / "tiny_versions"
+    v1 = tiny_client.predict_examples("tiny_versions", _serialized())
+    tiny.write_version(model_dir, 2, "tiny_versions", seed=1)
+    expected = tiny.reference_probabilities(model_dir / "2", tiny.ROWS)
+    tiny_client.wait_until_available("tiny_versions", timeout=60, version=2)
+    deadline = time.monotonic() + 30
+    while tiny_client.status("tiny_versions").get(1) == AVAILABLE and time.monotonic() < deadline:
+        time.sleep(0.1)  # latest-1 policy: version 1 goes away
+    assert tiny_client.status("tiny_versions")[2] == AVAILABLE
+    assert tiny_client.status("tiny_versions")[1] != AVAILABLE
+    got = tiny_client.predict_examples("tiny_versions", _serialized())
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    assert not np.allclose(got, v1, atol=1e-4)
+
+
+def test_concurrent_and_oversized_requests_are_batched_and_split(tiny_client):
+    rows = tiny.ROWS * 5  # 20 rows > max_batch_size 8: split into 3 batches
+    expected = tiny_client.predict_examples("tiny", _serialized(tiny.ROWS))
+    np.testing.assert_allclose(tiny_client.predict_examples("tiny", _serialized(rows)),
+                               np.tile(expected, 5), atol=1e-6)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: tiny_client.predict_examples(
+            "tiny", _serialized([tiny.ROWS[i % 4]])), range(32)))
+    np.testing.assert_allclose(np.concatenate(answers), np.tile(expected, 8), atol=1e-6)
+
+
+GOOD = _serialized()
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "needle"),
+    [
+        (_request("nope", examples=GOOD), grpc.StatusCode.NOT_FOUND, "nope"),
+        (_request(version=9, examples=GOOD), grpc.StatusCode.NOT_FOUND, "version 9"),
+        (_request(signature="nope", examples=GOOD), grpc.StatusCode.NOT_FOUND, "nope"),
+        (_request(examples=[b"\xff\x00 not a tf.Example"]), grpc.StatusCode.INVALID_ARGUMENT,
+         "examples"),
+        (_request(examples=np.array([1, 2], dtype=np.int64)), grpc.StatusCode.INVALID_ARGUMENT,
+         "'examples': expected dtype DT_STRING"),
+        (_request(examples=np.array([GOOD[:2]], dtype=object)), grpc.StatusCode.INVALID_ARGUMENT,
+         "'examples': expected shape"),
+        (_request(), grpc.StatusCode.INVALID_ARGUMENT, "missing input(s) ['examples']"),
+        (_request(examples=GOOD, extra=GOOD), grpc.StatusCode.INVALID_ARGUMENT, "extra"),
+        (_request(examples=tf.make_tensor_proto([], dtype=tf.string)),
+         grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
+        (_request(signature="raw_fields", I1=[b"12x"], C1=[b"a"]),
+         grpc.StatusCode.INVALID_ARGUMENT, "'I1' of raw_fields: not a number"),
+        (_request(signature="raw_fields", I1=[b"1", b"2"], C1=[b"a"]),
+         grpc.StatusCode.INVALID_ARGUMENT, "batch size"),
+        (_request(examples=GOOD * 9), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue capacity"),
+        (_request(examples=[b"x" * (MAX_MESSAGE_BYTES + 10)]),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    ],
+    ids=["unknown-model", "unknown-version", "unknown-signature", "bad-example-bytes",
+         "wrong-dtype", "wrong-shape", "missing-input", "unknown-input", "empty-batch",
+         "raw-fields-not-a-number", "ragged-batch", "too-many-rows", "message-too-large"],
+)
+def test_bad_request_gets_its_status_and_server_keeps_answering(
+    tiny_server, tiny_client, request_, code, needle
+):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{tiny_server.port}", options=[
+            ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES)]) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(request_, timeout=30)
+    assert err.value.code() == code, err.value.details()
+    assert needle in err.value.details()
+    assert tiny_client.predict_examples("tiny", GOOD).shape == (4,)
+
+
+def test_bad_batch_member_fails_alone(tiny_client):
+    """A malformed request batched with good ones fails; the good ones are answered."""
+    def send(i):
+        payload = [b"garbage"] if i % 4 == 0 else _serialized([tiny.ROWS[1]])
+        try:
+            return tiny_client.predict_examples("tiny", payload)[0]
+        except grpc.RpcError as err:
+            return err.code()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(16)))
+    assert all(a == grpc.StatusCode.INVALID_ARGUMENT for a in answers[::4])
+    good = [a for i, a in enumerate(answers) if i % 4]
+    assert all(isinstance(a, np.floating) for a in good)
+    np.testing.assert_allclose(good, good[0], atol=1e-6)
+
+
+def test_metadata_and_status_errors(tiny_server):
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{tiny_server.port}") as channel:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            predict.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=model_pb2.ModelSpec(name="tiny"), metadata_field=["weights"]))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as err:
+            models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+                model_spec=model_pb2.ModelSpec(name="nope")))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as err:
+            predict.Classify(classification_pb2.ClassificationRequest(
+                model_spec=model_pb2.ModelSpec(name="tiny", signature_name="classification")))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_prometheus_metrics_count_requests(tiny_server, tiny_client):
+    tiny_client.predict_examples("tiny", GOOD)
+    url = f"http://127.0.0.1:{tiny_server.rest_port}/monitoring/prometheus/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    ok = [line for line in text.splitlines() if line.startswith(
+        ':tensorflow:serving:request_count{model_name="tiny",API="predict",status="OK"}')]
+    assert ok and int(ok[0].split()[-1]) >= 1
+    assert ':tensorflow:serving:request_latency_bucket{model_name="tiny",API="predict"' in text

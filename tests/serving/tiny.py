@@ -1,0 +1,73 @@
+"""A tiny model version built without the pipeline or the trainer, for fast server tests.
+
+A hash-bucket "transform" stands in for the TFT layer and a two-field
+embedding model for the trained one; everything else (signatures, method
+names, warmup records, layout) is what `serving export` writes.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from serving import examples, export, module
+
+RAW_SPEC = {
+    "I1": tf.io.VarLenFeature(tf.int64),
+    "C1": tf.io.VarLenFeature(tf.string),
+}
+FIELDS = ["I1", "C1"]
+BUCKETS = 50
+ROWS = [
+    {"I1": [5], "C1": [b"abc"]},
+    {"I1": [], "C1": [b"never-seen"]},
+    {"I1": [-2], "C1": []},
+    {"I1": [123456], "C1": [b"x"]},
+]
+
+
+class HashTransform(tf.Module):
+    """Raw sparse features -> ids in [0, BUCKETS); missing -> id 0."""
+
+    def __call__(self, raw: dict) -> dict:
+        out = {}
+        for name in FIELDS:
+            sparse = raw[name]
+            batch = sparse.dense_shape[0]
+            text = tf.strings.as_string(sparse.values) if sparse.dtype != tf.string else sparse.values
+            ids = tf.strings.to_hash_bucket_fast(text, BUCKETS - 1) + 1
+            # Missing rows keep id 0: scatter the present rows' ids into zeros.
+            out[name] = tf.scatter_nd(sparse.indices[:, :1], ids, tf.reshape(batch, [1]))
+        return out
+
+
+def tiny_model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = {n: keras.Input(shape=(), dtype="int64", name=n) for n in FIELDS}
+    embedded = [keras.layers.Embedding(BUCKETS, 4)(inputs[n]) for n in FIELDS]
+    hidden = keras.layers.Concatenate()(embedded)
+    logits = keras.layers.Dense(1, kernel_initializer=keras.initializers.RandomNormal(0, 2.0))(hidden)
+    return keras.Model(inputs, logits)
+
+
+def write_version(model_dir: pathlib.Path, version: int, model_name: str, seed: int = 0) -> pathlib.Path:
+    """Saves a tiny model as model_dir/<version> the way `serving export` does."""
+    serving_module = module.ServingModule(tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS)
+    target = model_dir / str(version)
+    tmp = model_dir / f".tmp-{version}"
+    tf.saved_model.save(serving_module, str(tmp), signatures=serving_module.signatures())
+    export.set_method_name(tmp, module.CLASSIFY_SIGNATURE, module.CLASSIFY_METHOD)
+    export.write_warmup(tmp, model_name, RAW_SPEC, ROWS)
+    tmp.rename(target)
+    return target
+
+
+def reference_probabilities(path: pathlib.Path, rows: list[dict]) -> np.ndarray:
+    """The in-process SavedModel's answer, what the server must reproduce."""
+    loaded = tf.saved_model.load(str(path))
+    serialized = examples.serialize_rows(rows, examples.feature_kinds(RAW_SPEC))
+    return loaded.signatures["serving_default"](examples=tf.constant(serialized))[
+        "probabilities"].numpy()
