@@ -1,0 +1,35 @@
+"""Raw rows of a file as the raw feature spec wants them: for clients (serving, tests).
+
+The same layout detection and validation as the Beam job (pipeline.parse),
+one row at a time: rows the job would reject are skipped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pipeline.layout import detect_layout
+from pipeline.parse import parse_lines
+from pipeline.sources import FileRange, first_line, read_line_batches, resolve_inputs
+from pipeline.specs import LABEL_KEY, DatasetSpec, load_spec
+
+__all__ = ["DatasetSpec", "load_spec", "iter_raw_examples"]
+
+_BATCH_LINES = 2048
+
+
+def iter_raw_examples(path: str, spec: DatasetSpec) -> Iterator[tuple[dict[str, list], int | None]]:
+    """Yields (features, label) per valid row of `path` (plain or .gz, in file order).
+
+    features: {raw feature name: [value]} or [] where missing; integer features
+    hold Python ints, string features bytes (tf.train.BytesList wants bytes).
+    The label is 0/1 (KDD12: Click > 0). Files without a label column do not
+    exist among the supported layouts, so it is never None here.
+    """
+    for file_path, _ in resolve_inputs([path]):
+        layout = detect_layout(first_line(file_path).decode("utf-8", "replace"), spec, file_path)
+        for lines in read_line_batches(FileRange(file_path, 0, None), layout.header, _BATCH_LINES):
+            columns = parse_lines(lines, layout, spec, seed=0).rows.to_pydict()
+            labels = columns.pop(LABEL_KEY)
+            for i, label in enumerate(labels):
+                yield {name: values[i] for name, values in columns.items()}, label[0]

@@ -1,0 +1,246 @@
+"""The TFT preprocessing_fn: raw features -> one int64 id per field (DESIGN.md section 2).
+
+Id layout of every field: 0 = out of vocabulary, 1 = missing, 2.. = values
+seen in the training split (at least `min_count` times for categorical
+fields, once for integer fields), most frequent first.
+
+Speed: instead of one `tft.vocabulary` per field (the main cost of a naive
+job), every (field, value) pair becomes one int64 key and a single custom
+analyzer counts all keys with numpy and writes one `key<TAB>id` asset.
+Categorical keys are 54-bit fingerprints of the token inside their field's
+key range: two distinct tokens of one field share an id with probability
+~n^2/2^55 (n = distinct tokens of the field), i.e. never in practice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+
+from pipeline.specs import HOUR_FIELDS, LABEL_KEY, DatasetSpec
+
+OOV_ID = 0
+MISSING_ID = 1
+FIRST_VALUE_ID = 2
+VOCAB_ASSET = "vocabulary.tsv"
+
+_FIELD_SHIFT = 54
+_STRING_FLAG = 1 << 62
+_INT_OFFSET = 1 << 52
+
+
+def field_of_key(keys: np.ndarray) -> np.ndarray:
+    """Field index encoded in vocabulary keys (see `_integer_keys`, `_string_keys`)."""
+    return (keys >> _FIELD_SHIFT) & 0xFF
+
+
+def discretize(values: tf.Tensor) -> tf.Tensor:
+    """Criteo integer rule: v > 2 -> floor(ln(v)^2), else v itself (0, 1, 2, negatives).
+
+    As in the reference code the result is an integer token, so e.g. 3
+    (floor(ln(3)^2) = 1) shares the token of 1.
+    """
+    log_sq = tf.floor(tf.square(tf.math.log(tf.maximum(tf.cast(values, tf.float64), 1.0))))
+    return tf.where(values > 2, tf.cast(log_sq, tf.int64), values)
+
+
+def _first_values(sparse: tf.SparseTensor, default) -> tuple[tf.Tensor, tf.Tensor]:
+    """(first value per row, present mask) of a VarLen feature; robust to all-missing batches."""
+    rows = sparse.dense_shape[0]
+    dense = tf.sparse.to_dense(sparse, default_value=default)
+    dense = tf.concat([dense, tf.fill(tf.stack([rows, 1]), tf.constant(default, dense.dtype))], axis=1)
+    counts = tf.math.unsorted_segment_sum(
+        tf.ones_like(sparse.indices[:, 0]), sparse.indices[:, 0], rows
+    )
+    return dense[:, 0], counts > 0
+
+
+def _integer_keys(field: int, values: tf.Tensor) -> tf.Tensor:
+    bucket = tf.clip_by_value(discretize(values), -_INT_OFFSET, _INT_OFFSET - 1)
+    return (field << _FIELD_SHIFT) + _INT_OFFSET + bucket
+
+
+def _string_keys(field: int, tokens: tf.Tensor) -> tf.Tensor:
+    fingerprint = tf.strings.to_hash_bucket_fast(tokens, 1 << _FIELD_SHIFT)
+    return _STRING_FLAG + (field << _FIELD_SHIFT) + fingerprint
+
+
+def _hour_fields(yymmddhh: tf.Tensor, present: tf.Tensor) -> list[tf.Tensor]:
+    """Avazu hour -> hour_of_day, weekday (Mon = 0), is_weekend ids (values + 2)."""
+    hour = yymmddhh % 100
+    date = yymmddhh // 100
+    year, month, day = 2000 + date // 10000, (date // 100) % 100, date % 100
+    # days since 1970-01-01 (Howard Hinnant's days_from_civil), which was a Thursday.
+    y = year - tf.cast(month <= 2, tf.int64)
+    era = y // 400
+    yoe = y - era * 400
+    mp = (month + 9) % 12
+    doy = (153 * mp + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    weekday = (days + 3) % 7
+    valid = (hour < 24) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
+    values = [hour, weekday, tf.cast(weekday >= 5, tf.int64)]
+    return [
+        tf.where(present, tf.where(valid, v + FIRST_VALUE_ID, OOV_ID), MISSING_ID)
+        for v in values
+    ]
+
+
+class CountVocabulary(tft_beam.experimental.PTransformAnalyzer):
+    """Counts int64 keys of all fields in one pass and writes the `key<TAB>id` asset.
+
+    Input elements: tuples holding one [batch, fields] int64 array (-1 = missing).
+    Output: one element, the asset path.
+    """
+
+    def __init__(self, min_counts: dict[int, int]):
+        super().__init__()
+        self._min_counts = min_counts
+
+    def expand(self, pcoll):
+        return (
+            pcoll
+            | "CountBatch" >> beam.Map(_count_batch)
+            | "MergeCounts" >> beam.CombineGlobally(MergeCountsFn())
+            | "WriteVocabulary" >> beam.Map(write_vocabulary, self._min_counts, self.base_temp_dir)
+        )
+
+
+def _count_batch(batch) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.asarray(batch[0]).ravel()
+    return _reduce(keys[keys >= 0], None)
+
+
+def _reduce(keys: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    summed = np.bincount(inverse, weights=counts, minlength=len(uniq)).astype(np.int64)
+    return uniq, summed
+
+
+class MergeCountsFn(beam.CombineFn):
+    """Sums (keys, counts) pairs; compacts every few inputs to bound memory."""
+
+    _COMPACT_EVERY = 16
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, element):
+        acc.append(element)
+        return [self._compact(acc)] if len(acc) >= self._COMPACT_EVERY else acc
+
+    def merge_accumulators(self, accumulators):
+        return [self._compact([pair for acc in accumulators for pair in acc])]
+
+    def extract_output(self, acc):
+        return self._compact(acc)
+
+    @staticmethod
+    def _compact(pairs) -> tuple[np.ndarray, np.ndarray]:
+        if not pairs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        keys = np.concatenate([k for k, _ in pairs])
+        counts = np.concatenate([c for _, c in pairs])
+        return _reduce(keys, counts)
+
+
+def assign_ids(keys: np.ndarray, counts: np.ndarray, min_counts: dict[int, int]) -> np.ndarray:
+    """Ids per key (-1 = below its field's min count): per field, by count desc then key."""
+    fields = field_of_key(keys)
+    threshold = np.zeros(256, dtype=np.int64)
+    for field, min_count in min_counts.items():
+        threshold[field] = min_count
+    kept = counts >= threshold[fields]
+    order = np.lexsort((keys, -counts, fields))
+    order = order[kept[order]]
+    ids = np.full(len(keys), -1, dtype=np.int64)
+    sorted_fields = fields[order]
+    starts = np.searchsorted(sorted_fields, sorted_fields, side="left")
+    ids[order] = np.arange(len(order)) - starts + FIRST_VALUE_ID
+    return ids
+
+
+def write_vocabulary(keys_counts, min_counts: dict[int, int], temp_dir: str) -> str:
+    keys, counts = keys_counts
+    ids = assign_ids(keys, counts, min_counts)
+    kept = ids >= 0
+    tf.io.gfile.makedirs(temp_dir)
+    path = os.path.join(temp_dir, VOCAB_ASSET)
+    table = pa.table({"key": keys[kept], "id": ids[kept]})
+    buffer = pa.BufferOutputStream()
+    pacsv.write_csv(
+        table, buffer, pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    )
+    with tf.io.gfile.GFile(path, "wb") as out:
+        out.write(buffer.getvalue().to_pybytes())
+    return path
+
+
+def _lookup(keys: tf.Tensor, asset_path: tf.Tensor):
+    initializer = tf.lookup.TextFileInitializer(
+        asset_path, tf.int64, 0, tf.int64, 1, delimiter="\t"
+    )
+    table = tf.lookup.StaticHashTable(initializer, default_value=OOV_ID)
+    return table.lookup(keys), table.size()
+
+
+def vocab_fields(spec: DatasetSpec) -> list[tuple[int, str, str]]:
+    """(field index in model order, raw column, kind) of every vocabulary field."""
+    out, index = [], 0
+    for col in spec.raw_columns:
+        if col.kind == "hour":
+            index += len(HOUR_FIELDS)
+        else:
+            out.append((index, col.name, col.kind))
+            index += 1
+    return out
+
+
+def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
+    """preprocessing_fn mapping raw features of `spec` to field ids and the label."""
+    vocab = vocab_fields(spec)
+    min_counts = {f: (min_count if kind == "categorical" else 1) for f, _, kind in vocab}
+
+    def preprocessing_fn(inputs):
+        outputs: dict[str, tf.Tensor] = {}
+        keys, present = {}, {}
+        for col in spec.raw_columns:
+            if col.kind == "hour":
+                values, here = _first_values(inputs[col.name], 0)
+                for (name, _), ids in zip(HOUR_FIELDS, _hour_fields(values, here)):
+                    outputs[name] = ids
+        for field, name, kind in vocab:
+            if kind == "integer":
+                values, here = _first_values(inputs[name], 0)
+                keys[name] = _integer_keys(field, values)
+            else:
+                tokens, here = _first_values(inputs[name], "")
+                keys[name] = _string_keys(field, tokens)
+            present[name] = here
+        if vocab:
+            stacked = tf.stack(
+                [tf.where(present[name], keys[name], -1) for _, name, _ in vocab], axis=1
+            )
+            (asset,) = tft.experimental.ptransform_analyzer(
+                inputs=[stacked],
+                ptransform=CountVocabulary(min_counts),
+                output_dtypes=[tf.string],
+                output_shapes=[[]],
+                output_asset_default_values=[b"-2\t0"],  # placeholder line before analysis
+                name="count_vocabulary",
+            )
+            ids = tft.apply_vocabulary(stacked, asset, lookup_fn=_lookup)
+            for column, (_, name, _) in enumerate(vocab):
+                outputs[name] = tf.where(present[name], ids[:, column], MISSING_ID)
+        outputs[LABEL_KEY] = inputs[LABEL_KEY]
+        return {name: outputs[name] for name in [*spec.field_names, LABEL_KEY]}
+
+    return preprocessing_fn
