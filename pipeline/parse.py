@@ -22,7 +22,8 @@ from pipeline.specs import LABEL_KEY, DatasetSpec
 SPLIT_NAMES = ("train", "valid", "test")
 # Rejection reasons, in the order they are checked (a row gets the first).
 REASONS = ("undecodable", "column_count", "bad_label", "non_integer")
-_INT_PATTERN = r"^-?[0-9]{1,18}$"
+# Integers; integral floats such as "260.0" (seen in re-exported Criteo CSVs) count as integers.
+_INT_PATTERN = r"^-?[0-9]{1,18}(\.0*)?$"
 
 
 @dataclasses.dataclass
@@ -127,7 +128,10 @@ def parse_lines(lines: list[bytes], layout: Layout, spec: DatasetSpec, seed: int
         s = cols[col.name].filter(mask)
         present = pc.not_equal(s, "").to_numpy(zero_copy_only=False)
         values = s.filter(pa.array(present))
-        values = pc.cast(values, pa.int64()) if col.is_integer else values.cast(pa.binary())
+        if col.is_integer:
+            values = pc.cast(pc.replace_substring_regex(values, r"\.0*$", ""), pa.int64())
+        else:
+            values = values.cast(pa.binary())
         arrays.append(_to_list_array(values, present))
     label_int = pc.cast(label_str.filter(mask), pa.int64())
     if spec.label_rule == "positive":
