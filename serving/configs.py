@@ -69,6 +69,7 @@ def _write_text(path: pathlib.Path, proto: message.Message) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text_format.MessageToString(proto))
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another user
     os.replace(tmp, path)
 
 

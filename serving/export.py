@@ -11,15 +11,17 @@ same rows are parsed with the raw feature spec, transformed by the pipeline's
 TFT layer in-process and fed to the trained Keras model. Max abs difference of
 the probabilities must be <= `tolerance` (1e-5), and `raw_fields` must agree
 with `serving_default` on the same rows. The rows are, in order of preference:
-`--verify_input FILE` (raw rows in any pipeline format), else rows drawn from
-the raw feature spec and the transform's vocabulary files (known tokens,
-unseen tokens, missing cells, integers over a wide range), so that the check
-runs even where the raw logs are not at hand.
+`--verify_input FILE` (raw rows in any pipeline format); else the test split's
+raw rows, re-read from the input files stats.json records with the job's
+split hash and seed; else (inputs gone) synthetic rows from the raw feature
+spec (unseen tokens, missing cells, integers over a wide range), so that the
+check always runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import re
 import shutil
@@ -81,10 +83,8 @@ def set_method_name(export_dir: pathlib.Path, signature: str, method_name: str) 
     path.write_bytes(proto.SerializeToString())
 
 
-def synthetic_rows(
-    raw_spec: Mapping[str, Any], vocab_tokens: Sequence[bytes], n: int, seed: int
-) -> list[dict[str, list]]:
-    """Raw rows covering known and unseen tokens, missing cells and wide integer ranges."""
+def synthetic_rows(raw_spec: Mapping[str, Any], n: int, seed: int) -> list[dict[str, list]]:
+    """Raw rows with unseen tokens, missing cells and wide integer ranges (last resort)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -94,10 +94,7 @@ def synthetic_rows(
             if draw < 0.1:
                 row[name] = []  # missing
             elif spec.dtype == tf.string:
-                if vocab_tokens and draw < 0.8:
-                    row[name] = [vocab_tokens[rng.integers(len(vocab_tokens))]]
-                else:
-                    row[name] = [f"unseen{rng.integers(1 << 30):08x}".encode()]
+                row[name] = [f"{rng.integers(1 << 16):04x}".encode()]
             elif spec.dtype.is_integer:
                 row[name] = [int(rng.choice([-3, -1, 0, 1, 2, 3])) if draw < 0.3
                              else int(np.exp(rng.uniform(0, 12)))]
@@ -109,16 +106,39 @@ def synthetic_rows(
     return rows
 
 
-def _vocab_tokens(transform_dir: pathlib.Path, limit: int = 5000) -> list[bytes]:
-    tokens: list[bytes] = []
-    for path in sorted((transform_dir / "transform_fn" / "assets").glob("*")):
-        if path.is_file():
-            with path.open("rb") as f:
-                for line in f:
-                    tokens.append(line.rstrip(b"\n").split(b" ")[-1])
-                    if len(tokens) >= limit:
-                        return tokens
-    return tokens
+def test_split_rows(data_dir: pathlib.Path, limit: int) -> tuple[list[dict[str, list]], str] | None:
+    """Up to `limit` raw rows of the TEST split, re-read from the inputs stats.json records.
+
+    The pipeline assigns splits from a keyed hash of each line (`pipeline.parse`),
+    so parsing the recorded input files with the recorded seed yields exactly
+    the raw rows behind the transformed test TFRecords. None when the inputs
+    are gone or the dataset is schema-described (no built-in spec by name).
+    """
+    from pipeline.layout import detect_layout
+    from pipeline.parse import parse_lines
+    from pipeline.sources import FileRange, first_line, read_line_batches
+    from pipeline.specs import LABEL_KEY, SpecError, load_spec
+
+    stats = json.loads((data_dir / "stats.json").read_text())
+    paths = [item["path"] for item in stats.get("inputs", [])]
+    if not paths or not all(pathlib.Path(p).is_file() for p in paths):
+        return None
+    try:
+        spec = load_spec(dataset=stats["dataset"])
+    except SpecError:
+        return None
+    rows: list[dict[str, list]] = []
+    for path in paths:
+        layout = detect_layout(first_line(path).decode("utf-8", "replace"), spec, path)
+        for lines in read_line_batches(FileRange(path, 0, None), layout.header, 4096):
+            columns = parse_lines(lines, layout, spec, seed=int(stats["seed"])).by_split()["test"]
+            columns = columns.to_pydict()
+            columns.pop(LABEL_KEY)
+            names = list(columns)
+            rows.extend({n: columns[n][i] for n in names} for i in range(len(columns[names[0]])))
+            if len(rows) >= limit:
+                return rows[:limit], f"test split raw rows of {', '.join(paths)}"
+    return (rows, f"test split raw rows of {', '.join(paths)}") if rows else None
 
 
 def read_raw_rows(path: str, fmt: str | None, dataset: str, limit: int) -> list[dict[str, list]]:
@@ -246,13 +266,15 @@ def export(
     if verify_input:
         rows = read_raw_rows(verify_input, input_format, info.dataset, verify_rows)
         source = f"raw rows of {verify_input}"
+    elif found := test_split_rows(pathlib.Path(data_dir), verify_rows):
+        rows, source = found
     else:
-        tokens = _vocab_tokens(pathlib.Path(info.transform_output_dir))
-        rows = synthetic_rows(raw_spec, tokens, verify_rows, seed)
-        source = "rows drawn from the raw feature spec and the vocabularies"
+        rows = synthetic_rows(raw_spec, verify_rows, seed)
+        source = "synthetic rows (the pipeline inputs are gone): unseen tokens, missing cells"
 
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
+    tmp_dir.chmod(0o755)  # mkdtemp makes it 0700: a server running as another user could not read it
     try:
         serving_module = module.ServingModule(model, transform_layer, raw_spec, info.field_names)
         tf.saved_model.save(serving_module, str(tmp_dir), signatures=serving_module.signatures())
@@ -265,7 +287,7 @@ def export(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     written = [configs.update_models_config(base, model_name)]
-    if not (base / configs.BATCHING_CONFIG).exists():  # keep a user's tuned batching
+    if batching is not None or not (base / configs.BATCHING_CONFIG).exists():  # keep tuned ones
         written.append(configs.write_batching_config(base, batching or configs.BatchingSettings()))
     if not (base / configs.MONITORING_CONFIG).exists():
         written.append(configs.write_monitoring_config(base))
