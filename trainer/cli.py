@@ -57,7 +57,8 @@ def _resolve_config_path(args: argparse.Namespace, dataset: str) -> pathlib.Path
 
     if args.resume and (args.out / CONFIG_FILE).is_file():
         if args.config is not None:
-            raise ConfigError(f"--resume uses {args.out / CONFIG_FILE}; drop --config (overrides are allowed)")
+            log.warning("--config %s ignored: --resume continues with %s (plus any overrides)",
+                        args.config, args.out / CONFIG_FILE)
         return args.out / CONFIG_FILE
     if args.config is not None:
         return args.config

@@ -47,7 +47,6 @@ class LoopState:
     best_auc: float = -1.0
     best_epoch: int = 0
     bad_epochs: int = 0
-    finished: bool = False
     steps_per_epoch: int | None = None
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
@@ -199,7 +198,7 @@ class Phase:
     def fit(self) -> LoopState:
         """Trains until early stopping or `epochs`; returns the final loop state."""
         t = self.config.train
-        while not self.state.finished and self.state.epochs_done < t.epochs:
+        while self.state.epochs_done < t.epochs and self.state.bad_epochs < t.patience:
             epoch = self.state.epochs_done + 1
             train_loss, examples, seconds = self._train_epoch(epoch)
             valid = self.evaluate("valid")
@@ -211,7 +210,6 @@ class Phase:
             else:
                 self.state.bad_epochs += 1
             self.state.epochs_done = epoch
-            self.state.finished = self.state.bad_epochs >= t.patience or epoch >= t.epochs
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,

@@ -1,0 +1,209 @@
+"""End to end on the synthetic pipeline dir: search, retrain Hard/Soft, train,
+ablations, resume after kill -9, NaN stop, one-line errors for bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.dataset_info import read_dataset_info
+from trainer import cli
+from trainer.architecture import OPS, Architecture
+from trainer.config import load_config, preset_path
+from trainer.loop import Phase
+from trainer.metrics import roc_auc
+from trainer.model_io import build_model, load_model
+
+CONFIG = str(preset_path("criteo", "cpu"))
+TINY = ["--model.emb_dim=4", "--model.n=2", "--model.att_dim=8", "--train.batch_size=128",
+        "--train.epochs=3", "--train.patience=3", "--search.arch_lr=0.05"]
+
+
+def _trainer(*args, expect=0):
+    code = cli.main([str(a) for a in args])
+    assert code == expect
+    return code
+
+
+@pytest.fixture(scope="session")
+def search_run(synthetic_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "run"
+    _trainer("--stage=search", "--data", synthetic_dir, "--config", CONFIG, "--out", out, *TINY)
+    return out
+
+
+@pytest.fixture(scope="session", params=["hard", "soft"])
+def retrain_run(request, synthetic_dir, search_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"retrain_{request.param}") / "run"
+    _trainer("--stage=retrain", "--data", synthetic_dir, "--architecture", search_run / "architecture.json",
+             "--mode", request.param, "--out", out)
+    return out
+
+
+def test_search_writes_architecture_text_logs_and_checkpoints(search_run):
+    arch = Architecture.load(search_run / "architecture.json")
+    assert arch.n == 2
+    assert (search_run / "architecture.txt").read_text().strip() == arch.render()
+    alphas = [a for edges in arch.alpha.values() for a in edges.values()]
+    assert any(abs(a - 0.5) > 1e-3 for a in alphas), "alpha never moved from its init"
+    assert list(search_run.glob("tensorboard/search/events.out.tfevents.*"))
+    state = json.loads((search_run / "checkpoints/search/state.json").read_text())
+    assert state["epochs_done"] == 3 and len(state["history"]) == 3
+    assert load_config(search_run / "config.yaml").model.emb_dim == 4  # overrides resolved into the run
+
+
+def test_retrain_beats_chance_and_load_model_reproduces_test_auc(retrain_run, synthetic_dir):
+    metrics = json.loads((retrain_run / "metrics.json").read_text())
+    assert metrics["test_auc"] > 0.75 and metrics["best_epoch"] >= 1
+    assert load_config(retrain_run / "config.yaml").model.emb_dim == 4  # search config reused
+    model = load_model(retrain_run)
+    info = read_dataset_info(synthetic_dir)
+    from trainer.data import make_dataset
+
+    labels, logits = [], []
+    for features, y in make_dataset(info, "test", 500):
+        out = model(features, training=False)
+        assert out.shape == (y.shape[0], 1)
+        labels.append(y.numpy())
+        logits.append(np.asarray(out).reshape(-1))
+    assert roc_auc(np.concatenate(labels), np.concatenate(logits)) == pytest.approx(metrics["test_auc"], abs=1e-6)
+
+
+def test_load_model_rejects_a_search_run(search_run):
+    with pytest.raises(ValueError, match="needs a retrain or train run"):
+        load_model(search_run)
+
+
+def test_arch_weights_move_in_search_and_stay_frozen_in_retrain(synthetic_dir, search_run, tmp_path):
+    info = read_dataset_info(synthetic_dir)
+    config = load_config(CONFIG, TINY + ["--train.epochs=1", "--train.max_steps_per_epoch=4"])
+    fields = [{"name": f.name, "vocab_size": f.vocab_size} for f in info.fields]
+
+    search = build_model(config, fields, mode="search")
+    before = [v.numpy().copy() for v in search.arch_variables]
+    Phase("s", search, config, info, tmp_path / "s", tmp_path / "tb", train_arch=True).fit()
+    assert all(not np.allclose(b, v.numpy()) for b, v in zip(before, search.arch_variables))
+
+    arch = Architecture.load(search_run / "architecture.json")
+    retrain = build_model(config, fields, mode="soft", architecture=arch)
+    phase = Phase("r", retrain, config, info, tmp_path / "r", tmp_path / "tb", train_arch=False)
+    dense_before = [v.numpy().copy() for v in retrain.dense_variables]
+    phase.fit()
+    assert [name for name, _, _ in phase.groups] == ["embedding", "dense"]
+    assert retrain.arch_variables == []
+    assert retrain.architecture().to_dict() == arch.to_dict()
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(dense_before, retrain.dense_variables))
+
+
+def test_sequential_fixed_op_search_freezes_connections_of_phase_one(synthetic_dir, tmp_path):
+    out = tmp_path / "seq"
+    _trainer("--stage=search", "--data", synthetic_dir, "--config", CONFIG, "--out", out, *TINY,
+             "--train.epochs=1", "--search.sequential=true", "--search.fixed_op=prod")
+    first = Architecture.load(out / "architecture_connections.json")
+    final = Architecture.load(out / "architecture.json")
+    assert set(first.hard_ops().values()) == {"prod"}
+    assert final.edges() == first.edges()
+    assert any(abs(w - 1 / len(OPS)) > 1e-4 for ws in final.soft_weights().values() for w in ws)
+
+
+def _train_args(synthetic_dir, search_run, out):
+    return ["--stage=train", "--data", synthetic_dir, "--config", CONFIG, "--architecture",
+            search_run / "architecture.json", "--mode", "soft", "--out", out,
+            *TINY, "--train.batch_size=16", "--train.epochs=4", "--train.patience=4"]
+
+
+def test_resume_after_kill9_mid_epoch_matches_an_uninterrupted_run(synthetic_dir, search_run, tmp_path):
+    reference = tmp_path / "reference"
+    _trainer(*_train_args(synthetic_dir, search_run, reference))
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "trainer.cli", *map(str, _train_args(synthetic_dir, search_run, out))]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = out / "checkpoints/train/state.json"
+    deadline = time.monotonic() + 240
+    while not state_path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # well into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    state = json.loads(state_path.read_text())
+    assert 1 <= state["epochs_done"] < 4 and not (out / "metrics.json").exists()
+
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = json.loads((out / "metrics.json").read_text())
+    want = json.loads((reference / "metrics.json").read_text())
+    assert [h["epoch"] for h in got["history"]] == [1, 2, 3, 4]
+    for g, w in zip(got["history"], want["history"]):
+        assert g["valid_auc"] == pytest.approx(w["valid_auc"], abs=1e-6)
+        assert g["train_loss"] == pytest.approx(w["train_loss"], abs=1e-5)
+    assert got["test_auc"] == pytest.approx(want["test_auc"], abs=1e-6)
+
+
+def test_nan_loss_stops_with_exit_1_and_keeps_last_good_checkpoint(
+    synthetic_dir, search_run, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "nan"
+    args = _train_args(synthetic_dir, search_run, out) + ["--train.epochs=1", "--train.batch_size=256"]
+    _trainer(*args)
+    good = (out / "checkpoints/train/epoch-0001.npz").read_bytes()
+    import trainer.loop
+
+    original = trainer.loop.bce_loss
+    monkeypatch.setattr(trainer.loop, "bce_loss", lambda y, z: original(y, z) * float("nan"))
+    capsys.readouterr()
+    _trainer(*args, "--resume", "--train.epochs=2", expect=1)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("trainer: error: loss is nan at train epoch 2 step 1")
+    assert "last good checkpoint (epoch 1)" in err
+    assert json.loads((out / "checkpoints/train/state.json").read_text())["epochs_done"] == 1
+    assert (out / "checkpoints/train/epoch-0001.npz").read_bytes() == good
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_data", "is not a finished pipeline output: stats.json is missing"),
+        ("unknown_key", "unknown key train.lrr"),
+        ("no_config", "config file"),
+        ("n_mismatch", "has n=2 but the config has model.n=3 (pass --model.n=2)"),
+        ("no_mode", "--stage=retrain needs --architecture FILE and --mode"),
+        ("bad_arch", "Architecture file"),
+        ("out_exists", "exists and is not empty; pass --resume"),
+        ("no_preset", "no CPU preset for dataset 'synthetic'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_run, tmp_path, capsys):
+    arch = search_run / "architecture.json"
+    base = ["--data", synthetic_dir, "--out", tmp_path / "out"]
+    args = {
+        "no_data": ["--stage=search", "--data", tmp_path / "nowhere", "--out", tmp_path / "o"],
+        "unknown_key": ["--stage=search", *base, "--config", CONFIG, "--train.lrr=1"],
+        "no_config": ["--stage=search", *base, "--config", tmp_path / "none.yaml"],
+        "n_mismatch": ["--stage=train", *base, "--config", CONFIG, "--architecture", arch, "--mode", "hard"],
+        "no_mode": ["--stage=retrain", *base, "--architecture", arch],
+        "bad_arch": ["--stage=train", *base, "--config", CONFIG, "--architecture", tmp_path / "x.json",
+                     "--mode", "hard"],
+        "out_exists": ["--stage=search", "--data", synthetic_dir, "--out", search_run, "--config", CONFIG],
+        "no_preset": ["--stage=search", *base],
+    }[case]
+    capsys.readouterr()
+    _trainer(*args, expect=2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trainer: error:")]
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "out").exists() or case == "out_exists"
+
+
+def test_console_script_exit_code_for_a_missing_data_dir(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "--stage=search", "--data", str(tmp_path / "none"), "--out",
+         str(tmp_path / "o")], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("trainer: error: ")
