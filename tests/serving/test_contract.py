@@ -1,0 +1,206 @@
+"""Contract tests on the REAL chain: pipeline output -> trainer retrain -> serving export -> gRPC.
+
+Run against the bundled server, and against `tensorflow_model_server` where it
+is on PATH (skipped with a message otherwise).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import random
+import shutil
+import socket
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import cli, configs, examples
+from serving.client import ServingClient
+from serving.protos import BatchingParameters, MonitoringConfig
+from serving.server import ModelServer, ServerOptions
+from tests.conftest import shared_data
+
+pytestmark = pytest.mark.slow
+MODEL = "ctr"
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
+
+
+@pytest.fixture(scope="session")
+def criteo_run_dir(criteo_preprocessed_dir, tmp_path_factory) -> pathlib.Path:
+    """A tiny Soft retrain (every edge, every op mixed) of the preprocessed Criteo data."""
+    from trainer.architecture import (
+        Architecture,
+        candidate_inputs,
+        connectable_components,
+        fusing_components,
+    )
+    from trainer.cli import run
+
+    out = tmp_path_factory.mktemp("criteo_retrain")
+    n, rng = 2, random.Random(0)
+    Architecture(
+        n=n,
+        alpha={c: {s: 0.5 for s in candidate_inputs(c, n)} for c in connectable_components(n)},
+        beta={c: [rng.gauss(0, 1) for _ in range(4)] for c in fusing_components(n)},
+        description="every edge, a soft mix of every op",
+    ).save(out / "arch.json")
+    run(["--stage=retrain", "--data", str(criteo_preprocessed_dir), "--architecture",
+         str(out / "arch.json"), "--mode", "soft", "--out", str(out / "run"), "--model.n=2",
+         "--model.emb_dim=4", "--train.epochs=1", "--train.max_steps_per_epoch=5",
+         "--train.batch_size=256"])
+    return out / "run"
+
+
+@pytest.fixture(scope="session")
+def criteo_base(criteo_run_dir, criteo_preprocessed_dir, tmp_path_factory) -> pathlib.Path:
+    base = tmp_path_factory.mktemp("criteo_models")
+    code = cli.main(["export", "--run", str(criteo_run_dir), "--data", str(criteo_preprocessed_dir),
+                     "--model_base_path", str(base), "--model_name", MODEL])
+    assert code == 0
+    return base
+
+
+@pytest.fixture(scope="session")
+def bundled_target(criteo_base):
+    server = ModelServer(
+        configs.read_models_config(criteo_base / configs.MODELS_CONFIG),
+        configs.read_batching_config(criteo_base / configs.BATCHING_CONFIG),
+        ServerOptions(host="127.0.0.1", port=0, poll_seconds=0.3),
+    )
+    server.start()
+    yield f"127.0.0.1:{server.port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def official_target(criteo_base):
+    binary = shutil.which("tensorflow_model_server")
+    if binary is None:
+        pytest.skip("tensorflow_model_server is not on PATH: official-server contract tests skipped")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = configs.official_server_command(criteo_base, grpc_port=port, rest_port=0).split()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session", params=["bundled", "tensorflow_model_server"])
+def client(request):
+    target = request.getfixturevalue(f"{'bundled' if request.param == 'bundled' else 'official'}_target")
+    with ServingClient(target, timeout=60) as c:
+        c.wait_until_available(MODEL, timeout=120)
+        yield c
+
+
+@pytest.fixture(scope="session")
+def held_out_rows() -> list[dict]:
+    """Real Criteo rows the model never saw, plus unseen categories and an all-missing row."""
+    from pipeline.raw_rows import iter_raw_examples, load_spec
+
+    path = shared_data("criteo/paddlerec_part0.tsv")
+    rows = [features for features, _ in iter_raw_examples(str(path), load_spec(dataset="criteo"))]
+    unseen = {k: ([b"never-seen-" + k.encode()] if k.startswith("C") else v)
+              for k, v in rows[0].items()}
+    missing = {k: [] for k in rows[0]}
+    return rows + [unseen, missing]
+
+
+def _in_process(version_dir: pathlib.Path, rows: list[dict]) -> np.ndarray:
+    loaded = tf.saved_model.load(str(version_dir))
+    serialized = examples.serialize_rows(rows)
+    return loaded.signatures["serving_default"](examples=tf.constant(serialized))[
+        "probabilities"].numpy()
+
+
+def test_export_layout_configs_and_warmup(criteo_base):
+    version_dir = criteo_base / MODEL / "1"
+    assert (version_dir / "saved_model.pb").is_file() and (version_dir / "variables").is_dir()
+    assert sorted(p.name for p in (criteo_base / MODEL).iterdir()) == ["1"]  # no temp dir left
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
+               tf.data.TFRecordDataset(str(version_dir / "assets.extra/tf_serving_warmup_requests"))]
+    kinds = [r.WhichOneof("log_type") for r in records]
+    assert kinds.count("predict_log") >= 2 and "classify_log" in kinds
+    first = records[0].predict_log.request
+    assert first.model_spec.name == MODEL and first.inputs["examples"].string_val
+    assert tf.train.Example.FromString(first.inputs["examples"].string_val[0]).features.feature
+    parsed = configs.read_models_config(criteo_base / "models.config")
+    assert isinstance(parsed, model_server_config_pb2.ModelServerConfig)
+    assert parsed.model_config_list.config[0].base_path == str((criteo_base / MODEL).resolve())
+    batching = configs.read_text_proto(criteo_base / "batching.config", BatchingParameters())
+    assert batching.max_batch_size.value == configs.BatchingSettings().max_batch_size
+    monitoring = configs.read_text_proto(criteo_base / "monitoring.config", MonitoringConfig())
+    assert monitoring.prometheus_config.enable
+
+
+def test_grpc_predictions_equal_in_process_savedmodel(criteo_base, client, held_out_rows):
+    expected = _in_process(criteo_base / MODEL / "1", held_out_rows)
+    got = np.concatenate(list(client.predict_rows(MODEL, held_out_rows, batch_size=32)))
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    assert np.all(np.isfinite(got[-2:])) and np.all((got > 0) & (got < 1))
+
+
+def test_raw_fields_signature_equals_examples(client, held_out_rows):
+    names = list(held_out_rows[0])
+    texts = examples.field_texts(held_out_rows, names)
+    by_fields = client.predict_tensors(
+        MODEL, {k: np.array(v, dtype=object) for k, v in texts.items()}, "raw_fields")
+    by_examples = client.predict_examples(MODEL, examples.serialize_rows(held_out_rows))
+    np.testing.assert_allclose(by_fields["probabilities"], by_examples, atol=1e-6, rtol=0)
+
+
+def test_metadata_lists_both_signatures(client):
+    signatures = client.metadata(MODEL).signature_def
+    default = signatures["serving_default"]
+    assert default.inputs["examples"].dtype == tf.string.as_datatype_enum
+    assert [d.size for d in default.inputs["examples"].tensor_shape.dim] == [-1]
+    assert {"probabilities", "logits"} <= set(default.outputs)
+    fields = signatures["raw_fields"].inputs
+    assert {f"I{i}" for i in range(1, 14)} | {f"C{i}" for i in range(1, 27)} == set(fields)
+    assert all([d.size for d in t.tensor_shape.dim] == [-1] for t in fields.values())
+    assert client.status(MODEL) == {1: AVAILABLE}
+
+
+def test_bad_requests_get_status_on_real_model(client):
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict_examples("no_such_model", [b""])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict_examples(MODEL, [b"\x0a\x03garbage"])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.predict_examples(MODEL, examples.serialize_rows([{}])).shape == (1,)
+
+
+def test_predict_cli_writes_one_probability_per_row(bundled_target, criteo_base, tmp_path):
+    rows_file = shared_data("criteo/paddlerec_part0.tsv")
+    out = tmp_path / "p.txt"
+    assert cli.main(["predict", "--target", bundled_target, "--model_name", MODEL, "--input",
+                     str(rows_file), "--format", "criteo", "--batch_size", "16",
+                     "--output", str(out), "--wait_ready", "60"]) == 0
+    from pipeline.raw_rows import iter_raw_examples, load_spec
+    rows = [f for f, _ in iter_raw_examples(str(rows_file), load_spec(dataset="criteo"))]
+    written = np.array([float(x) for x in out.read_text().split()])
+    np.testing.assert_allclose(written, _in_process(criteo_base / MODEL / "1", rows), atol=2e-6)
+
+
+def test_failed_verification_publishes_nothing(criteo_run_dir, criteo_preprocessed_dir, criteo_base):
+    before = sorted(p.name for p in (criteo_base / MODEL).iterdir())
+    code = cli.main(["export", "--run", str(criteo_run_dir), "--data", str(criteo_preprocessed_dir),
+                     "--model_base_path", str(criteo_base), "--model_name", MODEL,
+                     "--verify_rows", "50", "--tolerance", "-1"])
+    assert code == 1
+    assert sorted(p.name for p in (criteo_base / MODEL).iterdir()) == before
+
+
+def test_bad_export_arguments_exit_2(criteo_run_dir, tmp_path, capsys):
+    code = cli.main(["export", "--run", str(criteo_run_dir), "--data", str(tmp_path / "nope"),
+                     "--model_base_path", str(tmp_path), "--model_name", MODEL])
+    assert code == 2
+    assert "stats.json is missing" in capsys.readouterr().err
