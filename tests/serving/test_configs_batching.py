@@ -1,0 +1,144 @@
+"""Config files (text protos), the batcher, and the `serving serve` process lifecycle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import cli, configs, examples
+from serving.batching import Batcher, QueueFullError
+from serving.client import ServingClient
+from serving.protos import BatchingParameters, MonitoringConfig
+from tests.serving import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_config_files_round_trip_through_their_protos(tmp_path):
+    settings = configs.BatchingSettings(max_batch_size=64, batch_timeout_micros=500,
+                                        num_batch_threads=3, max_enqueued_batches=7)
+    configs.write_batching_config(tmp_path, settings)
+    configs.write_monitoring_config(tmp_path)
+    configs.update_models_config(tmp_path, "a")
+    configs.update_models_config(tmp_path, "b")
+    configs.update_models_config(tmp_path, "a")  # idempotent, keeps b
+    assert configs.read_batching_config(tmp_path / "batching.config") == settings
+    raw = configs.read_text_proto(tmp_path / "batching.config", BatchingParameters())
+    assert raw.max_batch_size.value == 64 and raw.batch_timeout_micros.value == 500
+    monitoring = configs.read_text_proto(tmp_path / "monitoring.config", MonitoringConfig())
+    assert monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"
+    models = configs.read_models_config(tmp_path / "models.config")
+    assert [m.name for m in models.model_config_list.config] == ["a", "b"]
+    assert models.model_config_list.config[0].model_version_policy.latest.num_versions == 1
+    command = configs.official_server_command(tmp_path, 9000, 9001)
+    for part in ("--port=9000", "--rest_api_port=9001", f"{tmp_path}/models.config",
+                 f"{tmp_path}/batching.config", f"{tmp_path}/monitoring.config"):
+        assert part in command
+
+
+def test_unset_batching_fields_keep_defaults_and_bad_values_are_rejected(tmp_path):
+    path = tmp_path / "batching.config"
+    path.write_text("max_batch_size { value: 32 }\n")
+    assert configs.read_batching_config(path) == configs.BatchingSettings(max_batch_size=32)
+    path.write_text("max_batch_size { value: 0 }\n")
+    with pytest.raises(configs.ConfigFileError, match="max_batch_size must be >= 1"):
+        configs.read_batching_config(path)
+    path.write_text("max_batch_size: 32\n")
+    with pytest.raises(configs.ConfigFileError, match="batching.config is not a valid"):
+        configs.read_batching_config(path)
+
+
+def test_relative_base_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "models.config").write_text(
+        'model_config_list { config { name: "m" base_path: "m" model_platform: "tensorflow" } }')
+    config = configs.read_models_config(tmp_path / "models.config")
+    assert isinstance(config, model_server_config_pb2.ModelServerConfig)
+    assert config.model_config_list.config[0].base_path == str(tmp_path / "m")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, inputs):
+        self.sizes.append(len(inputs["x"]))
+        if any(v < 0 for v in inputs["x"]):
+            raise ValueError("negative row")
+        return {"y": inputs["x"] * 2}
+
+
+def test_concurrent_requests_share_one_call_until_the_batch_is_full():
+    recorder = _Recorder()
+    settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=5_000_000,
+                                        num_batch_threads=1, max_enqueued_batches=2)
+    batcher = Batcher(recorder, settings, "t")
+    results = {}
+
+    def send(i):
+        results[i] = batcher.run({"x": np.array([i])}, 1)["y"][0]
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    batcher.stop()
+    assert recorder.sizes == [8]  # full batch closes before the 5 s timeout
+    assert results == {i: 2 * i for i in range(8)}
+
+
+def test_large_requests_split_bad_ones_fail_alone_and_capacity_is_enforced():
+    recorder = _Recorder()
+    settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=0,
+                                        num_batch_threads=1, max_enqueued_batches=3)
+    batcher = Batcher(recorder, settings, "t")
+    out = batcher.run({"x": np.arange(20)}, 20)
+    assert recorder.sizes == [8, 8, 4]
+    np.testing.assert_array_equal(out["y"], np.arange(20) * 2)
+    with pytest.raises(ValueError, match="negative row"):
+        batcher.run({"x": np.array([-1])}, 1)
+    with pytest.raises(QueueFullError, match="queue capacity of 24 rows"):
+        batcher.run({"x": np.arange(25)}, 25)
+    batcher.stop()
+
+
+def test_serve_rejects_a_bad_config_with_exit_2(tmp_path, capsys):
+    (tmp_path / "models.config").write_text("model_config_list { nonsense }")
+    assert cli.main(["serve", "--model_config_file", str(tmp_path / "models.config")]) == 2
+    assert "models.config is not a valid ModelServerConfig" in capsys.readouterr().err
+
+
+def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
+    port_file = tmp_path / "port"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
+         str(tiny_base / "models.config"), "--port", "0", "--host", "127.0.0.1",
+         "--port_file", str(port_file)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        target = f"127.0.0.1:{port_file.read_text().strip()}"
+        with ServingClient(target, timeout=30) as client:
+            client.wait_until_available("tiny", timeout=60)
+            rows = examples.serialize_rows(tiny.ROWS, examples.feature_kinds(tiny.RAW_SPEC))
+            assert client.predict_examples("tiny", rows).shape == (4,)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read()
+    assert "stopped cleanly" in output and "tiny predict: 1 requests, 0 errors" in output
