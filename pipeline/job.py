@@ -8,7 +8,6 @@ rename protocol and the final stats.json.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -26,25 +25,9 @@ from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 from pipeline.layout import Layout
 from pipeline.parse import REASONS, SPLIT_NAMES, parse_lines, raw_arrow_schema
 from pipeline.sources import FileRange, read_line_batches
+from pipeline.run import STATS_TMP, TFT_TMP, JobSpec
 from pipeline.specs import LABEL_KEY, DatasetSpec
 from pipeline.transform import make_preprocessing_fn
-
-STATS_TMP = "_partial_stats"
-TFT_TMP = "_tft_tmp"
-
-
-@dataclasses.dataclass(frozen=True)
-class JobSpec:
-    """Everything the Beam graph needs; built and validated by pipeline.run."""
-
-    spec: DatasetSpec
-    ranges: tuple[FileRange, ...]
-    layouts: dict[str, Layout]
-    work_dir: str
-    seed: int = 0
-    min_count: int = 2
-    batch_lines: int = 20000
-    beam_args: tuple[str, ...] = ()
 
 
 class ReadAndParse(beam.DoFn):

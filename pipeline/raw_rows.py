@@ -13,7 +13,7 @@ from pipeline.parse import parse_lines
 from pipeline.sources import FileRange, first_line, read_line_batches, resolve_inputs
 from pipeline.specs import LABEL_KEY, DatasetSpec, load_spec
 
-__all__ = ["DatasetSpec", "load_spec", "iter_raw_examples"]
+__all__ = ["DatasetSpec", "load_spec", "iter_raw_examples", "serialize_example"]
 
 _BATCH_LINES = 2048
 
@@ -33,3 +33,19 @@ def iter_raw_examples(path: str, spec: DatasetSpec) -> Iterator[tuple[dict[str, 
             labels = columns.pop(LABEL_KEY)
             for i, label in enumerate(labels):
                 yield {name: values[i] for name, values in columns.items()}, label[0]
+
+
+def serialize_example(features: dict[str, list], label: int | None, spec: DatasetSpec) -> bytes:
+    """A serialized raw tf.Example of one row (label included unless None), typed by `spec`."""
+    import tensorflow as tf
+
+    feature = {}
+    for col in spec.raw_columns:
+        values = features.get(col.name, [])
+        if col.is_integer:
+            feature[col.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        else:
+            feature[col.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    if label is not None:
+        feature[LABEL_KEY] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()

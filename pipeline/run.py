@@ -19,12 +19,15 @@ import numpy as np
 import pyarrow.csv as pacsv
 
 from pipeline.dataset_info import STATS_FILE
-from pipeline.job import STATS_TMP, TFT_TMP, JobSpec, build_and_run
 from pipeline.layout import detect_layout
 from pipeline.parse import REASONS, SPLIT_NAMES
-from pipeline.sources import first_line, plan_ranges, resolve_inputs
+from pipeline.layout import Layout
+from pipeline.sources import FileRange, first_line, plan_ranges, resolve_inputs
 from pipeline.specs import HOUR_FIELDS, LABEL_KEY, DatasetSpec
-from pipeline.transform import VOCAB_ASSET, field_of_key, vocab_fields
+
+# The Beam/TFT modules load lazily, so that bad invocations fail in a second.
+STATS_TMP = "_partial_stats"
+TFT_TMP = "_tft_tmp"
 
 
 class UsageError(ValueError):
@@ -33,6 +36,20 @@ class UsageError(ValueError):
 
 class TooManyBadRows(RuntimeError):
     """An input's rejected fraction is over --max_bad_fraction."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """Everything the Beam graph (pipeline.job) needs; built and validated by `prepare`."""
+
+    spec: DatasetSpec
+    ranges: tuple[FileRange, ...]
+    layouts: dict[str, Layout]
+    work_dir: str
+    seed: int = 0
+    min_count: int = 2
+    batch_lines: int = 20000
+    beam_args: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +107,8 @@ def prepare(config: RunConfig) -> JobSpec:
 
 
 def _vocab_sizes(work_dir: pathlib.Path, spec: DatasetSpec) -> dict[str, int]:
+    from pipeline.transform import VOCAB_ASSET, field_of_key, vocab_fields
+
     sizes = {name: n + 2 for name, n in HOUR_FIELDS}
     vocab = vocab_fields(spec)
     if vocab:
@@ -185,6 +204,8 @@ def _publish(work_dir: pathlib.Path, output: pathlib.Path) -> None:
 def run(config: RunConfig) -> dict:
     """Runs the job; returns stats. UsageError, TooManyBadRows on failure (nothing in DIR)."""
     job = prepare(config)
+    from pipeline.job import build_and_run
+
     work_dir = pathlib.Path(job.work_dir)
     start = time.perf_counter()
     try:

@@ -1,0 +1,94 @@
+"""Session fixtures of the pipeline tests: one Beam run per dataset, shared by all tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import pathlib
+
+import pytest
+
+from tests.conftest import run_pipeline, shared_data
+
+# Lines injected into a generated Criteo file, by the reason they must be rejected for.
+INJECTED = {
+    "column_count": [b"1\t2\t3", b"0" + b"\t5" * 13 + b"\tabc" * 27],
+    "non_integer": [b"0\tx" + b"\t1" * 12 + b"\tab" * 26, b"1\t1.5" + b"\t1" * 12 + b"\tab" * 26],
+    "bad_label": [b"2" + b"\t1" * 13 + b"\tab" * 26, b"yes" + b"\t1" * 13 + b"\tab" * 26],
+    "undecodable": [b"0" + b"\t1" * 13 + b"\t\xff\xfe" * 26],
+}
+
+
+@dataclasses.dataclass
+class Run:
+    out: pathlib.Path
+    inputs: list[pathlib.Path]
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def injected_file(tmp_path_factory) -> pathlib.Path:
+    """300 generated Criteo rows with INJECTED bad lines spread through them, gzipped."""
+    from pipeline.generate import generate
+
+    tmp = tmp_path_factory.mktemp("injected")
+    plain = tmp / "good.tsv"
+    generate(300, plain, seed=5, progress=False)
+    lines = plain.read_bytes().splitlines()
+    bad = [line for group in INJECTED.values() for line in group]
+    for i, line in enumerate(bad):
+        lines.insert(17 + 37 * i, line)
+    path = tmp / "injected.tsv.gz"
+    with gzip.open(path, "wb") as out:
+        out.write(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def criteo_mixed_run(tmp_path_factory, injected_file) -> Run:
+    """One criteo job over the real raw TSV, the Kaggle CSV, a header CSV and the injected file."""
+    inputs = [
+        shared_data("criteo/train_head10k.tsv"),
+        shared_data("criteo/kaggle_tr_rx.csv"),
+        shared_data("criteo/deepctr_sample.csv"),
+        injected_file,
+    ]
+    out = tmp_path_factory.mktemp("criteo_mixed") / "data"
+    args = ["--dataset", "criteo", "--output", str(out), "--max_bad_fraction", "0.05", "--seed", "3"]
+    for path in inputs:
+        args += ["--input", str(path)]
+    return Run(out, inputs, run_pipeline(*args).stdout)
+
+
+def _dataset_run(tmp_path_factory, name: str, relative: str, *extra: str) -> Run:
+    path = shared_data(relative)
+    out = tmp_path_factory.mktemp(name) / "data"
+    return Run(out, [path], run_pipeline(*extra, "--input", str(path), "--output", str(out)).stdout)
+
+
+@pytest.fixture(scope="session")
+def avazu_run(tmp_path_factory) -> Run:
+    return _dataset_run(tmp_path_factory, "avazu", "avazu/train_head9k.csv", "--dataset", "avazu")
+
+
+@pytest.fixture(scope="session")
+def kdd12_run(tmp_path_factory) -> Run:
+    """KDD12's sample has no click; a few synthetic rows with Click 0/1/4 are added as a second input."""
+    extra = tmp_path_factory.mktemp("kdd12_extra") / "clicks.txt"
+    rows = [[str(c), "2", "11", "22", "33", "1", "1", "44", "55", "66", "77", "88"] for c in (0, 1, 4, 0, 2)]
+    extra.write_text("".join("\t".join(r) + "\n" for r in rows))
+    path = shared_data("kdd12/training.txt")
+    out = tmp_path_factory.mktemp("kdd12") / "data"
+    stdout = run_pipeline(
+        "--dataset", "kdd12", "--input", str(path), "--input", str(extra), "--output", str(out)
+    ).stdout
+    return Run(out, [path, extra], stdout)
+
+
+@pytest.fixture(scope="session")
+def frappe_run(tmp_path_factory) -> Run:
+    from tests.conftest import ROOT
+
+    return _dataset_run(
+        tmp_path_factory, "frappe", "frappe/frappe_valid.tsv", "--schema", str(ROOT / "schemas" / "frappe.yaml")
+    )
