@@ -103,9 +103,13 @@ class Phase:
         self.groups = [g for g in self.groups if g[2]]
         for _, opt, variables in self.groups:
             opt.build(variables)
-        self._train_step = tf.function(self._step, jit_compile=t.jit_compile, reduce_retracing=True)
+        # One trace for every batch size (the last batch of a split is smaller).
+        features = {name: tf.TensorSpec([None], tf.int64) for name in info.field_names}
+        self.train_step = tf.function(
+            self._step, jit_compile=t.jit_compile, input_signature=[features, tf.TensorSpec([None], tf.float32)]
+        )
         self._predict_step = tf.function(
-            lambda f: model(f, training=False), jit_compile=t.jit_compile, reduce_retracing=True
+            lambda f: model(f, training=False), jit_compile=t.jit_compile, input_signature=[features]
         )
         self.writer = tf.summary.create_file_writer(str(tb_dir / name))
         self.state = LoopState()
@@ -243,7 +247,7 @@ class Phase:
         start = time.perf_counter()
         bar = tqdm(ds, total=self.state.steps_per_epoch, desc=f"{self.name} epoch {epoch}", unit="batch", leave=False)
         for features, labels in bar:
-            loss = float(self._train_step(features, labels))
+            loss = float(self.train_step(features, labels))
             steps += 1
             if not math.isfinite(loss):
                 bar.close()
