@@ -3,7 +3,11 @@
 Why: at batch 1 the model call's fixed cost dominates; eight clients sending
 one row each are served much faster as one call of eight. A batch closes when
 it holds `max_batch_size` rows or `batch_timeout_micros` after its first
-request arrived, as in TF Serving's BasicBatchScheduler. Requests larger than
+request arrived, as in TF Serving's BasicBatchScheduler, with one change for
+latency at low load: while no batch is running, a worker does not wait for
+more requests (nothing is holding them up, and a lone request would pay the
+whole timeout); requests that arrive meanwhile queue up and form the next,
+larger batch. Requests larger than
 `max_batch_size` are split (TF Serving's `enable_large_batch_splitting`).
 A request whose batch fails is retried alone, so that one malformed request
 never fails the requests it happened to be batched with.
@@ -49,6 +53,7 @@ class Batcher:
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._stopping = False
+        self._running = 0  # batches being computed
         self._threads = [
             threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True)
             for i in range(max(1, settings.num_batch_threads))
@@ -115,15 +120,21 @@ class Batcher:
                     size += task.size
                 full = size >= max_size or bool(self._tasks)
                 remaining = deadline - time.monotonic()
-                if full or remaining <= 0 or self._stopping:
+                if full or remaining <= 0 or self._stopping or self._running == 0:
                     break
                 self._cond.wait(remaining)
             self._queued_rows -= size
+            self._running += 1
             return batch
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._execute(batch)
+            try:
+                self._execute(batch)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
 
     def _execute(self, batch: list[_Task]) -> None:
         try:

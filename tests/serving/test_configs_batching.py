@@ -65,34 +65,60 @@ def test_relative_base_paths_resolve_against_the_config_folder(tmp_path):
 
 
 class _Recorder:
+    """A fake model call: records batch sizes; a row of 999 blocks until `release` is set."""
+
     def __init__(self) -> None:
         self.sizes: list[int] = []
+        self.release = threading.Event()
 
     def __call__(self, inputs):
         self.sizes.append(len(inputs["x"]))
         if any(v < 0 for v in inputs["x"]):
             raise ValueError("negative row")
+        if 999 in inputs["x"]:
+            self.release.wait(timeout=60)
         return {"y": inputs["x"] * 2}
 
 
-def test_concurrent_requests_share_one_call_until_the_batch_is_full():
-    recorder = _Recorder()
-    settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=5_000_000,
-                                        num_batch_threads=1, max_enqueued_batches=2)
-    batcher = Batcher(recorder, settings, "t")
-    results = {}
+def _send_all(batcher: Batcher, values) -> tuple[list[threading.Thread], dict]:
+    results: dict = {}
 
     def send(i):
         results[i] = batcher.run({"x": np.array([i])}, 1)["y"][0]
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=send, args=(i,)) for i in values]
     for t in threads:
         t.start()
+    return threads, results
+
+
+def test_requests_queued_behind_a_running_batch_share_one_call():
+    recorder = _Recorder()
+    settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=60_000_000,
+                                        num_batch_threads=2, max_enqueued_batches=2)
+    batcher = Batcher(recorder, settings, "t")
+    blocker, _ = _send_all(batcher, [999])  # keeps one worker busy: the others must batch up
+    while not recorder.sizes:
+        time.sleep(0.01)
+    threads, results = _send_all(batcher, range(8))
     for t in threads:
-        t.join(timeout=10)
+        t.join(timeout=30)
+    recorder.release.set()
+    blocker[0].join(timeout=30)
     batcher.stop()
-    assert recorder.sizes == [8]  # full batch closes before the 5 s timeout
+    assert recorder.sizes == [1, 8]  # the full batch closed long before the 60 s timeout
     assert results == {i: 2 * i for i in range(8)}
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_timeout():
+    recorder = _Recorder()
+    settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=600_000_000,
+                                        num_batch_threads=1, max_enqueued_batches=2)
+    batcher = Batcher(recorder, settings, "t")
+    threads, results = _send_all(batcher, [3])
+    threads[0].join(timeout=60)  # far below the 600 s batch timeout
+    batcher.stop()
+    assert results == {3: 6} and recorder.sizes == [1]
 
 
 def test_large_requests_split_bad_ones_fail_alone_and_capacity_is_enforced():
