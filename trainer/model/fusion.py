@@ -1,8 +1,8 @@
 """Fusion of a component's inputs by ADD, PROD, CONCAT and ATT (paper table 1).
 
-All ops of one component work on one stacked [B, k, d] tensor of its k
-candidate inputs, each multiplied by its connection mask m_i (STE(alpha) in
-search, absent once connections are frozen). A disconnected input leaves
+All ops of one component work on its k candidate inputs, each multiplied by
+its connection mask m_i (STE(alpha) in search, absent once connections are
+frozen), and on their concatenation [B, k * d] (CONCAT's matmul, ATT's scores). A disconnected input leaves
 every op unchanged: it adds 0 to ADD, is replaced by 1 in PROD, is a zero
 block of CONCAT's input and is masked out of ATT's softmax; its mask still
 carries the STE gradient to alpha. With no connected input the fused result
@@ -68,38 +68,45 @@ class Fusion(keras.layers.Layer):
         """inputs: k tensors [B, d]; connected: [k] of 0/1 (STE output) or
         None (all on); op_weights: [len(op_names)] mixture weights (needed for
         several ops)."""
-        x = ops.stack(inputs, axis=1)  # [B, k, d]
-        if connected is not None:
-            x = x * ops.reshape(connected, (1, -1, 1))
-        results = [getattr(self, f"_{name}")(x, connected) for name in self.op_names]
+        k = len(inputs)
+        on = [None] * k if connected is None else [connected[i] for i in range(k)]
+        masked = list(inputs) if connected is None else [x * m for x, m in zip(inputs, on)]
+        flat = ops.concatenate(masked, axis=-1) if k > 1 else masked[0]  # [B, k * d]
+        results = [getattr(self, f"_{name}")(masked, flat, on) for name in self.op_names]
         if len(results) == 1:
             return results[0]
         if op_weights is None:
             raise ValueError(f"Fusion of several ops {self.op_names} needs op_weights. Received: None")
         return sum(op_weights[i] * r for i, r in enumerate(results))
 
-    def _add(self, x, connected):
-        return ops.sum(x, axis=1)
+    # Each op gets the masked inputs, their concatenation and the per-input
+    # switches. Loops over inputs (not reductions over a stacked axis) keep the
+    # gradients cheap: TF's reduce_prod gradient alone costs more than PROD.
 
-    def _prod(self, x, connected):
-        if connected is None:
-            return ops.prod(x, axis=1)
-        off = ops.reshape(1.0 - connected, (1, -1, 1))
-        # Empty product is 1: zero it when nothing is connected (no gradient path).
-        any_on = ops.stop_gradient(ops.max(connected))
-        return ops.prod(x + off, axis=1) * any_on
+    def _add(self, masked, flat, on):
+        return sum(masked[1:], masked[0])
 
-    def _concat(self, x, connected):
-        k, d = x.shape[1], x.shape[2]
-        return ops.matmul(ops.reshape(x, (-1, k * d)), self.concat_kernel)
+    def _prod(self, masked, flat, on):
+        result = None
+        for x, m in zip(masked, on):
+            term = x if m is None else x + (1.0 - m)  # a disconnected input counts as 1
+            result = term if result is None else result * term
+        if on[0] is None:
+            return result
+        # The empty product is 1: zero it when nothing is connected (no gradient path).
+        return result * ops.stop_gradient(ops.max(ops.stack(on)))
 
-    def _att(self, x, connected):
-        hidden = ops.relu(ops.matmul(x, self.att_w1) + self.att_b1)  # [B, k, att_dim]
-        scores = ops.squeeze(ops.matmul(hidden, self.att_w2), axis=-1)  # [B, k]
-        if connected is not None:
-            scores = ops.where(ops.reshape(connected, (1, -1)) > 0, scores, _MASKED_SCORE)
+    def _concat(self, masked, flat, on):
+        return ops.matmul(flat, self.concat_kernel)
+
+    def _att(self, masked, flat, on):
+        k, d = len(masked), masked[0].shape[-1]
+        hidden = ops.relu(ops.matmul(ops.reshape(flat, (-1, d)), self.att_w1) + self.att_b1)
+        scores = ops.reshape(ops.matmul(hidden, self.att_w2), (-1, k))  # [B, k]
+        if on[0] is not None:
+            scores = ops.where(ops.reshape(ops.stack(on), (1, k)) > 0, scores, _MASKED_SCORE)
         weights = ops.softmax(scores, axis=1)
-        return ops.sum(x * ops.expand_dims(weights, -1), axis=1)
+        return sum(weights[:, i : i + 1] * x for i, x in enumerate(masked))
 
     def get_config(self) -> dict:
         return {
