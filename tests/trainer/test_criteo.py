@@ -1,0 +1,35 @@
+"""Search then retrain on Criteo-layout data produced by the real `pipeline` job."""
+
+import json
+
+import pytest
+
+from trainer import cli
+from trainer.model_io import load_model
+
+
+def _run(*args):
+    assert cli.main([str(a) for a in args]) == 0
+
+
+@pytest.mark.slow
+def test_search_retrain_on_the_generated_criteo_fixture(criteo_preprocessed_dir, tmp_path):
+    fast = ["--train.epochs=2", "--train.batch_size=1024"]
+    _run("--stage=search", "--data", criteo_preprocessed_dir, "--out", tmp_path / "s", *fast)
+    _run("--stage=retrain", "--data", criteo_preprocessed_dir, "--architecture", tmp_path / "s/architecture.json",
+         "--mode", "hard", "--out", tmp_path / "r")
+    metrics = json.loads((tmp_path / "r/metrics.json").read_text())
+    assert metrics["test_auc"] > 0.6
+    model = load_model(tmp_path / "r")
+    assert [v.name for v in model.arch_variables] == []
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_cpu_preset_reaches_auc_070_on_the_real_criteo_sample(criteo_sample_dir, tmp_path):
+    """Issue 3's quality bar at the CPU preset (3-seed mean/spread: benchmarks/criteo_sample_quality.py)."""
+    _run("--stage=search", "--data", criteo_sample_dir, "--out", tmp_path / "s")
+    _run("--stage=retrain", "--data", criteo_sample_dir, "--architecture", tmp_path / "s/architecture.json",
+         "--mode", "hard", "--out", tmp_path / "r")
+    metrics = json.loads((tmp_path / "r/metrics.json").read_text())
+    assert metrics["test_auc"] >= 0.70, metrics
