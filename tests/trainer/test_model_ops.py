@@ -103,6 +103,10 @@ def test_fusion_builds_only_the_weights_of_its_ops():
     assert [tuple(w.shape) for w in _fusion(("concat",)).weights] == [(6, 2)]
     att = _fusion(("att",), att_dim=5)
     assert [tuple(w.shape) for w in att.weights] == [(2, 5), (5,), (5, 1)]
+    single = Fusion(("att",))
+    x = tf.constant(X1)
+    np.testing.assert_array_equal(single([x]).numpy(), X1)  # one input: weight 1, no scorer
+    assert single.weights == []
 
 
 def test_fusion_rejects_bad_arguments():

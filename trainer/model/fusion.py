@@ -55,7 +55,7 @@ class Fusion(keras.layers.Layer):
             self.concat_kernel = self.add_weight(
                 name="concat_kernel", shape=(k * d, d), initializer=self.kernel_initializer
             )
-        if "att" in self.op_names:
+        if "att" in self.op_names and k > 1:  # one input always gets weight 1
             self.att_w1 = self.add_weight(
                 name="att_w1", shape=(d, self.att_dim), initializer=self.kernel_initializer
             )
@@ -101,6 +101,8 @@ class Fusion(keras.layers.Layer):
 
     def _att(self, masked, flat, on):
         k, d = len(masked), masked[0].shape[-1]
+        if k == 1:
+            return masked[0]
         hidden = ops.relu(ops.matmul(ops.reshape(flat, (-1, d)), self.att_w1) + self.att_b1)
         scores = ops.reshape(ops.matmul(hidden, self.att_w2), (-1, k))  # [B, k]
         if on[0] is not None:

@@ -216,6 +216,12 @@ class Supernet(keras.Model):
         return self.fusions[comp]([outputs[s] for s in sources], connected=connected, op_weights=weights)
 
     @property
+    def component_inputs(self) -> dict[str, list[str]]:
+        """Built components (level order, E excluded) and the inputs each fuses:
+        every candidate while connections are searched, the connected ones once frozen."""
+        return {c: list(self._sources[c]) for c in self._order}
+
+    @property
     def arch_variables(self) -> list[keras.Variable]:
         """alpha and beta variables being searched ([] once frozen)."""
         return list(self.alpha.values()) + list(self.beta.values())
