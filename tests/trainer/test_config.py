@@ -64,3 +64,12 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("train: 3\n")
     with pytest.raises(ConfigError, match="train must be a mapping"):
         load_config(bad)
+
+
+def test_ablations_are_config_keys():
+    config = load_config(preset_path("criteo", "cpu"),
+                         ["--model.shallow=cin", "--model.n=4", "--search.sequential=true", "--search.fixed_op=att"])
+    assert (config.model.shallow, config.model.n, config.search.sequential, config.search.fixed_op) == (
+        "cin", 4, True, "att")
+    with pytest.raises(ConfigError, match="shallow"):
+        load_config(preset_path("criteo", "cpu"), ["--model.shallow=fm"])
