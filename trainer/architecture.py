@@ -210,7 +210,7 @@ class Architecture:
             "beta": self.beta,
             "edges": [list(e) for e in self.edges()],
             "hard_ops": self.hard_ops(),
-            "soft_weights": self.soft_weights(),
+            "soft_weights": {c: [round(w, 6) for w in ws] for c, ws in self.soft_weights().items()},
             "reachable": sorted(self.reachable(), key=components(self.n).index),
         }
 
@@ -238,7 +238,8 @@ class Architecture:
         return arch
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        """Indented JSON with short lists (beta, one edge) kept on one line."""
+        return _dumps(self.to_dict(), "") + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Architecture:
@@ -271,11 +272,9 @@ class Architecture:
         """One-screen text view of the chosen DAG, top (H) to bottom (E)."""
         keep = self.reachable()
         hard, soft = self.hard_ops(), self.soft_weights()
-        lines = [
-            f"OptFusion architecture, n={self.n}: {len(self.edges())} of "
-            f"{num_edges(self.n)} edges on"
-            + (f"  ({self.description})" if self.description else "")
-        ]
+        lines = [f"OptFusion architecture, n={self.n}: {len(self.edges())} of {num_edges(self.n)} edges on"]
+        if self.description:
+            lines.append(f"  {self.description}")
         for comp in reversed(components(self.n)):
             if comp not in keep and comp != "E":
                 continue
@@ -290,3 +289,20 @@ class Architecture:
         pruned = [c for c in components(self.n) if c not in keep and c != "E"]
         lines.append("  pruned (no path to H): " + (", ".join(pruned) if pruned else "none"))
         return "\n".join(lines)
+
+
+def _dumps(value, indent: str) -> str:
+    """json.dumps(indent=2), except short lists and dicts of scalars stay on one line."""
+    inner = indent + "  "
+    flat = json.dumps(value)
+    nested = isinstance(value, (dict, list)) and any(
+        isinstance(v, (dict, list)) for v in (value.values() if isinstance(value, dict) else value)
+    )
+    if not nested and len(indent) + len(flat) <= 100:
+        return flat
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {_dumps(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value)

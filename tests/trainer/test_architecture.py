@@ -2,6 +2,7 @@
 
 import json
 import math
+import pathlib
 
 import pytest
 
@@ -158,3 +159,24 @@ def test_render_fits_one_screen():
     assert len(lines) <= 24 and max(map(len, lines)) <= 100
     assert lines[0].startswith("OptFusion architecture, n=3: 33 of 33 edges on")
     assert "H   <- CONCAT(E, S0, S1, D1, S2, D2, S3, D3)" in text
+
+
+SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "trainer" / "architectures"
+
+
+@pytest.mark.parametrize(
+    "name, edges, hard_h",
+    [
+        ("parallel_dcn", [("E", "S1"), ("E", "D1"), ("S1", "S2"), ("D1", "D2"), ("S2", "S3"),
+                          ("D2", "D3"), ("S3", "H"), ("D3", "H")], "concat"),
+        ("stacked_dcnv2", [("E", "S0"), ("S0", "S1"), ("S1", "D2"), ("D2", "D3"), ("D3", "H")], "add"),
+        ("fnn", [("E", "D1"), ("D1", "D2"), ("D2", "D3"), ("D3", "H")], "add"),
+    ],
+)
+def test_shipped_designs(name, edges, hard_h):
+    path = SHIPPED / f"{name}.json"
+    arch = Architecture.load(path)
+    assert arch.edges() == edges
+    assert arch.hard_ops()["H"] == hard_h
+    assert arch.description
+    assert path.read_text() == arch.to_json()  # files are exactly what save() writes

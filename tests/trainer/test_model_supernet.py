@@ -1,5 +1,7 @@
 """The assembled supernet: modes, pruning, gradients, variants and serialization."""
 
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +10,7 @@ import keras
 from trainer.architecture import OPS, Architecture, candidate_inputs, connectable_components, fusing_components
 from trainer.model import Supernet, SupernetConfig
 
+SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "trainer" / "architectures"
 NAMES, VOCABS = ["a", "b"], [3, 4]
 CFG = SupernetConfig(n=1, emb_dim=2, att_dim=3, emb_std=0.3)  # d = 4
 
@@ -214,3 +217,11 @@ def test_bad_arguments_fail_with_a_reason(kwargs, message):
         _model(**kwargs)
     with pytest.raises(ValueError, match="equal length"):
         Supernet(CFG, ["a"], [3, 4])
+
+
+@pytest.mark.parametrize("name", ["parallel_dcn", "stacked_dcnv2", "fnn"])
+def test_shipped_designs_build_pruned_hard_models(name):
+    arch = Architecture.load(SHIPPED / f"{name}.json")
+    model = _model(SupernetConfig(n=3, emb_dim=2, shallow="crossnetv2"), architecture=arch, mode="hard")
+    assert set(model.component_inputs) == arch.reachable() - {"E"}
+    assert model(_features()).shape == (5, 1)
