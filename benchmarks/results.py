@@ -34,7 +34,11 @@ def header(argv: list[str] | None = None) -> str:
     """Date, machine and command lines for the top of a section."""
     command = " ".join(shlex.quote(a) for a in (argv if argv is not None else ["python", *sys.argv]))
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"- date: {now}\n- machine: {machine()}\n- command: `{command}`\n"
+    try:
+        load = pathlib.Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        load = "unknown"
+    return f"- date: {now}\n- machine: {machine()}, 1-min load average at start {load}\n- command: `{command}`\n"
 
 
 def write_section(name: str, body: str) -> pathlib.Path:

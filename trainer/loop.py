@@ -145,6 +145,12 @@ class Phase:
     def evaluate(self, split: str) -> dict[str, float]:
         """Exact AUC and LogLoss over the whole split."""
         labels, logits = self.predict(split)
+        if np.ptp(logits) == 0:
+            log.warning(
+                "[%s] the model predicts one constant on %s (AUC 0.5): its input to the head is lost, "
+                "e.g. a PROD over many small inputs underflows; try --mode=soft or another architecture",
+                self.name, split,
+            )
         return {"auc": roc_auc(labels, logits), "logloss": log_loss(labels, logits), "rows": int(labels.size)}
 
     # ---- checkpoints --------------------------------------------------
