@@ -161,8 +161,8 @@ def run_serve(args: argparse.Namespace) -> int:
                             max_message_bytes=args.max_message_mb << 20)
     try:
         server = ModelServer(model_config, batching, options)
-    except OSError as err:
-        return _fail(str(err))
+    except (OSError, RuntimeError) as err:  # grpc raises RuntimeError when it cannot bind
+        return _fail(f"cannot listen on {args.host}:{args.port}: {err}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

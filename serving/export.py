@@ -42,7 +42,11 @@ VERSION_RE = re.compile(r"^[0-9]+$")
 
 
 class ExportError(RuntimeError):
-    """The export cannot be built or fails verification; nothing was published."""
+    """The export fails verification; nothing was published."""
+
+
+class ExportUsageError(ValueError):
+    """Bad export arguments (name, version, verification input); nothing was written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +156,7 @@ def read_raw_rows(path: str, fmt: str | None, dataset: str, limit: int) -> list[
         if len(rows) >= limit:
             break
     if not rows:
-        raise ExportError(f"--verify_input {path} holds no raw rows (format {fmt or dataset})")
+        raise ExportUsageError(f"--verify_input {path} holds no raw rows (format {fmt or dataset})")
     return rows
 
 
@@ -245,7 +249,7 @@ def export(
     from trainer.model_io import load_model
 
     if not re.match(r"^[A-Za-z0-9_.-]+$", model_name):
-        raise ExportError(f"--model_name {model_name!r}: use letters, digits, '_', '-', '.'")
+        raise ExportUsageError(f"--model_name {model_name!r}: use letters, digits, '_', '-', '.'")
     info = read_dataset_info(data_dir)
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
@@ -258,10 +262,10 @@ def export(
     if version is None:
         version = (existing[-1] + 1) if existing else 1
     elif version < 1:
-        raise ExportError(f"--version must be >= 1. Received: {version}")
+        raise ExportUsageError(f"--version must be >= 1. Received: {version}")
     final_dir = model_dir / str(version)
     if final_dir.exists():
-        raise ExportError(f"{final_dir} already exists: pass another --version or none for the next")
+        raise ExportUsageError(f"{final_dir} already exists: pass another --version or none for the next")
 
     if verify_input:
         rows = read_raw_rows(verify_input, input_format, info.dataset, verify_rows)

@@ -120,10 +120,13 @@ def _in_process(version_dir: pathlib.Path, rows: list[dict]) -> np.ndarray:
         "probabilities"].numpy()
 
 
-def test_export_layout_configs_and_warmup(criteo_base):
+def test_export_layout_configs_and_warmup(criteo_base, criteo_preprocessed_dir):
     version_dir = criteo_base / MODEL / "1"
     assert (version_dir / "saved_model.pb").is_file() and (version_dir / "variables").is_dir()
     assert sorted(p.name for p in (criteo_base / MODEL).iterdir()) == ["1"]  # no temp dir left
+    # self-contained: the vocabulary travels in assets/, nothing points back at the data dir
+    assert any((version_dir / "assets").iterdir())
+    assert str(criteo_preprocessed_dir).encode() not in (version_dir / "saved_model.pb").read_bytes()
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
                tf.data.TFRecordDataset(str(version_dir / "assets.extra/tf_serving_warmup_requests"))]
     kinds = [r.WhichOneof("log_type") for r in records]
@@ -199,8 +202,11 @@ def test_failed_verification_publishes_nothing(criteo_run_dir, criteo_preprocess
     assert sorted(p.name for p in (criteo_base / MODEL).iterdir()) == before
 
 
-def test_bad_export_arguments_exit_2(criteo_run_dir, tmp_path, capsys):
-    code = cli.main(["export", "--run", str(criteo_run_dir), "--data", str(tmp_path / "nope"),
-                     "--model_base_path", str(tmp_path), "--model_name", MODEL])
-    assert code == 2
+def test_bad_export_arguments_exit_2(criteo_run_dir, criteo_preprocessed_dir, criteo_base,
+                                    tmp_path, capsys):
+    common = ["export", "--run", str(criteo_run_dir), "--model_base_path", str(criteo_base),
+              "--model_name", MODEL]
+    assert cli.main([*common, "--data", str(tmp_path / "nope")]) == 2
     assert "stats.json is missing" in capsys.readouterr().err
+    assert cli.main([*common, "--data", str(criteo_preprocessed_dir), "--version", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err
