@@ -1,0 +1,1 @@
+"""Export for TF Serving, a TF Serving-compatible gRPC server (dev/CI) and a gRPC client."""

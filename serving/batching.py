@@ -61,10 +61,6 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    @property
-    def capacity_rows(self) -> int:
-        return self._capacity
-
     def run(self, inputs: Arrays, size: int) -> Arrays:
         """Blocks until the rows of `inputs` (batch-major, `size` rows) are computed."""
         if size > self._capacity:

@@ -23,9 +23,8 @@ from tensorflow_serving.apis import (
 )
 
 from serving import examples, tensors
+from serving.module import DEFAULT_SIGNATURE, EXAMPLES_INPUT
 
-DEFAULT_SIGNATURE = "serving_default"
-EXAMPLES_INPUT = "examples"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
 

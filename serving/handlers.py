@@ -16,9 +16,9 @@ from tensorflow_serving.apis import (
 )
 
 from serving import tensors
-from serving.servable import CLASSIFY_METHOD, Servable, ServingError
+from serving.module import CLASSIFY_METHOD, DEFAULT_SIGNATURE
+from serving.servable import Servable, ServingError
 
-DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
 
 

@@ -24,8 +24,6 @@ from serving import tensors
 from serving.batching import Batcher, QueueFullError
 from serving.configs import BatchingSettings
 
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
 MAX_MESSAGE_CHARS = 400
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import shutil
 import time
 import urllib.request
 
@@ -241,3 +240,34 @@ def test_prometheus_metrics_count_requests(tiny_server, tiny_client):
         ':tensorflow:serving:request_count{model_name="tiny",API="predict",status="OK"}')]
     assert ok and int(ok[0].split()[-1]) >= 1
     assert ':tensorflow:serving:request_latency_bucket{model_name="tiny",API="predict"' in text
+
+
+def test_specific_version_policy_and_labels(tmp_path):
+    """A config naming versions serves those, not the latest; labels resolve to them."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.manager import ModelManager
+    from serving.servable import ServingError
+
+    for version in (1, 2):
+        tiny.write_version(tmp_path, version, "pinned", seed=version)
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add(name="pinned", base_path=str(tmp_path))
+    model.model_version_policy.specific.versions.append(1)
+    model.version_labels["stable"] = 1
+    manager = ModelManager(config, TINY_BATCHING)
+    try:
+        manager.poll_once()
+        spec = model_pb2.ModelSpec(name="pinned")
+        assert manager.servable(spec).version == 1
+        spec.version_label = "stable"
+        assert manager.servable(spec).version == 1
+        spec.version_label = "canary"
+        with pytest.raises(ServingError) as err:
+            manager.servable(spec)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        status = manager.status(get_model_status_pb2.GetModelStatusRequest(
+            model_spec=model_pb2.ModelSpec(name="pinned")))
+        assert [(s.version, s.state) for s in status.model_version_status] == [(1, AVAILABLE)]
+    finally:
+        manager.stop()
