@@ -122,8 +122,11 @@ class Phase:
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
             loss = bce_loss(labels, logits)
-            penalty = t.l2 * _l2(self.model.dense_variables) + t.emb_l2 * _l2(self.model.embedding_variables)
-            total = loss + penalty
+            total = loss
+            if t.l2 > 0:  # decided at trace time: a zero L2 costs nothing
+                total += t.l2 * _l2(self.model.dense_variables)
+            if t.emb_l2 > 0:
+                total += t.emb_l2 * _l2(self.model.embedding_variables)
         grads = tape.gradient(total, variables)
         start = 0
         for _, opt, vs in self.groups:
