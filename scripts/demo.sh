@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo_out}
 ROWS=${DEMO_ROWS:-100000}
 PORT=${DEMO_PORT:-8500}
-rm -rf "$OUT" && mkdir -p "$OUT"
+rm -rf "$OUT" && mkdir -p "$OUT/raw"
 
 step() { printf '\n=== %s\n' "$*"; }
 
