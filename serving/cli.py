@@ -237,6 +237,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO banner drowns the summary
     handler = {"export": run_export, "serve": run_serve, "predict": run_predict}[args.command]
     return handler(args)
 
