@@ -36,7 +36,7 @@ def measure(kind: str, jit: bool, steps: int, warmup: int, batch: int) -> dict:
     import tensorflow as tf
 
     from pipeline.dataset_info import DatasetInfo, FieldInfo
-    from trainer.architecture import Architecture, candidate_inputs, fusing_components
+    from trainer.architecture import Architecture, candidate_inputs, connectable_components, fusing_components
     from trainer.config import Config, TrainConfig
     from trainer.loop import Phase
     from trainer.model.supernet import SupernetConfig
@@ -53,7 +53,7 @@ def measure(kind: str, jit: bool, steps: int, warmup: int, batch: int) -> dict:
         rng = np.random.default_rng(0)
         arch = Architecture(
             n=3,
-            alpha={c: {s: 1.0 for s in candidate_inputs(c, 3)} for c in fusing_components(3)},
+            alpha={c: {s: 1.0 for s in candidate_inputs(c, 3)} for c in connectable_components(3)},
             beta={c: list(rng.normal(size=4)) for c in fusing_components(3)},
         )
         model = build_model(config, fields, mode="soft", architecture=arch)
@@ -105,6 +105,7 @@ def main() -> int:
             print(f"train_bench: {kind} jit={jit} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
             return 1
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        tqdm.write(json.dumps(rows[-1]))
 
     table = ["| model | XLA | examples/s | s/step | parameters | peak RSS MB |", "|---|---|---|---|---|---|"]
     for r in rows:

@@ -166,6 +166,17 @@ def test_nan_loss_stops_with_exit_1_and_keeps_last_good_checkpoint(
     assert (out / "checkpoints/train/epoch-0001.npz").read_bytes() == good
 
 
+def _fewer_fields_dir(synthetic_dir, tmp_path):
+    """The synthetic shards with a stats.json that lists one field fewer."""
+    bad = tmp_path / "fewer"
+    bad.mkdir()
+    for shard in synthetic_dir.glob("*.tfrecord.gz"):
+        (bad / shard.name).symlink_to(shard)
+    stats = json.loads((synthetic_dir / "stats.json").read_text())
+    (bad / "stats.json").write_text(json.dumps(dict(stats, fields=stats["fields"][:-1])))
+    return bad
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -177,6 +188,7 @@ def test_nan_loss_stops_with_exit_1_and_keeps_last_good_checkpoint(
         ("bad_arch", "Architecture file"),
         ("out_exists", "exists and is not empty; pass --resume"),
         ("no_preset", "no CPU preset for dataset 'synthetic'"),
+        ("fewer_fields", "does not match"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_run, tmp_path, capsys):
@@ -192,6 +204,8 @@ def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_ru
                      "--mode", "hard"],
         "out_exists": ["--stage=search", "--data", synthetic_dir, "--out", search_run, "--config", CONFIG],
         "no_preset": ["--stage=search", *base],
+        "fewer_fields": ["--stage=search", "--data", _fewer_fields_dir(synthetic_dir, tmp_path), "--out",
+                         tmp_path / "out", "--config", CONFIG],
     }[case]
     capsys.readouterr()
     _trainer(*args, expect=2)
