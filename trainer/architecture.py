@@ -94,6 +94,8 @@ def _check_n(n: int) -> None:
 class Architecture:
     """Alpha per allowed edge and beta per fusing component.
 
+    alpha["S0"] (the E -> S0 switch) may be left out: it then defaults to on.
+
     alpha and beta are the source of truth; edges (1[alpha > 0]), the Hard
     op (argmax beta) and the Soft weights (softmax beta) are derived and
     written to JSON only for the reader.
@@ -106,6 +108,8 @@ class Architecture:
 
     def __post_init__(self) -> None:
         _check_n(self.n)
+        # DESIGN.md feeds S0 from E; a file without S0's switch keeps it on.
+        self.alpha.setdefault("S0", {"E": 1.0})
         connectable, fusing = connectable_components(self.n), fusing_components(self.n)
         if set(self.alpha) != set(connectable) or set(self.beta) != set(fusing):
             raise ValueError(

@@ -106,6 +106,13 @@ def test_from_design_sets_alpha_and_one_hot_beta():
         Architecture.from_design(n=1, inputs={}, ops="max")
 
 
+def test_s0_switch_defaults_to_on():
+    data = _arch(n=1, alpha=-1.0).to_dict()
+    del data["alpha"]["S0"]
+    del data["edges"], data["reachable"]
+    assert Architecture.from_dict(data).alpha["S0"] == {"E": 1.0}
+
+
 def test_validation_rejects_wrong_shape():
     good = _arch(n=1).to_dict()
     bad_alpha = json.loads(json.dumps(good))
