@@ -80,8 +80,10 @@ class Fusion(keras.layers.Layer):
         return sum(op_weights[i] * r for i, r in enumerate(results))
 
     # Each op gets the masked inputs, their concatenation and the per-input
-    # switches. Loops over inputs (not reductions over a stacked axis) keep the
-    # gradients cheap: TF's reduce_prod gradient alone costs more than PROD.
+    # switches. Loops over inputs instead of reductions over a stacked
+    # [B, k, d] tensor: in an interleaved A/B of the n = 3, d = 624 search
+    # step this took ~1.9x fewer CPU-seconds with XLA off (reduce_prod's
+    # gradient is costly) and was no slower with XLA on.
 
     def _add(self, masked, flat, on):
         return sum(masked[1:], masked[0])
