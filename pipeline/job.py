@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
+from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
@@ -27,6 +28,7 @@ from pipeline.parse import REASONS, SPLIT_NAMES, parse_lines, raw_arrow_schema
 from pipeline.sources import FileRange, read_line_batches
 from pipeline.run import STATS_TMP, TFT_TMP, JobSpec
 from pipeline.specs import LABEL_KEY, DatasetSpec
+from pipeline.tfrecord_sink import GzipTFRecordSink
 from pipeline.transform import make_preprocessing_fn
 
 
@@ -41,14 +43,16 @@ class ReadAndParse(beam.DoFn):
 
     def process(self, rng: FileRange) -> Iterator:
         layout = self._layouts[rng.path]
-        counts = np.zeros(1 + len(REASONS), dtype=np.int64)
+        # [lines, rejected per reason..., good rows per split...]
+        counts = np.zeros(1 + len(REASONS) + len(SPLIT_NAMES), dtype=np.int64)
         for lines in read_line_batches(rng, layout.header, self._batch_lines):
             parsed = parse_lines(lines, layout, self._spec, self._seed)
             counts[0] += parsed.lines
             for reason, line in parsed.rejected:
                 counts[1 + REASONS.index(reason)] += 1
                 yield beam.pvalue.TaggedOutput("rejected", (reason, line))
-            for split, batch in parsed.by_split().items():
+            for i, (split, batch) in enumerate(parsed.by_split().items()):
+                counts[1 + len(REASONS) + i] += batch.num_rows
                 if batch.num_rows:
                     yield beam.pvalue.TaggedOutput(split, batch)
         yield beam.pvalue.TaggedOutput("counts", (rng.path, counts))
@@ -79,7 +83,7 @@ def _transformed_schema(spec: DatasetSpec):
 
 
 class EncodeExamples(beam.DoFn):
-    """Transformed record batches -> serialized tf.Example (tfx-bsl's C++ encoder)."""
+    """Transformed record batch -> list of serialized tf.Example (tfx-bsl's C++ encoder)."""
 
     def __init__(self, spec: DatasetSpec):
         self._spec = spec
@@ -88,9 +92,9 @@ class EncodeExamples(beam.DoFn):
     def setup(self):
         self._encoder = RecordBatchToExamplesEncoder(_transformed_schema(self._spec))
 
-    def process(self, element) -> Iterator[bytes]:
+    def process(self, element) -> Iterator[list[bytes]]:
         batch, _ = element
-        yield from self._encoder.encode(batch)
+        yield self._encoder.encode(batch)
 
 
 def _write_json(pcoll, path: str, label: str):
@@ -142,8 +146,11 @@ def build_and_run(job: JobSpec) -> None:
                 pcoll
                 | f"Encode{split.title()}" >> beam.ParDo(EncodeExamples(spec))
                 | f"Write{split.title()}"
-                >> beam.io.WriteToTFRecord(
-                    os.path.join(job.work_dir, split), file_name_suffix=".tfrecord.gz"
+                >> fileio.WriteToFiles(
+                    job.work_dir,
+                    file_naming=fileio.default_file_naming(split, ".tfrecord.gz"),
+                    sink=lambda _: GzipTFRecordSink(),
+                    shards=job.output_shards,
                 )
             )
             stats = (

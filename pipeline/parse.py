@@ -98,11 +98,7 @@ def parse_lines(lines: list[bytes], layout: Layout, spec: DatasetSpec, seed: int
 
     ok = np.flatnonzero(reason < 0)
     good_lines = [lines[i] for i in ok]
-    wanted = [spec.label_column, *(c.name for c in spec.raw_columns)]
-    if good_lines:
-        cols = _read_columns(good_lines, layout, wanted)
-    else:
-        cols = {name: pa.array([], pa.string()) for name in wanted}
+    cols, typed = _read_typed_or_strings(good_lines, layout, spec)
 
     label_str = cols[spec.label_column]
     if spec.label_rule == "binary":
@@ -110,11 +106,12 @@ def parse_lines(lines: list[bytes], layout: Layout, spec: DatasetSpec, seed: int
     else:
         label_ok = pc.match_substring_regex(label_str, r"^[0-9]{1,18}$").to_numpy(zero_copy_only=False)
     int_ok = np.ones(len(ok), dtype=bool)
-    for col in spec.raw_columns:
-        if col.is_integer:
-            s = cols[col.name]
-            valid = pc.or_(pc.equal(s, ""), pc.match_substring_regex(s, _INT_PATTERN))
-            int_ok &= valid.to_numpy(zero_copy_only=False)
+    if not typed:  # some integer cell did not convert: find the rows, convert the rest
+        for col in spec.raw_columns:
+            if col.is_integer:
+                s = cols[col.name]
+                valid = pc.or_(pc.equal(s, ""), pc.match_substring_regex(s, _INT_PATTERN))
+                int_ok &= valid.to_numpy(zero_copy_only=False)
     reason[ok[~label_ok]] = 2
     reason[ok[label_ok & ~int_ok]] = 3
     keep = label_ok & int_ok
@@ -126,12 +123,16 @@ def parse_lines(lines: list[bytes], layout: Layout, spec: DatasetSpec, seed: int
     arrays = []
     for col in spec.raw_columns:
         s = cols[col.name].filter(mask)
-        present = pc.not_equal(s, "").to_numpy(zero_copy_only=False)
-        values = s.filter(pa.array(present))
-        if col.is_integer:
-            values = pc.cast(pc.replace_substring_regex(values, r"\.0*$", ""), pa.int64())
+        if typed and col.is_integer:
+            present = s.is_valid().to_numpy(zero_copy_only=False)
+            values = s.drop_null()
         else:
-            values = values.cast(pa.binary())
+            present = pc.not_equal(s, "").to_numpy(zero_copy_only=False)
+            values = s.filter(pa.array(present))
+            if col.is_integer:
+                values = pc.cast(pc.replace_substring_regex(values, r"\.0*$", ""), pa.int64())
+            else:
+                values = values.cast(pa.binary())
         arrays.append(_to_list_array(values, present))
     label_int = pc.cast(label_str.filter(mask), pa.int64())
     if spec.label_rule == "positive":
@@ -141,17 +142,35 @@ def parse_lines(lines: list[bytes], layout: Layout, spec: DatasetSpec, seed: int
     return ParsedBatch(rows=rows, splits=splits, rejected=rejected, lines=n)
 
 
-def _read_columns(lines: list[bytes], layout: Layout, wanted: list[str]) -> dict[str, pa.Array]:
-    """Splits lines into string columns with pyarrow's CSV reader (no quoting, no type guessing)."""
+def _read_typed_or_strings(lines: list[bytes], layout: Layout, spec: DatasetSpec) -> tuple[dict[str, pa.Array], bool]:
+    """Columns with integer fields converted by the CSV reader itself (fast path), or all as strings.
+
+    The fast path fails as a whole on any non-integer cell; the string path
+    then validates cell by cell so that only the bad rows are rejected.
+    """
+    wanted = {spec.label_column: pa.string()}
+    for col in spec.raw_columns:
+        wanted[col.name] = pa.int64() if col.is_integer else pa.string()
+    if not lines:
+        return {name: pa.array([], pa.string()) for name in wanted}, False
+    try:
+        return _read_columns(lines, layout, wanted), True
+    except pa.ArrowInvalid:
+        return _read_columns(lines, layout, dict.fromkeys(wanted, pa.string())), False
+
+
+def _read_columns(lines: list[bytes], layout: Layout, types: dict[str, pa.DataType]) -> dict[str, pa.Array]:
+    """Splits lines into columns with pyarrow's CSV reader (no quoting; empty string cells stay "")."""
     tmp_names = [f"c{i}" for i in range(len(layout.names))]
-    include = {f"c{layout.index_of(name)}": name for name in wanted}
+    include = {f"c{layout.index_of(name)}": name for name in types}
     table = pacsv.read_csv(
         io.BytesIO(b"\n".join(lines) + b"\n"),
         read_options=pacsv.ReadOptions(column_names=tmp_names, use_threads=False, block_size=1 << 26),
         parse_options=pacsv.ParseOptions(delimiter=layout.delimiter, quote_char=False),
         convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in include},
+            column_types={c: types[name] for c, name in include.items()},
             include_columns=list(include),
+            null_values=[""],
             strings_can_be_null=False,
         ),
     )

@@ -34,6 +34,10 @@ class UsageError(ValueError):
     """Bad input or arguments: reported in one line, exit code 2, nothing written."""
 
 
+class JobIntegrityError(RuntimeError):
+    """The written rows do not add up to the parsed rows."""
+
+
 class TooManyBadRows(RuntimeError):
     """An input's rejected fraction is over --max_bad_fraction."""
 
@@ -49,6 +53,7 @@ class JobSpec:
     seed: int = 0
     min_count: int = 2
     batch_lines: int = 20000
+    output_shards: int = 2
     beam_args: tuple[str, ...] = ()
 
 
@@ -63,6 +68,7 @@ class RunConfig:
     overwrite: bool = False
     batch_lines: int = 20000
     range_bytes: int = 32 << 20
+    output_shards: int = 2
     beam_args: tuple[str, ...] = ()
 
 
@@ -102,6 +108,7 @@ def prepare(config: RunConfig) -> JobSpec:
         seed=config.seed,
         min_count=config.min_count,
         batch_lines=config.batch_lines,
+        output_shards=config.output_shards,
         beam_args=config.beam_args,
     )
 
@@ -139,8 +146,10 @@ def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
     sizes = _vocab_sizes(work_dir, job.spec)
     inputs = []
     rejected = dict.fromkeys(REASONS, 0)
+    parsed = np.zeros(len(SPLIT_NAMES), dtype=np.int64)
     for path, counts in sorted(_read_json(work_dir / STATS_TMP / "inputs.json")):
-        reasons = dict(zip(REASONS, counts[1:]))
+        reasons = dict(zip(REASONS, counts[1:1 + len(REASONS)]))
+        parsed += counts[1 + len(REASONS):]
         for reason, n in reasons.items():
             rejected[reason] += n
         inputs.append({"path": path, "lines": counts[0], "rejected": reasons})
@@ -156,7 +165,9 @@ def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
         for i, name in enumerate(fields):
             oov.setdefault(name, {})[split] = values[2 + i] / rows if rows else 0.0
             missing.setdefault(name, {})[split] = values[2 + len(fields) + i] / rows if rows else 0.0
-    total_rows = sum(s["rows"] for s in splits.values())
+    transformed = [splits[s]["rows"] for s in SPLIT_NAMES]
+    check_row_counts(parsed.tolist(), transformed)
+    total_rows = sum(transformed)
     return {
         "dataset": job.spec.name,
         "label_key": LABEL_KEY,
@@ -174,6 +185,16 @@ def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
         "rows_per_second": round(sum(i["lines"] for i in inputs) / seconds, 1) if seconds else None,
         "rows": total_rows,
     }
+
+
+def check_row_counts(parsed: list[int], written: list[int]) -> None:
+    """JobIntegrityError unless every parsed row of every split was written."""
+    if parsed != written:
+        raise JobIntegrityError(
+            f"rows per split {dict(zip(SPLIT_NAMES, parsed))} were parsed but "
+            f"{dict(zip(SPLIT_NAMES, written))} written: the runner lost or duplicated data; "
+            "output discarded (try --direct_running_mode=in_memory)"
+        )
 
 
 def check_bad_fraction(stats: dict, limit: float) -> None:
@@ -214,8 +235,9 @@ def run(config: RunConfig) -> dict:
         if stats["splits"]["train"]["rows"] == 0:
             raise UsageError(f"no valid training rows in {', '.join(config.inputs)}; check --dataset/--schema")
         check_bad_fraction(stats, config.max_bad_fraction)
-        shutil.rmtree(work_dir / STATS_TMP, ignore_errors=True)
-        shutil.rmtree(work_dir / TFT_TMP, ignore_errors=True)
+        # Scratch of the Beam job: partial stats, TFT temp, fileio's .temp* dirs.
+        for scratch in [work_dir / STATS_TMP, work_dir / TFT_TMP, *work_dir.glob(".temp*")]:
+            shutil.rmtree(scratch, ignore_errors=True)
         tmp_stats = work_dir / (STATS_FILE + ".tmp")
         tmp_stats.write_text(json.dumps(stats, indent=1) + "\n")
         os.replace(tmp_stats, work_dir / STATS_FILE)

@@ -54,6 +54,7 @@ class TestGeneratedCriteo:
         for name in ("transform_fn", "transformed_metadata", "metadata"):
             assert (criteo_preprocessed_dir / name).is_dir(), name
         assert not list(criteo_preprocessed_dir.parent.glob(".*partial*")), "scratch dir left behind"
+        assert not list(criteo_preprocessed_dir.glob(".*")) and not list(criteo_preprocessed_dir.glob("_*"))
 
     def test_split_is_the_hash_split(self, criteo_preprocessed_dir, criteo_generated_file):
         lines = criteo_generated_file.read_bytes().splitlines()
@@ -186,3 +187,11 @@ def test_too_many_bad_rows_names_the_file():
     with pytest.raises(TooManyBadRows, match=r"b\.tsv: 3 of 100 rows rejected \(column_count=2, bad_label=1\)") as err:
         check_bad_fraction(stats, 0.02)
     assert "a.tsv" not in str(err.value)
+
+
+def test_lost_rows_fail_the_run():
+    from pipeline.run import JobIntegrityError, check_row_counts
+
+    check_row_counts([8, 1, 1], [8, 1, 1])
+    with pytest.raises(JobIntegrityError, match=r"'train': 8.*parsed but.*'train': 6.*written"):
+        check_row_counts([8, 1, 1], [6, 1, 1])
