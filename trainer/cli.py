@@ -1,4 +1,4 @@
-"""`trainer`: search a fusion architecture, retrain it, or train a fixed design.
+"""Search a fusion architecture, retrain it, or train a fixed design.
 
   trainer --stage=search  --data DIR [--config FILE] [--section.key=value ...] --out RUN [--resume]
   trainer --stage=retrain --data DIR --architecture RUN/architecture.json --mode {hard,soft} --out RUN2
@@ -33,11 +33,14 @@ class UsageError(ValueError):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainer",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any further --section.key=value overrides the config, e.g. --train.lr=3e-4 --model.n=2 "
         "--search.fixed_op=add --search.sequential=true --train.jit_compile=true.",
     )
-    parser.add_argument("--stage", required=True, choices=("search", "retrain", "train"))
+    parser.add_argument("--stage", required=True, choices=("search", "retrain", "train"),
+                        help="search: one-shot supernet search; retrain: a searched architecture from "
+                        "scratch; train: any architecture file (fixed designs, ablations)")
     parser.add_argument("--data", required=True, type=pathlib.Path, help="output DIR of a `pipeline` run")
     parser.add_argument(
         "--config", type=pathlib.Path,
@@ -76,7 +79,10 @@ def _resolve_config_path(args: argparse.Namespace, dataset: str) -> pathlib.Path
 
 def run(argv: list[str]) -> dict[str, Any]:
     """Parses arguments, checks every input, runs the stage; raises on bad input."""
-    args, extra = _parser().parse_known_args(argv)
+    return _run(*_parser().parse_known_args(argv))
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
     if bad:
         raise UsageError(f"unrecognised argument {bad[0]!r} (overrides look like --section.key=value)")
@@ -125,6 +131,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parsed = _parser().parse_known_args(sys.argv[1:] if argv is None else argv)  # --help before TF loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from trainer.config import ConfigError
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.stages import RunDirError
 
     try:
-        summary = run(sys.argv[1:] if argv is None else argv)
+        summary = _run(*parsed)
     except (UsageError, ConfigError, DatasetInfoError, RunDirError) as err:
         print(f"trainer: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
