@@ -201,3 +201,19 @@ class TestSources:
         (rng,) = plan_ranges([(str(path), path.stat().st_size)], range_bytes=1)
         assert rng == FileRange(str(path), 0, None)
         assert [line for b in read_line_batches(rng, False, 2) for line in b] == [b"a", b"b", b"c"]
+
+
+def test_tfrecord_sink_round_trip(tmp_path):
+    import tensorflow as tf
+
+    from pipeline.tfrecord_sink import GzipTFRecordSink
+
+    records = [b"", b"a", bytes(range(256)) * 20]
+    path = tmp_path / "x.tfrecord.gz"
+    with open(path, "wb") as handle:
+        sink = GzipTFRecordSink()
+        sink.open(handle)
+        sink.write(records[:1])
+        sink.write(records[1:])
+        sink.flush()
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")] == records
