@@ -14,7 +14,7 @@ import pytest
 from pipeline.dataset_info import read_dataset_info
 from trainer import cli
 from trainer.architecture import OPS, Architecture
-from trainer.config import load_config, preset_path
+from trainer.config import CONFIG_DIR, load_config, preset_path
 from trainer.loop import Phase
 from trainer.metrics import roc_auc
 from trainer.model_io import build_model, load_model
@@ -221,3 +221,13 @@ def test_console_script_exit_code_for_a_missing_data_dir(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("trainer: error: ")
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR.parent / "architectures").glob("*.json")), ids=lambda p: p.stem)
+def test_train_stage_runs_every_shipped_fixed_design(path, synthetic_dir, tmp_path):
+    out = tmp_path / path.stem
+    _trainer("--stage=train", "--data", synthetic_dir, "--config", CONFIG, "--architecture", path, "--mode", "hard",
+             "--out", out, "--model.emb_dim=4", "--train.epochs=1", "--train.batch_size=512")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_auc"] > 0.6
+    assert Architecture.load(out / "architecture.json").to_dict() == Architecture.load(path).to_dict()
