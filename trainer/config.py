@@ -90,7 +90,7 @@ class Config:
 
 
 def preset_path(dataset: str, scale: str = "cpu") -> pathlib.Path:
-    """The shipped preset of `dataset` at `scale` ("cpu" or "gpu")."""
+    """The shipped preset of `dataset` at `scale` ("cpu", or "paper" for the GPU-scale setting of the paper)."""
     return CONFIG_DIR / f"{dataset}_{scale}.yaml"
 
 

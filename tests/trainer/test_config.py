@@ -11,11 +11,11 @@ def test_every_shipped_preset_loads(path):
     assert config.train.batch_size >= 1 and config.model.emb_dim >= 1
 
 
-def test_gpu_presets_are_the_paper_setting():
+def test_paper_presets_are_the_paper_setting():
     for dataset, emb in (("criteo", 40), ("avazu", 40), ("kdd12", 16)):
-        config = load_config(preset_path(dataset, "gpu"))
+        config = load_config(preset_path(dataset, "paper"))
         assert (config.model.emb_dim, config.train.batch_size, config.model.n) == (emb, 4096, 3)
-    criteo = load_config(preset_path("criteo", "gpu"))
+    criteo = load_config(preset_path("criteo", "paper"))
     assert (criteo.train.lr, criteo.train.emb_lr, criteo.train.l2, criteo.search.arch_lr) == (3e-4, 3e-4, 3e-6, 0.3)
 
 
