@@ -32,14 +32,28 @@ from pipeline.tfrecord_sink import GzipTFRecordSink
 from pipeline.transform import make_preprocessing_fn
 
 
+_progress = None  # one bar per worker process (the whole job under the local DirectRunner)
+
+
+def _advance_progress(total_bytes: int | None, done: int) -> None:
+    global _progress
+    if _progress is None:
+        from tqdm import tqdm
+
+        _progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="read+parse", mininterval=2)
+    _progress.update(done)
+
+
 class ReadAndParse(beam.DoFn):
     """One file range -> raw record batches tagged by split, rejected lines, counts."""
 
-    def __init__(self, spec: DatasetSpec, layouts: dict[str, Layout], seed: int, batch_lines: int):
+    def __init__(self, spec: DatasetSpec, layouts: dict[str, Layout], seed: int, batch_lines: int,
+                 total_bytes: int | None = None):
         self._spec = spec
         self._layouts = layouts
         self._seed = seed
         self._batch_lines = batch_lines
+        self._total_bytes = total_bytes
 
     def process(self, rng: FileRange) -> Iterator:
         layout = self._layouts[rng.path]
@@ -47,6 +61,7 @@ class ReadAndParse(beam.DoFn):
         counts = np.zeros(1 + len(REASONS) + len(SPLIT_NAMES), dtype=np.int64)
         for lines in read_line_batches(rng, layout.header, self._batch_lines):
             parsed = parse_lines(lines, layout, self._spec, self._seed)
+            _advance_progress(self._total_bytes, sum(map(len, lines)) + len(lines))
             counts[0] += parsed.lines
             for reason, line in parsed.rejected:
                 counts[1 + REASONS.index(reason)] += 1
@@ -105,6 +120,16 @@ def _write_json(pcoll, path: str, label: str):
 
 def build_and_run(job: JobSpec) -> None:
     """Runs the Beam pipeline; outputs land in job.work_dir."""
+    global _progress
+    try:
+        _build_and_run(job)
+    finally:
+        if _progress is not None:
+            _progress.close()
+            _progress = None
+
+
+def _build_and_run(job: JobSpec) -> None:
     spec = job.spec
     fields = spec.field_names
     raw_schema = raw_arrow_schema(spec)
@@ -125,7 +150,9 @@ def build_and_run(job: JobSpec) -> None:
             | "Ranges" >> beam.Create(list(job.ranges))
             | "Distribute" >> beam.Reshuffle()
             | "ReadAndParse"
-            >> beam.ParDo(ReadAndParse(spec, job.layouts, job.seed, job.batch_lines)).with_outputs(
+            >> beam.ParDo(
+                ReadAndParse(spec, job.layouts, job.seed, job.batch_lines, job.input_bytes)
+            ).with_outputs(
                 *SPLIT_NAMES, "rejected", "counts"
             )
         )

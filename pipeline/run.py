@@ -54,6 +54,7 @@ class JobSpec:
     min_count: int = 2
     batch_lines: int = 20000
     output_shards: int = 2
+    input_bytes: int | None = None  # progress total; None where an input is compressed
     beam_args: tuple[str, ...] = ()
 
 
@@ -100,15 +101,18 @@ def prepare(config: RunConfig) -> JobSpec:
     except (InputError, SpecError) as err:
         raise UsageError(str(err)) from err
     work_dir = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    ranges = plan_ranges(files, config.range_bytes)
+    compressed = any(r.end is None and r.path.endswith((".gz", ".bz2", ".zst", ".deflate")) for r in ranges)
     return JobSpec(
         spec=config.spec,
-        ranges=tuple(plan_ranges(files, config.range_bytes)),
+        ranges=tuple(ranges),
         layouts=layouts,
         work_dir=str(work_dir),
         seed=config.seed,
         min_count=config.min_count,
         batch_lines=config.batch_lines,
         output_shards=config.output_shards,
+        input_bytes=None if compressed else sum(size for _, size in files),
         beam_args=config.beam_args,
     )
 

@@ -217,3 +217,31 @@ def test_tfrecord_sink_round_trip(tmp_path):
         sink.write(records[1:])
         sink.flush()
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")] == records
+
+
+class TestOutputProtocol:
+    def test_existing_output_needs_overwrite(self, tmp_path):
+        from pipeline.run import UsageError, _check_output
+
+        out = tmp_path / "out"
+        _check_output(out, overwrite=False)  # absent: fine
+        out.mkdir()
+        _check_output(out, overwrite=False)  # empty: fine
+        (out / "stats.json").write_text("{}")
+        with pytest.raises(UsageError, match="holds a finished run; pass --overwrite"):
+            _check_output(out, overwrite=False)
+        _check_output(out, overwrite=True)
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(UsageError, match="not a directory"):
+            _check_output(tmp_path / "file", overwrite=True)
+
+    def test_publish_replaces_atomically(self, tmp_path):
+        from pipeline.run import _publish
+
+        old, new = tmp_path / "out", tmp_path / ".out.partial-1"
+        old.mkdir()
+        (old / "stats.json").write_text("old")
+        new.mkdir()
+        (new / "stats.json").write_text("new")
+        _publish(new, old)
+        assert (old / "stats.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
