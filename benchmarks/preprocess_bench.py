@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| pandas reference method, single process | {ref_s:.1f} | {rows / ref_s:,.0f} |\n\n"
         f"Job speed-up over the pandas method: **{ratio:.2f}x** (target >= 2x). "
         "Both wall times include process start-up and all output writing; the job's also includes "
-        "its fixed TFT/Beam cost (graph tracing, pipeline start-up: ~30 s, about what a 20k-row run takes).\n"
+        "its fixed TFT/Beam cost (graph tracing, pipeline start-up: 20-30 s, about what a 20k-row run takes).\n"
     )
     print(body)
     if not args.no_write:

@@ -22,7 +22,7 @@ from pipeline.dataset_info import STATS_FILE
 from pipeline.layout import detect_layout
 from pipeline.parse import REASONS, SPLIT_NAMES
 from pipeline.layout import Layout
-from pipeline.sources import FileRange, first_line, plan_ranges, resolve_inputs
+from pipeline.sources import FileRange, first_line, is_compressed, plan_ranges, resolve_inputs
 from pipeline.specs import HOUR_FIELDS, LABEL_KEY, DatasetSpec
 
 # The Beam/TFT modules load lazily, so that bad invocations fail in a second.
@@ -102,7 +102,6 @@ def prepare(config: RunConfig) -> JobSpec:
         raise UsageError(str(err)) from err
     work_dir = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     ranges = plan_ranges(files, config.range_bytes)
-    compressed = any(r.end is None and r.path.endswith((".gz", ".bz2", ".zst", ".deflate")) for r in ranges)
     return JobSpec(
         spec=config.spec,
         ranges=tuple(ranges),
@@ -112,7 +111,7 @@ def prepare(config: RunConfig) -> JobSpec:
         min_count=config.min_count,
         batch_lines=config.batch_lines,
         output_shards=config.output_shards,
-        input_bytes=None if compressed else sum(size for _, size in files),
+        input_bytes=None if any(is_compressed(p) for p, _ in files) else sum(s for _, s in files),
         beam_args=config.beam_args,
     )
 
@@ -197,7 +196,7 @@ def check_row_counts(parsed: list[int], written: list[int]) -> None:
         raise JobIntegrityError(
             f"rows per split {dict(zip(SPLIT_NAMES, parsed))} were parsed but "
             f"{dict(zip(SPLIT_NAMES, written))} written: the runner lost or duplicated data; "
-            "output discarded (try --direct_running_mode=in_memory)"
+            "output discarded (use --direct_running_mode=in_memory --direct_num_workers=1)"
         )
 
 

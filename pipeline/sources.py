@@ -47,7 +47,8 @@ def resolve_inputs(patterns: list[str]) -> list[tuple[str, int]]:
     return files
 
 
-def _is_compressed(path: str) -> bool:
+def is_compressed(path: str) -> bool:
+    """Whether Beam will decompress `path` (by its extension): such files cannot be split."""
     return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
 
 
@@ -71,7 +72,7 @@ def plan_ranges(files: list[tuple[str, int]], range_bytes: int) -> list[FileRang
     """Splits plain files into ranges of about `range_bytes`; compressed files stay whole."""
     ranges: list[FileRange] = []
     for path, size in files:
-        if _is_compressed(path) or size <= range_bytes:
+        if is_compressed(path) or size <= range_bytes:
             ranges.append(FileRange(path, 0, None))
             continue
         starts = list(range(0, size, range_bytes))
