@@ -11,7 +11,6 @@ import os
 import sys
 
 
-
 def _job_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -93,6 +92,7 @@ def _run_job(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO banner drowns the summary
     if argv and argv[0] == "generate":
         from pipeline.generate import main as generate_main
 

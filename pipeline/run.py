@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
 import time
@@ -18,11 +17,17 @@ import uuid
 import numpy as np
 import pyarrow.csv as pacsv
 
+from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import STATS_FILE
-from pipeline.layout import detect_layout
+from pipeline.layout import Layout, detect_layout
 from pipeline.parse import REASONS, SPLIT_NAMES
-from pipeline.layout import Layout
-from pipeline.sources import FileRange, first_line, is_compressed, plan_ranges, resolve_inputs
+from pipeline.sources import (
+    FileRange,
+    first_line,
+    is_compressed,
+    plan_ranges,
+    resolve_inputs,
+)
 from pipeline.specs import HOUR_FIELDS, LABEL_KEY, DatasetSpec
 
 # The Beam/TFT modules load lazily, so that bad invocations fail in a second.
@@ -241,9 +246,7 @@ def run(config: RunConfig) -> dict:
         # Scratch of the Beam job: partial stats, TFT temp, fileio's .temp* dirs.
         for scratch in [work_dir / STATS_TMP, work_dir / TFT_TMP, *work_dir.glob(".temp*")]:
             shutil.rmtree(scratch, ignore_errors=True)
-        tmp_stats = work_dir / (STATS_FILE + ".tmp")
-        tmp_stats.write_text(json.dumps(stats, indent=1) + "\n")
-        os.replace(tmp_stats, work_dir / STATS_FILE)
+        write_text_atomic(work_dir / STATS_FILE, json.dumps(stats, indent=1) + "\n")
         _publish(work_dir, pathlib.Path(config.output))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

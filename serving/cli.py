@@ -13,10 +13,11 @@ import os
 import pathlib
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
+
+from pipeline.atomic import write_text_atomic
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -168,7 +169,7 @@ def run_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server.start()
     if args.port_file:
-        _write_atomic(args.port_file, f"{server.port}\n")
+        write_text_atomic(args.port_file, f"{server.port}\n")
     models = ", ".join(m.name for m in model_config.model_config_list.config)
     print(f"serving {models} on gRPC port {server.port}"
           + (f", metrics at :{server.rest_port}{metrics_path}" if server.rest_port else "")
@@ -180,14 +181,6 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"stopped cleanly; {server.metrics.total()} requests served\n{server.metrics.summary()}",
           flush=True)
     return 0
-
-
-def _write_atomic(path: str, text: str) -> None:
-    target = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, target)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -227,7 +220,7 @@ def run_predict(args: argparse.Namespace) -> int:
             return _fail(f"{args.input}: {err}")
     text = "\n".join(lines) + ("\n" if lines else "")
     if args.output:
-        _write_atomic(args.output, text)
+        write_text_atomic(args.output, text)
     else:
         sys.stdout.write(text)
     print(f"predicted {len(lines)} rows of {args.input} via {args.target} in "

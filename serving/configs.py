@@ -13,11 +13,11 @@ import dataclasses
 import os
 import pathlib
 import shlex
-import tempfile
 
 from google.protobuf import message, text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from pipeline.atomic import write_text_atomic
 from serving.protos import BatchingParameters, MonitoringConfig
 
 MODELS_CONFIG = "models.config"
@@ -64,13 +64,8 @@ class BatchingSettings:
 
 
 def _write_text(path: pathlib.Path, proto: message.Message) -> None:
-    """Writes a text proto to a temp file beside `path`, then renames it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text_format.MessageToString(proto))
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another user
-    os.replace(tmp, path)
+    """Writes a text proto atomically: a polling server never reads half a config."""
+    write_text_atomic(path, text_format.MessageToString(proto))
 
 
 def read_text_proto(path: str | os.PathLike, proto: message.Message) -> message.Message:

@@ -24,7 +24,8 @@ import json
 import math
 import os
 import pathlib
-import tempfile
+
+from pipeline.atomic import write_text_atomic
 
 OPS: tuple[str, ...] = ("add", "prod", "concat", "att")
 """Fusion operations, in the order of each component's beta logits."""
@@ -251,12 +252,7 @@ class Architecture:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes JSON to a temp file beside `path`, then renames (atomic)."""
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Architecture:

@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 
+from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import DatasetInfo
 from trainer.architecture import Architecture
 from trainer.config import Config, dump_config
@@ -35,13 +36,7 @@ class RunDirError(ValueError):
 
 
 def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
-    _write_text(path, json.dumps(data, indent=1) + "\n")
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def _fields(info: DatasetInfo) -> list[dict[str, Any]]:
@@ -96,7 +91,7 @@ def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: 
                                    "epochs": state.epochs_done}
         architecture = Architecture.load(arch_path)
     assert architecture is not None
-    _write_text(out / ARCH_TEXT_FILE, architecture.render() + "\n")
+    write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")
     summary.update(seconds=time.perf_counter() - start, architecture=str(out / ARCH_FILE),
                    rendering=architecture.render())
     return summary
@@ -118,7 +113,7 @@ def run_fixed(
            "fields": _fields(info), "seed": config.seed, "architecture_source": architecture_source}
     prepare_run_dir(out, run, config, resume)
     architecture.save(out / ARCH_FILE)
-    _write_text(out / ARCH_TEXT_FILE, architecture.render() + "\n")
+    write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, run["fields"], mode=mode, architecture=architecture)

@@ -36,7 +36,6 @@ from trainer.architecture import (
     OPS,
     Architecture,
     candidate_inputs,
-    components,
     connectable_components,
     fusing_components,
 )
