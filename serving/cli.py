@@ -180,7 +180,11 @@ def run_serve(args: argparse.Namespace) -> int:
     server.stop()
     print(f"stopped cleanly; {server.metrics.total()} requests served\n{server.metrics.summary()}",
           flush=True)
-    return 0
+    # Everything is stopped and flushed. Skip interpreter teardown: with TFT graphs
+    # loaded, TF's exit-time destructors can crash or hang (DESIGN.md §5), which
+    # would turn a clean SIGTERM into a kill by the supervisor.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -144,16 +144,18 @@ def test_serve_rejects_a_bad_config_with_exit_2(tmp_path, capsys):
 
 def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
     port_file = tmp_path / "port"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
-         str(tiny_base / "models.config"), "--port", "0", "--host", "127.0.0.1",
-         "--port_file", str(port_file)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    log = tmp_path / "server.log"  # a file, not a pipe: an undrained pipe can block the server
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
+             str(tiny_base / "models.config"), "--port", "0", "--host", "127.0.0.1",
+             "--port_file", str(port_file)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while not port_file.exists():
-            assert process.poll() is None, process.stdout.read()
+            assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
         target = f"127.0.0.1:{port_file.read_text().strip()}"
@@ -162,9 +164,9 @@ def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
             rows = examples.serialize_rows(tiny.ROWS, examples.feature_kinds(tiny.RAW_SPEC))
             assert client.predict_examples("tiny", rows).shape == (4,)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        assert process.wait(timeout=60) == 0, log.read_text()
     finally:
         if process.poll() is None:
             process.kill()
-    output = process.stdout.read()
+    output = log.read_text()
     assert "stopped cleanly" in output and "tiny predict: 1 requests, 0 errors" in output
