@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -254,7 +255,8 @@ class Phase:
             ds = ds.take(t.max_steps_per_epoch)
         total_loss, steps, examples = 0.0, 0, 0
         start = time.perf_counter()
-        bar = tqdm(ds, total=self.state.steps_per_epoch, desc=f"{self.name} epoch {epoch}", unit="batch", leave=False)
+        bar = tqdm(ds, total=self.state.steps_per_epoch, desc=f"{self.name} epoch {epoch}", unit="batch",
+                   leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)  # logs stay short
         for features, labels in bar:
             loss = float(self.train_step(features, labels))
             steps += 1
@@ -272,7 +274,7 @@ class Phase:
                     tf.summary.scalar("train/loss", loss, step=(epoch - 1) * (self.state.steps_per_epoch or 0) + steps)
             if steps % 10 == 0 or steps == 1:
                 elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{total_loss / steps:.4f}", ex_s=f"{examples / elapsed:.0f}")
+                bar.set_postfix(loss=f"{total_loss / steps:.4f}", ex_s=f"{examples / elapsed:.0f}", refresh=False)
         bar.close()
         self.state.steps_per_epoch = steps
         return total_loss / max(steps, 1), examples, time.perf_counter() - start
