@@ -8,6 +8,7 @@ rename protocol and the final stats.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -118,11 +119,36 @@ def _write_json(pcoll, path: str, label: str):
     )
 
 
+@contextlib.contextmanager
+def _no_time_based_data_flush():
+    """Turns off the FnApiRunner's time-based flushing of gRPC data streams while the job runs.
+
+    Beam 2.77's TimeBasedBufferingClosableOutputStream flushes from a timer
+    thread every DATA_BUFFER_TIME_LIMIT_MS (1 s) as `callback(get()); _clear()`,
+    while the bundle's thread keeps writing to the same buffer without the
+    lock: an element written during the callback is cleared unsent. The
+    runner's data servicer (multi_threading and multi_processing) and the
+    embedded SDK harness (multi_threading) use it; in_memory does not. Rows
+    vanished between ReadAndParse and the TFT transform (one batch, or a
+    whole runner-side chunk of ~10 batches). With 0, only size-based flushes
+    remain, done by the writing thread itself.
+    """
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    saved = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+    try:
+        yield
+    finally:
+        worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = saved
+
+
 def build_and_run(job: JobSpec) -> None:
     """Runs the Beam pipeline; outputs land in job.work_dir."""
     global _progress
     try:
-        _build_and_run(job)
+        with _no_time_based_data_flush():
+            _build_and_run(job)
     finally:
         if _progress is not None:
             _progress.close()
