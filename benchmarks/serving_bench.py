@@ -29,6 +29,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.results import header, write_section  # noqa: E402
+
 MODEL = "ctr"
 
 
@@ -206,7 +209,7 @@ def main() -> int:
                   "Model: built by the benchmark in the CPU preset's shape (criteo_cpu.yaml: "
                   "emb 8, n = 3), Soft retrain with every edge and all four ops mixed, 20 steps.")
     body = "\n\n".join([
-        __import__("results").header(),
+        header(),
         f"{model_note} Inputs: serialized raw tf.Examples of the test split. Server: "
         "`serving serve` in its own process, default batching.config (max 512 rows, 1000 us). "
         f"Median of {args.rounds} rounds; {args.requests} batch-1 requests and "
@@ -215,7 +218,7 @@ def main() -> int:
     ])
     print(body)
     if not args.no_write:
-        print(f"written to {__import__('results').write_section('Serving', body)}")
+        print(f"written to {write_section('Serving', body)}")
     return 0
 
 
