@@ -18,8 +18,13 @@ __all__ = ["DatasetSpec", "load_spec", "iter_raw_examples", "serialize_example"]
 _BATCH_LINES = 2048
 
 
-def iter_raw_examples(path: str, spec: DatasetSpec) -> Iterator[tuple[dict[str, list], int | None]]:
+def iter_raw_examples(
+    path: str, spec: DatasetSpec, split: str | None = None, seed: int = 0
+) -> Iterator[tuple[dict[str, list], int | None]]:
     """Yields (features, label) per valid row of `path` (plain or .gz, in file order).
+
+    With `split` ("train", "valid" or "test") only the rows the job with
+    `--seed seed` assigned to that split: the raw rows behind its TFRecords.
 
     features: {raw feature name: [value]} or [] where missing; integer features
     hold Python ints, string features bytes (tf.train.BytesList wants bytes).
@@ -29,7 +34,8 @@ def iter_raw_examples(path: str, spec: DatasetSpec) -> Iterator[tuple[dict[str, 
     for file_path, _ in resolve_inputs([path]):
         layout = detect_layout(first_line(file_path).decode("utf-8", "replace"), spec, file_path)
         for lines in read_line_batches(FileRange(file_path, 0, None), layout.header, _BATCH_LINES):
-            columns = parse_lines(lines, layout, spec, seed=0).rows.to_pydict()
+            parsed = parse_lines(lines, layout, spec, seed=seed)
+            columns = (parsed.rows if split is None else parsed.by_split()[split]).to_pydict()
             labels = columns.pop(LABEL_KEY)
             for i, label in enumerate(labels):
                 yield {name: values[i] for name, values in columns.items()}, label[0]

@@ -32,8 +32,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+)
 
 from serving import configs, examples, module
 
@@ -118,30 +122,25 @@ def test_split_rows(data_dir: pathlib.Path, limit: int) -> tuple[list[dict[str, 
     the raw rows behind the transformed test TFRecords. None when the inputs
     are gone or the dataset is schema-described (no built-in spec by name).
     """
-    from pipeline.layout import detect_layout
-    from pipeline.parse import parse_lines
-    from pipeline.sources import FileRange, first_line, read_line_batches
-    from pipeline.specs import LABEL_KEY, SpecError, load_spec
+    from pipeline import raw_rows
+    from pipeline.dataset_info import STATS_FILE
+    from pipeline.specs import SpecError
 
-    stats = json.loads((data_dir / "stats.json").read_text())
+    stats = json.loads((data_dir / STATS_FILE).read_text())
     paths = [item["path"] for item in stats.get("inputs", [])]
     if not paths or not all(pathlib.Path(p).is_file() for p in paths):
         return None
     try:
-        spec = load_spec(dataset=stats["dataset"])
+        spec = raw_rows.load_spec(dataset=stats["dataset"])
     except SpecError:
         return None
     rows: list[dict[str, list]] = []
     for path in paths:
-        layout = detect_layout(first_line(path).decode("utf-8", "replace"), spec, path)
-        for lines in read_line_batches(FileRange(path, 0, None), layout.header, 4096):
-            columns = parse_lines(lines, layout, spec, seed=int(stats["seed"])).by_split()["test"]
-            columns = columns.to_pydict()
-            columns.pop(LABEL_KEY)
-            names = list(columns)
-            rows.extend({n: columns[n][i] for n in names} for i in range(len(columns[names[0]])))
+        for features, _label in raw_rows.iter_raw_examples(path, spec, split="test",
+                                                           seed=int(stats["seed"])):
+            rows.append(features)
             if len(rows) >= limit:
-                return rows[:limit], f"test split raw rows of {', '.join(paths)}"
+                return rows, f"test split raw rows of {', '.join(paths)}"
     return (rows, f"test split raw rows of {', '.join(paths)}") if rows else None
 
 

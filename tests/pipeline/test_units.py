@@ -245,3 +245,21 @@ class TestOutputProtocol:
         (new / "stats.json").write_text("new")
         _publish(new, old)
         assert (old / "stats.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_raw_rows_of_one_split_follow_the_jobs_split(criteo_generated_file):
+    """iter_raw_examples(split=...) partitions the rows exactly as the job's seeded hash does."""
+    from pipeline.raw_rows import iter_raw_examples
+
+    spec = load_spec(dataset="criteo")
+    every = [f for f, _ in iter_raw_examples(str(criteo_generated_file), spec)]
+    per_split = {
+        name: [f for f, _ in iter_raw_examples(str(criteo_generated_file), spec, split=name, seed=3)]
+        for name in SPLIT_NAMES
+    }
+    assert sum(len(rows) for rows in per_split.values()) == len(every)
+    assert 0.07 < len(per_split["test"]) / len(every) < 0.13
+    key = lambda f: tuple(tuple(v) for v in f.values())  # noqa: E731
+    assert not {key(f) for f in per_split["test"]} & {key(f) for f in per_split["train"]}
+    other_seed = [f for f, _ in iter_raw_examples(str(criteo_generated_file), spec, split="test", seed=4)]
+    assert [key(f) for f in other_seed] != [key(f) for f in per_split["test"]]
