@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install
+.PHONY: demo test install lint
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,3 +18,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff (pyproject [tool.ruff]) and mypy (pyproject [tool.mypy]) over the three packages.
+LINT_PATHS := pipeline trainer serving
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy $(LINT_PATHS)
