@@ -1,245 +1,253 @@
-"""The Beam graph of one preprocessing run, written into a scratch directory.
+"""One preprocessing run end to end: checks, scratch dir, Beam job, stats.json, rename.
 
-Read ranges -> parse batches (per split, plus rejected rows) -> TFT analyze on
-train, transform all splits -> gzipped tf.Example shards, the transform graph,
-raw metadata and partial statistics. `pipeline.run` owns the scratch-then-
-rename protocol and the final stats.json.
+Output is built in a hidden sibling scratch directory and renamed onto DIR
+only when complete, so a killed job never leaves a DIR that looks finished
+(stats.json is what marks a finished run, see pipeline.dataset_info).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import os
-from collections.abc import Iterator
+import pathlib
+import shutil
+import time
+import uuid
 
-import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
-from apache_beam.io import fileio
-from apache_beam.options.pipeline_options import PipelineOptions
-from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
-from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
-from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
+import pyarrow.csv as pacsv
 
-from pipeline.layout import Layout
-from pipeline.parse import REASONS, SPLIT_NAMES, parse_lines, raw_arrow_schema
-from pipeline.sources import FileRange, read_line_batches
-from pipeline.run import STATS_TMP, TFT_TMP, JobSpec
-from pipeline.specs import LABEL_KEY, DatasetSpec
-from pipeline.tfrecord_sink import GzipTFRecordSink
-from pipeline.transform import make_preprocessing_fn
+from pipeline.atomic import write_text_atomic
+from pipeline.dataset_info import STATS_FILE
+from pipeline.layout import Layout, detect_layout
+from pipeline.parse import REASONS, SPLIT_NAMES
+from pipeline.sources import (
+    FileRange,
+    first_line,
+    is_compressed,
+    plan_ranges,
+    resolve_inputs,
+)
+from pipeline.specs import HOUR_FIELDS, LABEL_KEY, DatasetSpec
 
-
-_progress = None  # one bar per worker process (the whole job under the local DirectRunner)
-
-
-def _advance_progress(total_bytes: int | None, done: int) -> None:
-    global _progress
-    if _progress is None:
-        from tqdm import tqdm
-
-        _progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="read+parse", mininterval=2)
-    _progress.update(done)
+# The Beam/TFT modules load lazily, so that bad invocations fail in a second.
+STATS_TMP = "_partial_stats"
+TFT_TMP = "_tft_tmp"
 
 
-class ReadAndParse(beam.DoFn):
-    """One file range -> raw record batches tagged by split, rejected lines, counts."""
-
-    def __init__(self, spec: DatasetSpec, layouts: dict[str, Layout], seed: int, batch_lines: int,
-                 total_bytes: int | None = None):
-        self._spec = spec
-        self._layouts = layouts
-        self._seed = seed
-        self._batch_lines = batch_lines
-        self._total_bytes = total_bytes
-
-    def process(self, rng: FileRange) -> Iterator:
-        layout = self._layouts[rng.path]
-        # [lines, rejected per reason..., good rows per split...]
-        counts = np.zeros(1 + len(REASONS) + len(SPLIT_NAMES), dtype=np.int64)
-        for lines in read_line_batches(rng, layout.header, self._batch_lines):
-            parsed = parse_lines(lines, layout, self._spec, self._seed)
-            _advance_progress(self._total_bytes, sum(map(len, lines)) + len(lines))
-            counts[0] += parsed.lines
-            for reason, line in parsed.rejected:
-                counts[1 + REASONS.index(reason)] += 1
-                yield beam.pvalue.TaggedOutput("rejected", (reason, line))
-            for i, (split, batch) in enumerate(parsed.by_split().items()):
-                counts[1 + len(REASONS) + i] += batch.num_rows
-                if batch.num_rows:
-                    yield beam.pvalue.TaggedOutput(split, batch)
-        yield beam.pvalue.TaggedOutput("counts", (rng.path, counts))
+class UsageError(ValueError):
+    """Bad input or arguments: reported in one line, exit code 2, nothing written."""
 
 
-def split_stats(batch: pa.RecordBatch, fields: list[str]) -> np.ndarray:
-    """[rows, positives, oov per field..., missing per field...] of a transformed batch."""
-    out = np.zeros(2 + 2 * len(fields), dtype=np.int64)
-    out[0] = batch.num_rows
-    out[1] = int(np.asarray(batch.column(LABEL_KEY).flatten()).sum())
-    for i, name in enumerate(fields):
-        ids = np.asarray(batch.column(name).flatten())
-        out[2 + i] = int((ids == 0).sum())
-        out[2 + len(fields) + i] = int((ids == 1).sum())
-    return out
+class JobIntegrityError(RuntimeError):
+    """The written rows do not add up to the parsed rows."""
 
 
-def _to_json_line(value) -> str:
-    return json.dumps(value)
+class TooManyBadRows(RuntimeError):
+    """An input's rejected fraction is over --max_bad_fraction."""
 
 
-def _transformed_schema(spec: DatasetSpec):
-    from tensorflow import int64
-    from tensorflow.io import FixedLenFeature
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """Everything the Beam graph (pipeline.job) needs; built and validated by `prepare`."""
 
-    names = [*spec.field_names, LABEL_KEY]
-    return schema_utils.schema_from_feature_spec({n: FixedLenFeature([], int64) for n in names})
-
-
-class EncodeExamples(beam.DoFn):
-    """Transformed record batch -> list of serialized tf.Example (tfx-bsl's C++ encoder)."""
-
-    def __init__(self, spec: DatasetSpec):
-        self._spec = spec
-        self._encoder = None
-
-    def setup(self):
-        self._encoder = RecordBatchToExamplesEncoder(_transformed_schema(self._spec))
-
-    def process(self, element) -> Iterator[list[bytes]]:
-        batch, _ = element
-        yield self._encoder.encode(batch)
+    spec: DatasetSpec
+    ranges: tuple[FileRange, ...]
+    layouts: dict[str, Layout]
+    work_dir: str
+    seed: int = 0
+    min_count: int = 2
+    batch_lines: int = 20000
+    output_shards: int = 2
+    input_bytes: int | None = None  # progress total; None where an input is compressed
+    beam_args: tuple[str, ...] = ()
 
 
-def _write_json(pcoll, path: str, label: str):
-    return pcoll | f"{label}ToJson" >> beam.Map(_to_json_line) | f"{label}Write" >> beam.io.WriteToText(
-        path, shard_name_template="", num_shards=1
-    )
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    spec: DatasetSpec
+    inputs: tuple[str, ...]
+    output: str
+    seed: int = 0
+    min_count: int = 2
+    max_bad_fraction: float = 0.01
+    overwrite: bool = False
+    batch_lines: int = 20000
+    range_bytes: int = 32 << 20
+    output_shards: int = 2
+    beam_args: tuple[str, ...] = ()
 
 
-@contextlib.contextmanager
-def _no_time_based_data_flush():
-    """Turns off the FnApiRunner's time-based flushing of gRPC data streams while the job runs.
+def _check_output(output: pathlib.Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"output {output} exists and is not a directory; choose another --output")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        what = "holds a finished run" if (output / STATS_FILE).exists() else "is not empty"
+        raise UsageError(f"output {output} {what}; pass --overwrite to replace it or choose another --output")
 
-    Beam 2.77's TimeBasedBufferingClosableOutputStream flushes from a timer
-    thread every DATA_BUFFER_TIME_LIMIT_MS (1 s) as `callback(get()); _clear()`,
-    while the bundle's thread keeps writing to the same buffer without the
-    lock: an element written during the callback is cleared unsent. The
-    runner's data servicer (multi_threading and multi_processing) and the
-    embedded SDK harness (multi_threading) use it; in_memory does not. Rows
-    vanished between ReadAndParse and the TFT transform (one batch, or a
-    whole runner-side chunk of ~10 batches). With 0, only size-based flushes
-    remain, done by the writing thread itself.
-    """
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
-    saved = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
-    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+def prepare(config: RunConfig) -> JobSpec:
+    """Validates inputs and output before anything is written; UsageError on bad input."""
+    from pipeline.sources import InputError
+    from pipeline.specs import SpecError
+
+    output = pathlib.Path(config.output)
+    _check_output(output, config.overwrite)
+    if config.min_count < 1:
+        raise UsageError(f"--min_count must be >= 1, got {config.min_count}")
+    if not 0 <= config.max_bad_fraction <= 1:
+        raise UsageError(f"--max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
     try:
-        yield
-    finally:
-        worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = saved
+        files = resolve_inputs(list(config.inputs))
+        layouts = {
+            path: detect_layout(first_line(path).decode("utf-8", "replace"), config.spec, path)
+            for path, _ in files
+        }
+    except (InputError, SpecError) as err:
+        raise UsageError(str(err)) from err
+    work_dir = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    ranges = plan_ranges(files, config.range_bytes)
+    return JobSpec(
+        spec=config.spec,
+        ranges=tuple(ranges),
+        layouts=layouts,
+        work_dir=str(work_dir),
+        seed=config.seed,
+        min_count=config.min_count,
+        batch_lines=config.batch_lines,
+        output_shards=config.output_shards,
+        input_bytes=None if any(is_compressed(p) for p, _ in files) else sum(s for _, s in files),
+        beam_args=config.beam_args,
+    )
 
 
-def build_and_run(job: JobSpec) -> None:
-    """Runs the Beam pipeline; outputs land in job.work_dir."""
-    global _progress
+def _vocab_sizes(work_dir: pathlib.Path, spec: DatasetSpec) -> dict[str, int]:
+    from pipeline.transform import VOCAB_ASSET, field_of_key, vocab_fields
+
+    sizes = {name: n + 2 for name, n in HOUR_FIELDS}
+    vocab = vocab_fields(spec)
+    if vocab:
+        asset = work_dir / "transform_fn" / "assets" / VOCAB_ASSET
+        table = pacsv.read_csv(
+            asset,
+            read_options=pacsv.ReadOptions(column_names=["key", "id"]),
+            parse_options=pacsv.ParseOptions(delimiter="\t"),
+        ) if asset.stat().st_size else None
+        per_field = (
+            np.bincount(field_of_key(table.column("key").to_numpy()), minlength=256)
+            if table is not None
+            else np.zeros(256, dtype=np.int64)
+        )
+        for field, name, _ in vocab:
+            sizes[name] = int(per_field[field]) + 2
+    return sizes
+
+
+def _read_json(path: pathlib.Path):
+    return json.loads(path.read_text())
+
+
+def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
+    """stats.json content from the job's partial statistics and vocabulary asset."""
+    work_dir = pathlib.Path(job.work_dir)
+    fields = job.spec.field_names
+    sizes = _vocab_sizes(work_dir, job.spec)
+    inputs = []
+    rejected = dict.fromkeys(REASONS, 0)
+    parsed = np.zeros(len(SPLIT_NAMES), dtype=np.int64)
+    for path, counts in sorted(_read_json(work_dir / STATS_TMP / "inputs.json")):
+        reasons = dict(zip(REASONS, counts[1:1 + len(REASONS)]))
+        parsed += counts[1 + len(REASONS):]
+        for reason, n in reasons.items():
+            rejected[reason] += n
+        inputs.append({"path": path, "lines": counts[0], "rejected": reasons})
+    splits, oov, missing = {}, {}, {}
+    for split in SPLIT_NAMES:
+        values = _read_json(work_dir / STATS_TMP / f"{split}.json") or [0] * (2 + 2 * len(fields))
+        rows, positives = values[0], values[1]
+        splits[split] = {
+            "rows": rows,
+            "positives": positives,
+            "positive_ratio": positives / rows if rows else 0.0,
+        }
+        for i, name in enumerate(fields):
+            oov.setdefault(name, {})[split] = values[2 + i] / rows if rows else 0.0
+            missing.setdefault(name, {})[split] = values[2 + len(fields) + i] / rows if rows else 0.0
+    transformed = [splits[s]["rows"] for s in SPLIT_NAMES]
+    check_row_counts(parsed.tolist(), transformed)
+    total_rows = sum(transformed)
+    return {
+        "dataset": job.spec.name,
+        "label_key": LABEL_KEY,
+        "fields": [
+            {"name": n, "vocab_size": sizes[n], "oov_rate": oov[n], "missing_rate": missing[n]}
+            for n in fields
+        ],
+        "splits": splits,
+        "rejected": {**rejected, "total": sum(rejected.values())},
+        "inputs": inputs,
+        "id_layout": {"oov": 0, "missing": 1, "first_value": 2},
+        "seed": config.seed,
+        "min_count": config.min_count,
+        "wall_seconds": round(seconds, 2),
+        "rows_per_second": round(sum(i["lines"] for i in inputs) / seconds, 1) if seconds else None,
+        "rows": total_rows,
+    }
+
+
+def check_row_counts(parsed: list[int], written: list[int]) -> None:
+    """JobIntegrityError unless every parsed row of every split was written."""
+    if parsed != written:
+        raise JobIntegrityError(
+            f"rows per split {dict(zip(SPLIT_NAMES, parsed))} were parsed but "
+            f"{dict(zip(SPLIT_NAMES, written))} written: the runner lost or duplicated data; "
+            "output discarded (use --direct_running_mode=in_memory --direct_num_workers=1)"
+        )
+
+
+def check_bad_fraction(stats: dict, limit: float) -> None:
+    """TooManyBadRows naming every input whose rejected fraction exceeds `limit`."""
+    over = []
+    for item in stats["inputs"]:
+        bad = sum(item["rejected"].values())
+        if item["lines"] and bad / item["lines"] > limit:
+            detail = ", ".join(f"{r}={n}" for r, n in item["rejected"].items() if n)
+            over.append(f"{item['path']}: {bad} of {item['lines']} rows rejected ({detail})")
+    if over:
+        raise TooManyBadRows(
+            f"rejected fraction over --max_bad_fraction={limit}: " + "; ".join(over)
+            + " (see the rejected/ rows; raise --max_bad_fraction to accept them)"
+        )
+
+
+def _publish(work_dir: pathlib.Path, output: pathlib.Path) -> None:
+    if output.exists():
+        trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+        output.rename(trash)
+        work_dir.rename(output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        work_dir.rename(output)
+
+
+def run(config: RunConfig) -> dict:
+    """Runs the job; returns stats. UsageError, TooManyBadRows on failure (nothing in DIR)."""
+    job = prepare(config)
+    from pipeline.job import build_and_run
+
+    work_dir = pathlib.Path(job.work_dir)
+    start = time.perf_counter()
     try:
-        with _no_time_based_data_flush():
-            _build_and_run(job)
+        build_and_run(job)
+        stats = collect_stats(job, config, time.perf_counter() - start)
+        if stats["splits"]["train"]["rows"] == 0:
+            raise UsageError(f"no valid training rows in {', '.join(config.inputs)}; check --dataset/--schema")
+        check_bad_fraction(stats, config.max_bad_fraction)
+        # Scratch of the Beam job: partial stats, TFT temp, fileio's .temp* dirs.
+        for scratch in [work_dir / STATS_TMP, work_dir / TFT_TMP, *work_dir.glob(".temp*")]:
+            shutil.rmtree(scratch, ignore_errors=True)
+        write_text_atomic(work_dir / STATS_FILE, json.dumps(stats, indent=1) + "\n")
+        _publish(work_dir, pathlib.Path(config.output))
     finally:
-        if _progress is not None:
-            _progress.close()
-            _progress = None
-
-
-def _build_and_run(job: JobSpec) -> None:
-    spec = job.spec
-    fields = spec.field_names
-    raw_schema = raw_arrow_schema(spec)
-    raw_metadata = dataset_metadata.DatasetMetadata(
-        schema_utils.schema_from_feature_spec(spec.raw_feature_spec())
-    )
-    adapter_config = tensor_adapter.TensorAdapterConfig(
-        raw_schema,
-        tensor_representation_util.InferTensorRepresentationsFromSchema(raw_metadata.schema),
-    )
-    stats_dir = os.path.join(job.work_dir, STATS_TMP)
-    options = PipelineOptions(list(job.beam_args))
-    with beam.Pipeline(options=options) as p, tft_beam.Context(
-        temp_dir=os.path.join(job.work_dir, TFT_TMP), force_tf_compat_v1=False
-    ):
-        parsed = (
-            p
-            | "Ranges" >> beam.Create(list(job.ranges))
-            | "Distribute" >> beam.Reshuffle()
-            | "ReadAndParse"
-            >> beam.ParDo(
-                ReadAndParse(spec, job.layouts, job.seed, job.batch_lines, job.input_bytes)
-            ).with_outputs(
-                *SPLIT_NAMES, "rejected", "counts"
-            )
-        )
-        (train_out, _), transform_fn = (
-            parsed.train,
-            adapter_config,
-        ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
-            make_preprocessing_fn(spec, job.min_count), output_record_batches=True
-        )
-        transformed = {"train": train_out}
-        for split in SPLIT_NAMES[1:]:
-            transformed[split], _ = (
-                ((parsed[split], adapter_config), transform_fn)
-                | f"Transform{split.title()}" >> tft_beam.TransformDataset(output_record_batches=True)
-            )
-        for split, pcoll in transformed.items():
-            _ = (
-                pcoll
-                | f"Encode{split.title()}" >> beam.ParDo(EncodeExamples(spec))
-                | f"Write{split.title()}"
-                >> fileio.WriteToFiles(
-                    job.work_dir,
-                    file_naming=fileio.default_file_naming(split, ".tfrecord.gz"),
-                    sink=lambda _: GzipTFRecordSink(),
-                    shards=job.output_shards,
-                )
-            )
-            stats = (
-                pcoll
-                | f"Stats{split.title()}" >> beam.Map(lambda el: split_stats(el[0], fields))
-                | f"SumStats{split.title()}" >> beam.CombineGlobally(_sum_arrays)
-                | f"StatsList{split.title()}" >> beam.Map(lambda a: a.tolist())
-            )
-            _write_json(stats, os.path.join(stats_dir, f"{split}.json"), f"Stats{split.title()}")
-        counts = (
-            parsed.counts
-            | "SumCounts" >> beam.CombinePerKey(_sum_arrays)
-            | "CountsList" >> beam.Map(lambda kv: [kv[0], kv[1].tolist()])
-            | "AllCounts" >> beam.combiners.ToList()
-        )
-        _write_json(counts, os.path.join(stats_dir, "inputs.json"), "Counts")
-        for reason in REASONS:
-            _ = (
-                parsed.rejected
-                | f"Only{reason}" >> beam.Filter(lambda el, r=reason: el[0] == r)
-                | f"Line{reason}" >> beam.Map(lambda el: el[1])
-                | f"Reject{reason}"
-                >> beam.io.WriteToText(
-                    os.path.join(job.work_dir, "rejected", reason),
-                    file_name_suffix=".txt",
-                    skip_if_empty=True,
-                )
-            )
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(job.work_dir)
-        _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(
-            os.path.join(job.work_dir, tft.TFTransformOutput.RAW_METADATA_DIR), pipeline=p
-        )
-
-
-def _sum_arrays(arrays) -> np.ndarray:
-    total = None
-    for a in arrays:
-        total = a.copy() if total is None else total + a
-    return total if total is not None else np.zeros(0, dtype=np.int64)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return stats
