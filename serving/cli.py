@@ -123,8 +123,10 @@ def run_export(args: argparse.Namespace) -> int:
     v = result.verification
     print(f"exported {result.version_dir} (version {result.version}) in "
           f"{time.perf_counter() - start:.1f}s")
-    print(f"  verified on {v.rows} rows ({v.source}): max abs diff {v.max_abs_diff:.2e} vs Keras, "
-          f"raw_fields vs serving_default {v.fields_max_abs_diff:.2e} (tolerance {v.tolerance:g})")
+    print(f"  verified on {v.rows} rows ({v.source}), tolerance {v.tolerance:g}:")
+    print(f"    session loader (TF Serving's path): serving_default vs Keras {v.max_abs_diff:.2e}, "
+          f"raw_fields {v.fields_max_abs_diff:.2e}, classification {v.classify_max_abs_diff:.2e}")
+    print(f"    tf.saved_model.load: serving_default vs Keras {v.tf2_max_abs_diff:.2e}")
     print(f"  warmup records: {result.warmup_records}")
     print(f"  configs: {', '.join(str(p) for p in result.config_files)}")
     print("  production: " + configs.official_server_command(pathlib.Path(args.model_base_path)))

@@ -6,11 +6,13 @@ server only load numeric dir names), verify it, write the warmup records, and
 only then rename it to BASE/NAME/<version>.
 
 Verification (a real check, not a smoke test): raw rows are serialized to
-tf.Example and sent through the *reloaded* SavedModel's `serving_default`; the
-same rows are parsed with the raw feature spec, transformed by the pipeline's
-TFT layer in-process and fed to the trained Keras model. Max abs difference of
-the probabilities must be <= `tolerance` (1e-5), and `raw_fields` must agree
-with `serving_default` on the same rows. The rows are, in order of preference:
+tf.Example and sent through every signature of the SavedModel reloaded by the
+session loader, the path `tensorflow_model_server` takes (`serving.session_loader`),
+and through `serving_default` reloaded by `tf.saved_model.load`; the same rows
+are parsed with the raw feature spec, transformed by the pipeline's TFT layer
+in-process and fed to the trained Keras model. Max abs difference of the
+probabilities must be <= `tolerance` (1e-5), and `raw_fields` and
+`classification` must agree with `serving_default` on the same rows. The rows are, in order of preference:
 `--verify_input FILE` (raw rows in any pipeline format); else the test split's
 raw rows, re-read from the input files stats.json records with the job's
 split hash and seed; else (inputs gone) synthetic rows from the raw feature
@@ -31,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     model_pb2,
@@ -39,10 +40,12 @@ from tensorflow_serving.apis import (
     prediction_log_pb2,
 )
 
-from serving import configs, examples, module
+from serving import configs, examples, module, session_loader
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 VERSION_RE = re.compile(r"^[0-9]+$")
+# One path component TF Serving and Prometheus labels take as is: no '/', no '..', no leading dot.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class ExportError(RuntimeError):
@@ -57,8 +60,10 @@ class ExportUsageError(ValueError):
 class Verification:
     rows: int
     source: str
-    max_abs_diff: float
-    fields_max_abs_diff: float
+    max_abs_diff: float  # serving_default under the session loader vs Keras
+    fields_max_abs_diff: float  # raw_fields vs serving_default, session loader
+    classify_max_abs_diff: float  # classification's P(1) vs serving_default, session loader
+    tf2_max_abs_diff: float  # serving_default under tf.saved_model.load vs Keras
     tolerance: float
 
 
@@ -71,6 +76,14 @@ class ExportResult:
     config_files: tuple[pathlib.Path, ...]
 
 
+def check_model_name(name: str) -> None:
+    """Raises ExportUsageError unless `name` is one safe directory name (BASE/NAME stays in BASE)."""
+    if not MODEL_NAME_RE.match(name):
+        raise ExportUsageError(
+            f"--model_name {name!r}: use 1-128 letters, digits, '_', '-', '.', starting with a "
+            "letter or digit (it becomes the directory BASE/NAME and TF Serving's model name)")
+
+
 def versions(model_dir: pathlib.Path) -> list[int]:
     """Numeric version dirs holding a saved_model.pb, ascending."""
     if not model_dir.is_dir():
@@ -80,15 +93,6 @@ def versions(model_dir: pathlib.Path) -> list[int]:
         for p in model_dir.iterdir()
         if VERSION_RE.match(p.name) and (p / "saved_model.pb").is_file()
     )
-
-
-def set_method_name(export_dir: pathlib.Path, signature: str, method_name: str) -> None:
-    """Rewrites one SignatureDef's method name (tf.saved_model.save always writes predict)."""
-    path = export_dir / "saved_model.pb"
-    proto = saved_model_pb2.SavedModel.FromString(path.read_bytes())
-    for meta_graph in proto.meta_graphs:
-        meta_graph.signature_def[signature].method_name = method_name
-    path.write_bytes(proto.SerializeToString())
 
 
 def synthetic_rows(raw_spec: Mapping[str, Any], n: int, seed: int) -> list[dict[str, list]]:
@@ -176,27 +180,45 @@ def verify(
     names: Sequence[str], rows: Sequence[Mapping[str, list]], source: str, tolerance: float,
     batch_size: int = 512,
 ) -> Verification:
-    """Reloaded SavedModel vs Keras-on-transformed rows; raises ExportError beyond tolerance."""
-    loaded = tf.saved_model.load(str(export_dir))
+    """The saved model, loaded as TF Serving loads it, vs Keras on the TFT-transformed rows.
+
+    Every signature runs under the session loader (fresh graph and session,
+    restore, init op, tensors by SignatureDef name: `tensorflow_model_server`'s
+    path); `serving_default` also under `tf.saved_model.load` (the bundled
+    server's path). Raises ExportError beyond `tolerance` or when a loader fails.
+    """
     dtypes = examples.feature_kinds(raw_spec)
-    diff = fields_diff = 0.0
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        serialized = examples.serialize_rows(chunk, dtypes)
-        exported = loaded.signatures[module.DEFAULT_SIGNATURE](
-            examples=tf.constant(serialized))["probabilities"].numpy()
-        texts = examples.field_texts(chunk, list(raw_spec))
-        by_fields = loaded.signatures[module.FIELDS_SIGNATURE](
-            **{k: tf.constant(v) for k, v in texts.items()})["probabilities"].numpy()
-        reference = _keras_reference(model, transform_layer, raw_spec, names, serialized)
-        diff = max(diff, float(np.max(np.abs(exported - reference))))
-        fields_diff = max(fields_diff, float(np.max(np.abs(by_fields - exported))))
-    result = Verification(len(rows), source, diff, fields_diff, tolerance)
-    if not (diff <= tolerance and fields_diff <= tolerance):
+    diffs = dict.fromkeys(("session", "fields", "classify", "tf2"), 0.0)
+    try:
+        tf2_default = tf.saved_model.load(str(export_dir)).signatures[module.DEFAULT_SIGNATURE]
+        with session_loader.SessionModel(export_dir) as session:
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                serialized = examples.serialize_rows(chunk, dtypes)
+                batch = np.array(serialized, dtype=object)
+                reference = _keras_reference(model, transform_layer, raw_spec, names, serialized)
+                default = session.run(module.DEFAULT_SIGNATURE, {module.EXAMPLES_INPUT: batch})
+                texts = examples.field_texts(chunk, list(raw_spec))
+                fields = session.run(module.FIELDS_SIGNATURE,
+                                     {k: np.array(v, dtype=object) for k, v in texts.items()})
+                scores = session.run(module.CLASSIFY_SIGNATURE,
+                                     {module.CLASSIFY_INPUT: batch})["scores"]
+                tf2 = tf2_default(examples=tf.constant(serialized))["probabilities"].numpy()
+                p = default["probabilities"]
+                for key, got, want in (("session", p, reference), ("fields", fields["probabilities"], p),
+                                       ("classify", scores[:, 1], p), ("tf2", tf2, reference)):
+                    diffs[key] = max(diffs[key], float(np.max(np.abs(got - want))))
+    except session_loader.SessionLoadError as err:
+        raise ExportError(f"export verification failed: {err}; nothing was published") from err
+    result = Verification(len(rows), source, diffs["session"], diffs["fields"], diffs["classify"],
+                          diffs["tf2"], tolerance)
+    if not all(d <= tolerance for d in diffs.values()):
         raise ExportError(
-            f"export verification failed on {len(rows)} rows ({source}): max abs diff "
-            f"serving_default vs Keras = {diff:.3g}, raw_fields vs serving_default = "
-            f"{fields_diff:.3g} (tolerance {tolerance:g}); nothing was published"
+            f"export verification failed on {len(rows)} rows ({source}): max abs diff, session "
+            f"loader: serving_default vs Keras = {diffs['session']:.3g}, raw_fields vs "
+            f"serving_default = {diffs['fields']:.3g}, classification vs serving_default = "
+            f"{diffs['classify']:.3g}; tf.saved_model.load: serving_default vs Keras = "
+            f"{diffs['tf2']:.3g} (tolerance {tolerance:g}); nothing was published"
         )
     return result
 
@@ -247,8 +269,7 @@ def export(
     from pipeline.dataset_info import read_dataset_info
     from trainer.model_io import load_model
 
-    if not re.match(r"^[A-Za-z0-9_.-]+$", model_name):
-        raise ExportUsageError(f"--model_name {model_name!r}: use letters, digits, '_', '-', '.'")
+    check_model_name(model_name)
     info = read_dataset_info(data_dir)
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
@@ -257,6 +278,8 @@ def export(
 
     base = pathlib.Path(model_base_path)
     model_dir = base / model_name
+    if model_dir.resolve().parent != base.resolve():  # e.g. BASE/NAME is a symlink elsewhere
+        raise ExportUsageError(f"{model_dir} resolves outside --model_base_path {base}")
     existing = versions(model_dir)
     if version is None:
         version = (existing[-1] + 1) if existing else 1
@@ -279,9 +302,7 @@ def export(
     tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     tmp_dir.chmod(0o755)  # mkdtemp makes it 0700: a server running as another user could not read it
     try:
-        serving_module = module.ServingModule(model, transform_layer, raw_spec, info.field_names)
-        tf.saved_model.save(serving_module, str(tmp_dir), signatures=serving_module.signatures())
-        set_method_name(tmp_dir, module.CLASSIFY_SIGNATURE, module.CLASSIFY_METHOD)
+        module.write_savedmodel(tmp_dir, model, transform_layer, raw_spec, info.field_names)
         verification = verify(tmp_dir, model, transform_layer, raw_spec, info.field_names,
                               rows, source, tolerance)
         warmup = write_warmup(tmp_dir, model_name, raw_spec, rows)

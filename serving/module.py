@@ -1,8 +1,9 @@
 """The exported graph: raw features -> TFT transform -> Keras 3 model -> probability.
 
 The TFT layer is a tf_keras object and cannot live inside a Keras 3 model
-(DESIGN.md section 4), so both are held by a plain `tf.Module` and saved with
-`tf.saved_model.save`. Three signatures:
+(docs/DESIGN.md section "Serving"), so both are tracked side by side by a
+`keras.export.ExportArchive`, whose endpoints parse raw inputs, apply the TFT
+layer and call the model. Three signatures:
 
 - `serving_default`: `examples` (string[None], serialized raw tf.Example)
   -> `probabilities`, `logits` (float32[None]).
@@ -17,10 +18,13 @@ The TFT layer is a tf_keras object and cannot live inside a Keras 3 model
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import keras  # explicitly: importing tensorflow_transform sets TF_USE_LEGACY_KERAS
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 DEFAULT_SIGNATURE = "serving_default"
 FIELDS_SIGNATURE = "raw_fields"
@@ -82,57 +86,61 @@ def _fields_to_raw(texts: Mapping[str, tf.Tensor], raw_spec: Mapping[str, Any]) 
     return raw
 
 
-class ServingModule(tf.Module):
-    """Holds the TFT layer (tf_keras) and the trained Keras 3 model side by side."""
+def write_savedmodel(
+    export_dir: str | pathlib.Path,
+    model: Any,
+    transform_layer: Any,
+    raw_feature_spec: Mapping[str, Any],
+    field_names: Sequence[str],
+) -> None:
+    """Saves the three signatures over `transform_layer` + `model` into `export_dir`.
 
-    def __init__(
-        self,
-        model: Any,
-        transform_layer: Any,
-        raw_feature_spec: Mapping[str, Any],
-        field_names: Sequence[str],
-    ) -> None:
-        super().__init__(name="optfusion_serving")
-        self.model = model
-        self.transform_layer = transform_layer
-        raw_spec = dict(raw_feature_spec)
-        names = list(field_names)
+    `keras.export.ExportArchive` tracks the Keras 3 model's variables so that
+    the session loader (TF Serving's C++ path) restores them; a plain
+    `tf.Module` holding the model saves variables only the TF2 loader finds
+    (docs/DESIGN.md section "Serving"). The TFT layer (tf_keras) and its
+    tables are tracked as a trackable resource beside it.
+    """
+    raw_spec = dict(raw_feature_spec)
+    names = list(field_names)
 
-        def predict_raw(raw: Mapping[str, Any]) -> dict[str, tf.Tensor]:
-            transformed = self.transform_layer(dict(raw))
-            features = {n: tf.reshape(tf.cast(transformed[n], tf.int64), [-1]) for n in names}
-            logits = tf.reshape(tf.cast(self.model(features, training=False), tf.float32), [-1])
-            return {"probabilities": tf.sigmoid(logits), "logits": logits}
+    def predict_raw(raw: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+        transformed = transform_layer(dict(raw))
+        features = {n: tf.reshape(tf.cast(transformed[n], tf.int64), [-1]) for n in names}
+        logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
+        return {"probabilities": tf.sigmoid(logits), "logits": logits}
 
-        def serve_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            return predict_raw(tf.io.parse_example(examples, raw_spec))
+    def serve_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        return predict_raw(tf.io.parse_example(examples, raw_spec))
 
-        def serve_fields(texts: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            return predict_raw(_fields_to_raw(texts, raw_spec))
+    def serve_fields(texts: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return predict_raw(_fields_to_raw(texts, raw_spec))
 
-        def classify(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-            p = serve_examples(inputs)["probabilities"]
-            n = tf.shape(p)[0]
-            return {
-                "scores": tf.stack([1.0 - p, p], axis=1),
-                "classes": tf.tile(tf.constant([["0", "1"]]), tf.stack([n, 1])),
-            }
-
-        self.serve_examples = tf.function(
-            serve_examples, input_signature=[tf.TensorSpec([None], tf.string, EXAMPLES_INPUT)]
-        )
-        self.serve_fields = tf.function(
-            serve_fields,
-            input_signature=[{n: tf.TensorSpec([None], tf.string, n) for n in raw_spec}],
-        )
-        self.classify = tf.function(
-            classify, input_signature=[tf.TensorSpec([None], tf.string, CLASSIFY_INPUT)]
-        )
-
-    def signatures(self) -> dict[str, Any]:
-        """The concrete functions `tf.saved_model.save` exports, by signature name."""
+    def classify(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        p = serve_examples(inputs)["probabilities"]
+        n = tf.shape(p)[0]
         return {
-            DEFAULT_SIGNATURE: self.serve_examples.get_concrete_function(),
-            FIELDS_SIGNATURE: self.serve_fields.get_concrete_function(),
-            CLASSIFY_SIGNATURE: self.classify.get_concrete_function(),
+            "scores": tf.stack([1.0 - p, p], axis=1),
+            "classes": tf.tile(tf.constant([["0", "1"]]), tf.stack([n, 1])),
         }
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(transform_layer)
+    archive.add_endpoint(DEFAULT_SIGNATURE, serve_examples,
+                         [tf.TensorSpec([None], tf.string, EXAMPLES_INPUT)])
+    archive.add_endpoint(FIELDS_SIGNATURE, serve_fields,
+                         [{n: tf.TensorSpec([None], tf.string, n) for n in raw_spec}])
+    archive.add_endpoint(CLASSIFY_SIGNATURE, classify,
+                         [tf.TensorSpec([None], tf.string, CLASSIFY_INPUT)])
+    archive.write_out(str(export_dir), verbose=False)
+    set_method_name(pathlib.Path(export_dir), CLASSIFY_SIGNATURE, CLASSIFY_METHOD)
+
+
+def set_method_name(export_dir: pathlib.Path, signature: str, method_name: str) -> None:
+    """Rewrites one SignatureDef's method name (SavedModel saving always writes predict)."""
+    path = export_dir / "saved_model.pb"
+    proto = saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    for meta_graph in proto.meta_graphs:
+        meta_graph.signature_def[signature].method_name = method_name
+    path.write_bytes(proto.SerializeToString())

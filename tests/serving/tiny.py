@@ -55,14 +55,20 @@ def tiny_model(seed: int = 0) -> keras.Model:
 
 def write_version(model_dir: pathlib.Path, version: int, model_name: str, seed: int = 0) -> pathlib.Path:
     """Saves a tiny model as model_dir/<version> the way `serving export` does."""
-    serving_module = module.ServingModule(tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS)
     target = model_dir / str(version)
     tmp = model_dir / f".tmp-{version}"
-    tf.saved_model.save(serving_module, str(tmp), signatures=serving_module.signatures())
-    export.set_method_name(tmp, module.CLASSIFY_SIGNATURE, module.CLASSIFY_METHOD)
+    module.write_savedmodel(tmp, tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS)
     export.write_warmup(tmp, model_name, RAW_SPEC, ROWS)
     tmp.rename(target)
     return target
+
+
+def keras_probabilities(rows: list[dict], seed: int = 0) -> np.ndarray:
+    """What every signature must answer: the Keras model on the transformed rows, in process."""
+    serialized = examples.serialize_rows(rows, examples.feature_kinds(RAW_SPEC))
+    features = HashTransform()(tf.io.parse_example(tf.constant(serialized), RAW_SPEC))
+    logits = tiny_model(seed)(features, training=False)
+    return tf.reshape(tf.sigmoid(logits), [-1]).numpy()
 
 
 def reference_probabilities(path: pathlib.Path, rows: list[dict]) -> np.ndarray:

@@ -1,0 +1,98 @@
+"""Exports load and run under the session loader, the path `tensorflow_model_server` takes.
+
+Fast: a tiny model written by `serving.module` (the contract tests do the same
+on the real pipeline + trainer chain). Also: the checker itself catches the
+Keras-3-in-`tf.Module` export that only the TF2 loader restores, and export
+refuses model names that would leave --model_base_path.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving import cli, examples, module, session_loader
+from tests.serving import tiny
+
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return tiny.write_version(tmp_path_factory.mktemp("tiny_session"), 1, "tiny", seed=SEED)
+
+
+def _feeds(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    serialized = np.array(examples.serialize_rows(rows, examples.feature_kinds(tiny.RAW_SPEC)),
+                          dtype=object)
+    texts = examples.field_texts(rows, tiny.FIELDS)
+    return {
+        module.DEFAULT_SIGNATURE: {module.EXAMPLES_INPUT: serialized},
+        module.FIELDS_SIGNATURE: {k: np.array(v, dtype=object) for k, v in texts.items()},
+        module.CLASSIFY_SIGNATURE: {module.CLASSIFY_INPUT: serialized},
+    }
+
+
+def test_every_signature_equals_keras_under_session_loader(tiny_export):
+    expected = tiny.keras_probabilities(tiny.ROWS, seed=SEED)
+    with session_loader.SessionModel(tiny_export) as loaded:
+        out = {name: loaded.run(name, inputs) for name, inputs in _feeds(tiny.ROWS).items()}
+        assert loaded.signature_defs[module.CLASSIFY_SIGNATURE].method_name == module.CLASSIFY_METHOD
+    np.testing.assert_allclose(out[module.DEFAULT_SIGNATURE]["probabilities"], expected, atol=1e-6)
+    np.testing.assert_allclose(out[module.FIELDS_SIGNATURE]["probabilities"], expected, atol=1e-6)
+    scores = out[module.CLASSIFY_SIGNATURE]["scores"]
+    np.testing.assert_allclose(scores[:, 1], expected, atol=1e-6)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)
+    assert out[module.CLASSIFY_SIGNATURE]["classes"].tolist() == [[b"0", b"1"]] * len(tiny.ROWS)
+    assert len(set(np.round(expected, 6))) > 1  # distinct rows, distinct answers
+
+
+class _LegacyModule(tf.Module):
+    """The old export style: a Keras 3 layer held by a plain tf.Module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+        self.dense.build((None, 2))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, "x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": self.dense(x)}
+
+
+def test_session_loader_catches_an_export_only_the_tf2_loader_restores(tmp_path):
+    legacy = _LegacyModule()
+    tf.saved_model.save(legacy, str(tmp_path), signatures={"serving_default": legacy.serve})
+    x = np.ones([1, 2], np.float32)
+    assert tf.saved_model.load(str(tmp_path)).signatures["serving_default"](x=x)["y"].shape == (1, 1)
+    with pytest.raises(session_loader.SessionLoadError, match="Could not find variable"):
+        session_loader.run_signatures(tmp_path, {"serving_default": {"x": x}})
+
+
+def test_recorded_reference_replays_and_a_changed_one_fails(tiny_export, tmp_path, capsys):
+    reference = tmp_path / "ref.json"
+    assert session_loader.main([str(tiny_export), "--save", str(reference)]) == 0
+    assert session_loader.main([str(tiny_export), "--compare", str(reference)]) == 0
+    assert "session loader OK" in capsys.readouterr().out
+    changed = reference.read_text().replace('"values": [0.', '"values": [0.1', 1)
+    assert changed != reference.read_text()
+    reference.write_text(changed)
+    assert session_loader.main([str(tiny_export), "--compare", str(reference)]) == 1
+    assert "max abs diff" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../escape", "a/b", "/abs", ".hidden", "", "x" * 129,
+                                  "sp ace", "quote\"", "new\nline"])
+def test_export_refuses_unsafe_model_names_and_writes_nothing(name, tmp_path, capsys):
+    base = tmp_path / "base"
+    base.mkdir()
+    code = cli.main(["export", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "data"),
+                     "--model_base_path", str(base), "--model_name", name])
+    assert code == 2
+    assert "--model_name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+    assert list(base.iterdir()) == []
