@@ -1,0 +1,49 @@
+"""The paper-tables report: statistics, tables, HTML and both figures from made-up records."""
+
+import math
+
+import pytest
+
+from benchmarks import report
+from trainer.architecture import Architecture
+from trainer.zoo import ZOO
+
+
+def _records():
+    aucs = {"lr": [0.70, 0.71, 0.72], "dcn": [0.74, 0.75, 0.76], "optfusion_soft": [0.78, 0.79, 0.80]}
+    return [
+        {"table": "table3", "variant": v, "seed": s + 1, "test_auc": auc, "test_logloss": 0.5 - auc / 10,
+         "train_seconds": 10.0 * (s + 1), "infer_seconds": 0.002}
+        for v, values in aucs.items() for s, auc in enumerate(values)
+    ]
+
+
+def test_summary_and_welch_comparison_of_the_best_variants():
+    summary = report.summarize(_records())
+    assert summary["table3"]["dcn"]["auc"] == [0.74, 0.75, 0.76]
+    comparison = report.best_comparison(summary["table3"])
+    assert (comparison["ours"], comparison["theirs"]) == ("optfusion_soft", "dcn")
+    assert comparison["diff"] == pytest.approx(0.04)
+    # equal spreads (stdev 0.01), n = 3 a side: t = 0.04 / sqrt(2 * 0.01^2 / 3) = 4.899
+    assert comparison["t"] == pytest.approx(4.899, abs=1e-3)
+    assert 0.005 < comparison["p"] < 0.02
+    assert all(math.isnan(x) for x in report.welch([0.7], [0.8]))
+
+
+def test_markdown_and_html_hold_every_variant(tmp_path):
+    summary = report.summarize(_records())
+    md = report.markdown("t", "- setup", summary, report.best_comparison(summary["table3"]), ["f.png"])
+    assert "| dcn | 0.7500 +- 0.0100 |" in md
+    assert "Welch's t = 4.90" in md
+    page = report.to_html(md)
+    assert page.count("<tr>") == 4 and '<img src="f.png"' in page
+
+
+def test_figures_are_written(tmp_path):
+    arch = Architecture.load(ZOO["dcn"].architecture_path)
+    paths = report.draw_architecture(arch, "dcn", tmp_path / "figure3")
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert "concat" in paths[1].read_text()  # H's op is drawn as a label
+    times = report.draw_times(report.summarize(_records())["table3"], tmp_path / "figure2.png")
+    assert times.stat().st_size > 1000
