@@ -1,7 +1,7 @@
 """`serving`: export a trained run for TF Serving, serve it over gRPC, predict raw rows.
 
     serving export  --run RUN --data DATA --model_base_path BASE --model_name NAME
-    serving serve   --model_config_file BASE/models.config --port 8500
+    serving serve   --model_config_file BASE/models.config --port 8500 --rest_api_port 8501
     serving predict --target localhost:8500 --model_name NAME --input FILE --format criteo
 """
 
@@ -21,6 +21,7 @@ from pipeline.atomic import write_text_atomic
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+DEFAULT_MAX_ROWS = 8192  # = servable.DEFAULT_MAX_ROWS (not imported: TF loads lazily)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -52,16 +53,34 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="run the TF Serving-compatible gRPC server (development and CI)",
-        description="A TF Serving-compatible gRPC server for machines without "
+        help="run the TF Serving-compatible server: gRPC, REST and metrics (development and CI)",
+        description="A TF Serving-compatible server for machines without "
         "tensorflow_model_server; production uses TF Serving (see serving/docker-compose.yaml). "
-        "Flags mirror tensorflow_model_server's. SIGTERM or Ctrl-C shut it down cleanly.",
+        "Flags mirror tensorflow_model_server's. It listens only once every model has an "
+        "AVAILABLE version, then prints 'serving'. By default it listens on all interfaces "
+        "(0.0.0.0), as TF Serving does; pass --host 127.0.0.1 to serve this machine only. "
+        "SIGTERM or Ctrl-C shut it down cleanly.",
     )
     p.add_argument("--model_config_file", required=True, help="BASE/models.config")
+    p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                   help="re-read --model_config_file this often and serve its new model list "
+                   "(0 = read once, as TF Serving)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
-    p.add_argument("--host", default="0.0.0.0", help="interface to bind")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="interface for gRPC and REST: 0.0.0.0 = all interfaces (default, as TF "
+                   "Serving), 127.0.0.1 = this machine only")
     p.add_argument("--rest_api_port", type=int, default=0,
-                   help="HTTP port for Prometheus metrics (0 = off)")
+                   help="HTTP port of the REST API (/v1/models/...) and the Prometheus metrics "
+                   "(monitoring.config path); 0 = no HTTP")
+    p.add_argument("--rest_api_num_threads", type=int, default=None,
+                   help="REST worker threads = connections served at once (default 4 x CPUs)")
+    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30_000,
+                   help="REST socket timeout: a connection idle this long is closed")
+    p.add_argument("--grpc_max_threads", type=int, default=None,
+                   help="gRPC worker threads (default 4 x CPUs)")
+    p.add_argument("--grpc_channel_arguments", default="",
+                   help="gRPC server arguments, e.g. grpc.max_receive_message_length=67108864 "
+                   "(default message limit: 2 GiB - 1, as TF Serving)")
     p.add_argument("--enable_batching", default="true", choices=["true", "false"])
     p.add_argument("--batching_parameters_file", default=None,
                    help="batching.config (default: BASE/batching.config when present)")
@@ -69,9 +88,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="monitoring.config (default: BASE/monitoring.config when present)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                    help="how often version dirs are scanned")
-    p.add_argument("--max_message_mb", type=int, default=64, help="largest gRPC message")
+    p.add_argument("--max_num_load_retries", type=int, default=5,
+                   help="retries of a failed version load before giving up (0 = load once)")
+    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                   help="wait between load retries (default 1 minute, as TF Serving)")
+    p.add_argument("--max_rows_per_request", type=int, default=DEFAULT_MAX_ROWS,
+                   help="larger Predict/Classify requests get RESOURCE_EXHAUSTED "
+                   "(not a TF Serving flag; bounds one request's compute)")
     p.add_argument("--port_file", default=None,
-                   help="write the bound gRPC port here once listening (for --port 0)")
+                   help="once listening, write the gRPC port (and the REST port on a second "
+                   "line) here (for --port 0)")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -133,9 +159,33 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_options(args: argparse.Namespace, metrics_path: str):
+    """ServerOptions from the `serve` flags; ValueError names the bad flag."""
+    from serving.manager import LoadPolicy
+    from serving.server import DEFAULT_THREADS, ServerOptions, parse_channel_arguments
+
+    for flag in ("max_num_load_retries", "max_rows_per_request", "rest_api_timeout_in_ms"):
+        if getattr(args, flag) < (1 if flag != "max_num_load_retries" else 0):
+            raise ValueError(f"--{flag} must be positive. Received: {getattr(args, flag)}")
+    return ServerOptions(
+        host=args.host, port=args.port, rest_api_port=args.rest_api_port or None,
+        metrics_path=metrics_path, poll_seconds=args.file_system_poll_wait_seconds,
+        grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
+        grpc_threads=args.grpc_max_threads or DEFAULT_THREADS,
+        rest_threads=args.rest_api_num_threads or DEFAULT_THREADS,
+        rest_timeout_s=args.rest_api_timeout_in_ms / 1000,
+        load_policy=LoadPolicy(max_load_retries=args.max_num_load_retries,
+                               retry_interval_s=args.load_retry_interval_micros / 1e6,
+                               max_rows=args.max_rows_per_request),
+        model_config_file=args.model_config_file,
+        config_poll_seconds=args.model_config_file_poll_wait_seconds,
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from serving import configs
-    from serving.server import ModelServer, ServerOptions
+    from serving.manager import ModelLoadError
+    from serving.server import ModelServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     base = pathlib.Path(args.model_config_file).parent
@@ -155,38 +205,45 @@ def run_serve(args: argparse.Namespace) -> int:
         if monitoring_file:
             monitoring = configs.read_monitoring_config(monitoring_file)
             metrics_path = monitoring.prometheus_config.path or metrics_path
-    except configs.ConfigFileError as err:
+        options = _serve_options(args, metrics_path)
+    except ValueError as err:  # ConfigFileError is a ValueError
         return _fail(str(err))
-    options = ServerOptions(host=args.host, port=args.port,
-                            rest_api_port=args.rest_api_port or None,
-                            metrics_path=metrics_path,
-                            poll_seconds=args.file_system_poll_wait_seconds,
-                            max_message_bytes=args.max_message_mb << 20)
-    try:
-        server = ModelServer(model_config, batching, options)
-    except (OSError, RuntimeError) as err:  # grpc raises RuntimeError when it cannot bind
-        return _fail(f"cannot listen on {args.host}:{args.port}: {err}")
+    server = ModelServer(model_config, batching, options)
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        server.stop_loading()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    server.start()
-    if args.port_file:
-        write_text_atomic(args.port_file, f"{server.port}\n")
-    models = ", ".join(m.name for m in model_config.model_config_list.config)
-    print(f"serving {models} on gRPC port {server.port}"
-          + (f", metrics at :{server.rest_port}{metrics_path}" if server.rest_port else "")
-          + f" (batching: max {batching.max_batch_size} rows, {batching.batch_timeout_micros} us)",
-          flush=True)
-    stop.wait()
+        signal.signal(sig, on_signal)
+    code = 0
+    try:
+        started = server.start()
+    except ModelLoadError as err:
+        started, code = False, _fail(f"cannot serve: {err}", EXIT_FAILED)
+    except OSError as err:
+        started, code = False, _fail(f"cannot listen on {args.host}: {err}", EXIT_FAILED)
+    if started:
+        if args.port_file:
+            ports = [server.port] + ([server.rest_port] if server.rest_port else [])
+            write_text_atomic(args.port_file, "".join(f"{p}\n" for p in ports))
+        models = ", ".join(m.name for m in model_config.model_config_list.config)
+        rest = (f", REST at http://{args.host}:{server.rest_port}/v1/models/NAME, metrics at "
+                f":{server.rest_port}{metrics_path}" if server.rest_port else "")
+        print(f"serving {models} on {args.host}, gRPC port {server.port}{rest} (batching: max "
+              f"{batching.max_batch_size} rows, {batching.batch_timeout_micros} us)", flush=True)
+        stop.wait()
     print("shutting down", flush=True)
     server.stop()
     print(f"stopped cleanly; {server.metrics.total()} requests served\n{server.metrics.summary()}",
           flush=True)
     # Everything is stopped and flushed. Skip interpreter teardown: with TFT graphs
-    # loaded, TF's exit-time destructors can crash or hang (DESIGN.md §5), which
-    # would turn a clean SIGTERM into a kill by the supervisor.
+    # loaded, TF's exit-time destructors can crash or hang (docs/DESIGN.md section 5),
+    # which would turn a clean SIGTERM into a kill by the supervisor.
+    sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def run_predict(args: argparse.Namespace) -> int:

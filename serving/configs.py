@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 import shlex
 
 from google.protobuf import message, text_format
@@ -24,10 +25,38 @@ MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching.config"
 MONITORING_CONFIG = "monitoring.config"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+# A model name is a folder under BASE, a URL path segment of the REST API and a
+# Prometheus label value: letters, digits, `_.-`, starting with a letter or digit
+# (so never `.`/`..`), at most 128 characters.
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class ConfigFileError(ValueError):
     """A TF Serving config file is missing or does not parse."""
+
+
+def check_model_name(name: str, where: str) -> str:
+    """Returns `name`, or raises ConfigFileError saying why it cannot name a model."""
+    if not MODEL_NAME_RE.fullmatch(name):
+        raise ConfigFileError(
+            f"{where}: model name {name!r} is not allowed; use 1-128 letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit (it becomes a folder and a URL segment)"
+        )
+    return name
+
+
+def check_models_config(config: model_server_config_pb2.ModelServerConfig, where: str) -> None:
+    """Every model has a valid, unique name and a base_path (what the server needs)."""
+    if config.WhichOneof("config") != "model_config_list" or not config.model_config_list.config:
+        raise ConfigFileError(f"{where} lists no model (model_config_list {{ config {{ ... }} }})")
+    seen: set[str] = set()
+    for model in config.model_config_list.config:
+        if not model.name or not model.base_path:
+            raise ConfigFileError(f"{where}: every model needs a name and a base_path")
+        check_model_name(model.name, where)
+        if model.name in seen:
+            raise ConfigFileError(f"{where}: model {model.name!r} is listed twice")
+        seen.add(model.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +115,9 @@ def read_text_proto(path: str | os.PathLike, proto: message.Message) -> message.
 def read_models_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
     """Reads models.config; relative base paths resolve against the config's folder."""
     config = read_text_proto(path, model_server_config_pb2.ModelServerConfig())
-    if not config.model_config_list.config:
-        raise ConfigFileError(f"{path} lists no model (model_config_list {{ config {{ ... }} }})")
+    check_models_config(config, str(path))
     folder = pathlib.Path(path).resolve().parent
     for model in config.model_config_list.config:
-        if not model.name or not model.base_path:
-            raise ConfigFileError(f"{path}: every model needs a name and a base_path")
         model.base_path = str(folder / model.base_path)
     return config
 
@@ -102,6 +128,7 @@ def update_models_config(base: pathlib.Path, model_name: str) -> pathlib.Path:
     Base paths are absolute, so the file works from any working directory and,
     with BASE mounted at the same path, inside the tensorflow/serving container.
     """
+    check_model_name(model_name, "--model_name")
     path = base / MODELS_CONFIG
     if path.exists():
         config = read_text_proto(path, model_server_config_pb2.ModelServerConfig())

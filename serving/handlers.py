@@ -63,8 +63,10 @@ def classify(
     servable: Servable, request: classification_pb2.ClassificationRequest
 ) -> classification_pb2.ClassificationResponse:
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    signature = servable.signature(name, CLASSIFY_METHOD)
+    signature = servable.signature(name, CLASSIFY_METHOD, missing=grpc.StatusCode.INVALID_ARGUMENT)
     (input_key,) = signature.definition.inputs
+    with_context = request.input.example_list_with_context
+    servable.check_rows(len(request.input.example_list.examples) + len(with_context.examples))
     examples = _serialized_examples(request)
     outputs = servable.run(signature, {input_key: examples}, len(examples))
     scores, classes = outputs.get("scores"), outputs.get("classes")

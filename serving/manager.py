@@ -1,11 +1,15 @@
-"""Which model versions are served: disk polling, loading with warmup, unloading.
+"""Which model versions are served: disk polling, loading with warmup, retries, unloading.
 
 Mirrors TF Serving's file-system source + manager: every `poll_seconds` each
 model's base_path is scanned for numeric version dirs; the version policy
 (latest N, all, specific) decides which are aspired; new ones are loaded,
 warmed up from `assets.extra/tf_serving_warmup_requests`, and only then
-become AVAILABLE; the others are unloaded. A version that fails to load or
-warm up ends in state END with its error, visible in GetModelStatus.
+become AVAILABLE. A failed load is retried `max_load_retries` times,
+`retry_interval_s` apart (TF Serving's `--max_num_load_retries`,
+`--load_retry_interval_micros`), then ends in END with its error, visible in
+GetModelStatus. Unloading follows TF Serving's availability-preserving
+policy: a version that is no longer aspired stays while no aspired version
+is AVAILABLE, so a broken new version never takes the model down.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 import logging
 import pathlib
 import threading
+import time
 
 import grpc
 import tensorflow as tf
@@ -27,11 +32,24 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import handlers
 from serving.configs import BatchingSettings
 from serving.export import WARMUP_FILE, versions
-from serving.servable import Servable, ServingError
+from serving.servable import DEFAULT_MAX_ROWS, Servable, ServingError
 
 State = get_model_status_pb2.ModelVersionStatus.State
 MAX_WARMUP_RECORDS = 1000
 log = logging.getLogger("serving")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadPolicy:
+    """How versions are loaded: TF Serving's retry flags and our per-request row limit."""
+
+    max_load_retries: int = 5
+    retry_interval_s: float = 60.0
+    max_rows: int = DEFAULT_MAX_ROWS
+
+
+class ModelLoadError(RuntimeError):
+    """A model has no version that loads (after every retry)."""
 
 
 @dataclasses.dataclass
@@ -39,7 +57,8 @@ class _Version:
     state: int
     servable: Servable | None = None
     error: str = ""
-
+    failures: int = 0
+    retry_at: float | None = None  # monotonic time of the next load attempt, while retrying
 
 def replay_warmup(servable: Servable) -> int:
     """Runs the export's warmup records through the live request path."""
@@ -68,16 +87,35 @@ class ModelManager:
         config: model_server_config_pb2.ModelServerConfig,
         batching: BatchingSettings,
         poll_seconds: float = 1.0,
+        policy: LoadPolicy = LoadPolicy(),
     ):
-        self._config = {m.name: m for m in config.model_config_list.config}
         self._batching = batching
         self._poll_seconds = poll_seconds
-        self._lock = threading.Lock()
-        self._versions: dict[str, dict[int, _Version]] = {name: {} for name in self._config}
+        self._policy = policy
+        self._lock = threading.Lock()  # guards _config and _versions
+        self._poll_lock = threading.Lock()  # one poll (load/unload pass) at a time
+        self._config: dict[str, model_server_config_pb2.ModelConfig] = {}
+        self._versions: dict[str, dict[int, _Version]] = {}
+        self._set_config(config)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
 
+    def serves(self, name: str) -> bool:
+        """Whether `name` is a configured model (the only names metrics may carry)."""
+        with self._lock:
+            return name in self._config
+
+    def _set_config(self, config: model_server_config_pb2.ModelServerConfig) -> list[str]:
+        """Installs a model list; returns the names of models it drops."""
+        with self._lock:
+            self._config = {m.name: m for m in config.model_config_list.config}
+            dropped = [name for name in self._versions if name not in self._config]
+            for name in self._config:
+                self._versions.setdefault(name, {})
+        return dropped
+
     def start(self) -> None:
+        """Starts the background poller (after `wait_until_available`, as the server does)."""
         self._thread.start()
 
     def stop(self) -> None:
@@ -93,7 +131,17 @@ class ModelManager:
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
             self.poll_once()
-            self._stop.wait(self._poll_seconds)
+            self._stop.wait(self._next_wait())
+
+    def _next_wait(self) -> float:
+        """Seconds until the next poll: the poll interval, or sooner when a retry is due."""
+        with self._lock:
+            due = [e.retry_at for model in self._versions.values() for e in model.values()
+                   if e.retry_at is not None]
+        wait = self._poll_seconds
+        if due:
+            wait = min(wait, max(0.0, min(due) - time.monotonic()))
+        return wait
 
     def _aspired(self, model: model_server_config_pb2.ModelConfig) -> set[int]:
         on_disk = versions(pathlib.Path(model.base_path))
@@ -107,27 +155,46 @@ class ModelManager:
         return set(on_disk[-keep:])
 
     def poll_once(self) -> None:
-        """Loads newly aspired versions (newest first) and unloads the others."""
-        for name, model in self._config.items():
-            if self._stop.is_set():
-                return
-            aspired = self._aspired(model)
+        """Loads newly aspired versions (newest first), retries due ones, unloads the others."""
+        with self._poll_lock:
             with self._lock:
-                known = self._versions[name]
-                to_load = sorted(
-                    (v for v in aspired
-                     if v not in known or (known[v].state == State.END and not known[v].error)),
-                    reverse=True,
-                )
-                to_unload = [
-                    v for v, e in known.items() if v not in aspired and e.state == State.AVAILABLE
-                ]
-                for version in to_load:
-                    known[version] = _Version(State.START)
+                models = list(self._config.items())
+            for name, model in models:
+                if self._stop.is_set():
+                    return
+                self._poll_model(name, model)
+
+    def _poll_model(self, name: str, model: model_server_config_pb2.ModelConfig) -> None:
+        aspired = self._aspired(model)
+        now = time.monotonic()
+        with self._lock:
+            known = self._versions[name]
+            to_load = sorted(
+                (v for v in aspired
+                 if v not in known
+                 or (known[v].state == State.END and not known[v].error)  # unloaded, back again
+                 or (known[v].retry_at is not None and known[v].retry_at <= now)),
+                reverse=True,
+            )
             for version in to_load:
-                self._load(name, version, pathlib.Path(model.base_path) / str(version))
-            for version in to_unload:
-                self._unload(name, version)
+                entry = known.setdefault(version, _Version(State.START))
+                entry.state, entry.retry_at = State.START, None
+        for version in to_load:
+            self._load(name, version, pathlib.Path(model.base_path) / str(version))
+        for version in self._to_unload(name, aspired):
+            self._unload(name, version)
+
+    def _to_unload(self, name: str, aspired: set[int]) -> list[int]:
+        """TF Serving's availability-preserving policy: never unload the last serving version
+        while no aspired one is AVAILABLE."""
+        with self._lock:
+            known = self._versions[name]
+            serving = sorted(v for v, e in known.items()
+                             if v not in aspired and e.state == State.AVAILABLE)
+            aspired_serving = any(known[v].state == State.AVAILABLE for v in aspired if v in known)
+        if not aspired or aspired_serving:
+            return serving
+        return serving[:-1]  # keep the newest serving version until a new one is AVAILABLE
 
     def _set(self, name: str, version: int, **changes: object) -> None:
         with self._lock:
@@ -139,17 +206,33 @@ class ModelManager:
         self._set(name, version, state=State.LOADING)
         servable = None
         try:
-            servable = Servable(name, version, path, self._batching)
+            servable = Servable(name, version, path, self._batching, self._policy.max_rows)
             records = replay_warmup(servable)
         except Exception as err:  # noqa: BLE001 - a bad version must not stop the server
             if servable is not None:
                 servable.stop()
-            message = f"loading {path} failed: {' '.join(str(err).split())[:500]}"
-            log.error(message)
-            self._set(name, version, state=State.END, error=message)
+            self._failed(name, version, f"loading {path} failed: {' '.join(str(err).split())[:500]}")
             return
-        self._set(name, version, state=State.AVAILABLE, servable=servable)
+        self._set(name, version, state=State.AVAILABLE, servable=servable, error="", retry_at=None)
         log.info("model %s version %d AVAILABLE (%d warmup records replayed)", name, version, records)
+
+    def _failed(self, name: str, version: int, message: str) -> None:
+        """Schedules a retry while retries are left (state LOADING), else ends in END."""
+        with self._lock:
+            entry = self._versions[name][version]
+            entry.failures += 1
+            entry.error = message
+            retries_left = self._policy.max_load_retries - (entry.failures - 1)
+            if retries_left > 0:
+                entry.state = State.LOADING
+                entry.retry_at = time.monotonic() + max(0.0, self._policy.retry_interval_s)
+            else:
+                entry.state, entry.retry_at = State.END, None
+        if retries_left > 0:
+            log.error("%s; retry %d of %d in %gs", message, entry.failures,
+                      self._policy.max_load_retries, max(0.0, self._policy.retry_interval_s))
+        else:
+            log.error("%s; giving up after %d attempts", message, entry.failures)
 
     def _unload(self, name: str, version: int) -> None:
         with self._lock:
@@ -160,21 +243,78 @@ class ModelManager:
         self._set(name, version, state=State.END)
         log.info("model %s version %d unloaded", name, version)
 
+    def _initial_state(self, name: str) -> str | None:
+        """None while loading; "ok" once a version is AVAILABLE; else why it cannot be."""
+        with self._lock:
+            entries = self._versions[name]
+            if any(e.state == State.AVAILABLE for e in entries.values()):
+                return "ok"
+            pending = [e for e in entries.values() if e.state != State.END]
+            failed = [e.error for e in entries.values() if e.state == State.END and e.error]
+        if failed and not pending:
+            return failed[0]
+        return None
+
+    def wait_until_available(self, stop: threading.Event, names: list[str] | None = None) -> bool:
+        """Polls until every model (or `names`) has an AVAILABLE version, as TF Serving does
+        before it listens; False when `stop` was set first; ModelLoadError when a model's
+        versions all failed every retry."""
+        with self._lock:
+            waiting = list(names if names is not None else self._config)
+        reported: set[str] = set()
+        while waiting:
+            self.poll_once()
+            still = []
+            for name in waiting:
+                state = self._initial_state(name)
+                if state is None:
+                    still.append(name)
+                elif state != "ok":
+                    raise ModelLoadError(f"model {name!r}: {state}")
+            for name in still:
+                if name not in reported:
+                    log.info("waiting for model %s to become AVAILABLE", name)
+                    reported.add(name)
+            waiting = still
+            if waiting and stop.wait(self._next_wait()):
+                return False
+        return True
+
+    def reload_config(self, config: model_server_config_pb2.ModelServerConfig,
+                      stop: threading.Event) -> None:
+        """Serves a new model list (ModelService.HandleReloadConfigRequest, the config poll):
+        new models are loaded before this returns; dropped models are unloaded."""
+        with self._poll_lock:
+            with self._lock:
+                added = [m.name for m in config.model_config_list.config if m.name not in self._config]
+            dropped = self._set_config(config)
+            for name in dropped:
+                with self._lock:
+                    loaded = [v for v, e in self._versions[name].items() if e.state == State.AVAILABLE]
+                for version in loaded:
+                    self._unload(name, version)
+                with self._lock:
+                    del self._versions[name]
+                log.info("model %s removed from the config", name)
+        self.wait_until_available(stop, added)
+
+    def _not_served(self, name: str) -> ServingError:
+        shown = name if len(name) <= 100 else name[:100] + "..."
+        return ServingError(grpc.StatusCode.NOT_FOUND,
+                            f"model {shown!r} is not served; served models: {sorted(self._config)}")
+
     def servable(self, spec: model_pb2.ModelSpec) -> Servable:
         """The AVAILABLE servable a request's ModelSpec names (latest when unset)."""
-        if spec.name not in self._config:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND,
-                f"model {spec.name!r} is not served; served models: {sorted(self._config)}",
-            )
         with self._lock:
+            if spec.name not in self._config:
+                raise self._not_served(spec.name)
+            labels = dict(self._config[spec.name].version_labels)
             available = {
                 v: e.servable for v, e in self._versions[spec.name].items()
                 if e.state == State.AVAILABLE and e.servable is not None
             }
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
-            labels = dict(self._config[spec.name].version_labels)
             if spec.version_label not in labels:
                 raise ServingError(
                     grpc.StatusCode.NOT_FOUND,
@@ -197,17 +337,21 @@ class ModelManager:
         self, request: get_model_status_pb2.GetModelStatusRequest
     ) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
-        if spec.name not in self._config:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {spec.name!r} is not served")
         with self._lock:
+            if spec.name not in self._config:
+                raise self._not_served(spec.name)
             entries = {v: dataclasses.replace(e) for v, e in self._versions[spec.name].items()}
-        if spec.HasField("version"):
-            if spec.version.value not in entries:
+            labels = dict(self._config[spec.name].version_labels)
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version_label" and spec.version_label not in labels:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"model {spec.name!r} has no version label {spec.version_label!r}")
+        if choice is not None:
+            wanted = labels[spec.version_label] if choice == "version_label" else spec.version.value
+            if wanted not in entries:
                 raise ServingError(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"model {spec.name!r} has no version {spec.version.value}",
-                )
-            entries = {spec.version.value: entries[spec.version.value]}
+                    grpc.StatusCode.NOT_FOUND, f"model {spec.name!r} has no version {wanted}")
+            entries = {wanted: entries[wanted]}
         if not entries:
             raise ServingError(
                 grpc.StatusCode.NOT_FOUND, f"model {spec.name!r} has no version loaded yet"
@@ -216,7 +360,8 @@ class ModelManager:
         for version in sorted(entries, reverse=True):
             entry = entries[version]
             status = response.model_version_status.add(version=version, state=entry.state)
-            if entry.error:
+            status.status.error_code = 0  # OK, as TF Serving reports a healthy version
+            if entry.error and entry.state == State.END:
                 status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
                 status.status.error_message = entry.error
         return response

@@ -1,119 +1,295 @@
-"""A TF Serving-compatible gRPC server, for development and CI machines.
+"""A TF Serving-compatible server (gRPC + REST), for development and CI machines.
 
 Production runs the official `tensorflow_model_server` (see
 `configs.official_server_command` and serving/docker-compose.yaml). This
 server implements the same services on the `tensorflow-serving-api` protos
 (PredictionService: Predict, Classify, GetModelMetadata; ModelService:
-GetModelStatus), reads the same three config files and model layout, so that
-the client code and the contract tests are the same against both.
-Every failure is a gRPC status, never a crash of the server.
+GetModelStatus, HandleReloadConfigRequest), TF Serving's REST API
+(serving/rest.py) and Prometheus page on `rest_api_port`, reads the same
+config files and model layout, so that client code and contract tests are the
+same against both. As TF Serving does, it listens only once the initial
+models are AVAILABLE. Every failure is a status (gRPC code, or the HTTP code
+TF Serving maps it to), never a crash of the server; undecodable request
+bytes are INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import http.server
+import json
 import logging
+import os
+import pathlib
+import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from typing import Any
 
 import grpc
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from google.protobuf import message
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    predict_pb2,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import handlers
+from serving import configs, handlers, rest
 from serving.configs import PROMETHEUS_PATH, BatchingSettings
-from serving.manager import ModelManager
+from serving.manager import LoadPolicy, ModelManager
 from serving.metrics import Metrics
 from serving.servable import ServingError
 
 log = logging.getLogger("serving")
+# tensorflow_model_server sets no gRPC message limit of its own: SetMaxMessageSize(INT32_MAX).
+MAX_MESSAGE_BYTES = 2**31 - 1
+DEFAULT_THREADS = 4 * (os.cpu_count() or 1)  # TF Serving's grpc_max_threads / rest_api_num_threads
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerOptions:
-    host: str = "0.0.0.0"
+    """Where and how to listen; names follow tensorflow_model_server's flags."""
+
+    host: str = "0.0.0.0"  # all interfaces, like TF Serving; "127.0.0.1" = this machine only
     port: int = 8500
     rest_api_port: int | None = None  # None = no HTTP endpoint (0 = any free port)
     metrics_path: str = PROMETHEUS_PATH
     poll_seconds: float = 1.0
-    max_message_bytes: int = 64 << 20
-    grpc_threads: int = 16
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
+    grpc_threads: int = DEFAULT_THREADS
+    rest_threads: int = DEFAULT_THREADS
+    rest_timeout_s: float = 30.0  # per read on a REST connection: idle connections close
+    load_policy: LoadPolicy = LoadPolicy()
+    model_config_file: str | None = None  # re-read every config_poll_seconds (0 = never)
+    config_poll_seconds: float = 0.0
 
 
-def _observed(api: str, metrics: Metrics) -> Callable:
-    """Wraps a servicer method: ServingError -> its status, anything else -> INTERNAL; timed."""
+def parse_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """TF Serving's --grpc_channel_arguments: "key=value,key=value" (integers as ints)."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        pairs.append((key, int(value) if value.lstrip("-").isdigit() else value))
+    return tuple(pairs)
 
-    def wrap(method: Callable) -> Callable:
-        def call(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-            start = time.perf_counter()
-            status = "OK"
+
+class _Observer:
+    """Times a request and records it under its model name, if that model is served."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics):
+        self._manager = manager
+        self._metrics = metrics
+
+    def record(self, model: str | None, api: str, status: str, start: float,
+               entrypoint: str) -> None:
+        served = model if model is not None and self._manager.serves(model) else None
+        self._metrics.record(served, api, status, (time.perf_counter() - start) * 1e6, entrypoint)
+
+
+def _unary(api: str, request_class: type, response_class: type, observer: _Observer,
+           answer: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+    """A method on raw bytes: parse errors are INVALID_ARGUMENT, ServingError its status,
+    anything else INTERNAL; timed and recorded."""
+
+    def call(raw: bytes, context: grpc.ServicerContext) -> Any:
+        start = time.perf_counter()
+        status, model = "OK", None
+        try:
             try:
-                return method(self, request, context)
-            except ServingError as err:
-                status = err.code.name
-                context.abort(err.code, err.message)
-            except Exception as err:  # noqa: BLE001 - the server keeps answering
-                status = "INTERNAL"
-                log.exception("%s failed", api)
-                context.abort(grpc.StatusCode.INTERNAL, f"{api}: {type(err).__name__}: {err}"[:400])
-            finally:
-                metrics.record(request.model_spec.name, api, status,
-                               (time.perf_counter() - start) * 1e6)
+                request = request_class.FromString(raw)
+            except message.DecodeError as err:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"cannot parse the request as {request_class.DESCRIPTOR.name}: "
+                                   f"{err}") from err
+            if request_class is not model_management_pb2.ReloadConfigRequest:
+                model = request.model_spec.name
+            return answer(request)
+        except ServingError as err:
+            status = err.code.name
+            context.abort(err.code, err.message)
+        except Exception as err:  # noqa: BLE001 - the server keeps answering
+            status = "INTERNAL"
+            log.exception("%s failed", api)
+            context.abort(grpc.StatusCode.INTERNAL, f"{api}: {type(err).__name__}: {err}"[:400])
+        finally:
+            observer.record(model, api, status, start, "GRPC")
 
-        return call
-
-    return wrap
-
-
-def _servicers(manager: ModelManager, metrics: Metrics) -> tuple[Any, Any]:
-    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        @_observed("predict", metrics)
-        def Predict(self, request, context):  # noqa: N802 - gRPC method name
-            return handlers.predict(manager.servable(request.model_spec), request)
-
-        @_observed("classify", metrics)
-        def Classify(self, request, context):  # noqa: N802
-            return handlers.classify(manager.servable(request.model_spec), request)
-
-        @_observed("metadata", metrics)
-        def GetModelMetadata(self, request, context):  # noqa: N802
-            return handlers.metadata(manager.servable(request.model_spec), request)
-
-    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-        @_observed("status", metrics)
-        def GetModelStatus(self, request, context):  # noqa: N802
-            return manager.status(request)
-
-    return PredictionService(), ModelService()
+    return grpc.unary_unary_rpc_method_handler(
+        call, request_deserializer=None, response_serializer=response_class.SerializeToString)
 
 
-def _metrics_http(options: ServerOptions, metrics: Metrics) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            if self.path != options.metrics_path:
-                self.send_error(404, f"metrics are at {options.metrics_path}")
+def _grpc_services(manager: ModelManager, observer: _Observer,
+                   reload: Callable[[model_server_config_pb2.ModelServerConfig], None]
+                   ) -> list[grpc.GenericRpcHandler]:
+    def predict(request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        return handlers.predict(manager.servable(request.model_spec), request)
+
+    def classify(request: classification_pb2.ClassificationRequest) -> Any:
+        return handlers.classify(manager.servable(request.model_spec), request)
+
+    def metadata(request: get_model_metadata_pb2.GetModelMetadataRequest) -> Any:
+        return handlers.metadata(manager.servable(request.model_spec), request)
+
+    def reload_config(request: model_management_pb2.ReloadConfigRequest) -> Any:
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "ServerModelConfig type not supported by HandleReloadConfigRequest."
+                               " Only ModelConfigList is currently supported")
+        try:
+            configs.check_models_config(request.config, "ReloadConfigRequest.config")
+        except configs.ConfigFileError as err:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+        reload(request.config)
+        return model_management_pb2.ReloadConfigResponse()  # status OK
+
+    prediction = {
+        "Predict": _unary("predict", predict_pb2.PredictRequest, predict_pb2.PredictResponse,
+                          observer, predict),
+        "Classify": _unary("classify", classification_pb2.ClassificationRequest,
+                           classification_pb2.ClassificationResponse, observer, classify),
+        "GetModelMetadata": _unary("metadata", get_model_metadata_pb2.GetModelMetadataRequest,
+                                   get_model_metadata_pb2.GetModelMetadataResponse, observer,
+                                   metadata),
+    }
+    models = {
+        "GetModelStatus": _unary("status", get_model_status_pb2.GetModelStatusRequest,
+                                 get_model_status_pb2.GetModelStatusResponse, observer,
+                                 manager.status),
+        "HandleReloadConfigRequest": _unary(
+            "reload_config", model_management_pb2.ReloadConfigRequest,
+            model_management_pb2.ReloadConfigResponse, observer, reload_config),
+    }
+    return [grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", prediction),
+            grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", models)]
+
+
+class _PooledHTTPServer(http.server.HTTPServer):
+    """HTTP/1.1 on a fixed pool of worker threads, never a thread per connection.
+
+    At most `threads` connections are served at once; a read waits at most
+    `timeout_s` (idle keep-alive connections are closed then); connections beyond
+    `threads` more than that wait in a bounded queue or are closed at once.
+    """
+
+    def __init__(self, address: tuple[str, int], handler: type, threads: int):
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="http")
+        self._threads = threads
+        self._pending = 0
+        self._open: set[socket.socket] = set()
+        self._pending_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def busy(self) -> bool:
+        """More connections than workers: keep-alive is refused so that idle ones free up."""
+        with self._pending_lock:
+            return self._pending > self._threads
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._pending_lock:
+            if self._pending >= 4 * self._threads:
+                self.shutdown_request(request)
                 return
-            body = metrics.prometheus().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self._pending += 1
+            self._open.add(request)
+        self._pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one broken connection must not end the server
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self._pending_lock:
+                self._pending -= 1
+                self._open.discard(request)
+
+    def server_close(self) -> None:
+        """Closes the listener and every open connection, then ends the workers."""
+        super().server_close()
+        with self._pending_lock:
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed by the client
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _http_server(options: ServerOptions, metrics: Metrics, api: rest.RestApi,
+                 observer: _Observer) -> _PooledHTTPServer:
+    max_body = options.max_message_bytes
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = options.rest_timeout_s
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if self.server.busy():  # type: ignore[attr-defined]
+                self.close_connection = True
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
+
+        def _send_json(self, status: int, body: dict[str, Any]) -> None:
+            self._send(status, json.dumps(body, indent=1).encode(), "application/json")
+
+        def _body(self) -> bytes | None:
+            """The request body; None (answered) when its length is missing or too large."""
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                self.close_connection = True
+                self._send_json(411, {"error": "POST needs a Content-Length header"})
+                return None
+            if int(length) > max_body:
+                self.close_connection = True
+                self._send_json(413, {"error": f"request body of {length} bytes exceeds the "
+                                               f"limit of {max_body} bytes"})
+                return None
+            return self.rfile.read(int(length))
+
+        def _api(self, method: str, body: bytes) -> None:
+            start = time.perf_counter()
+            reply = api.handle(method, self.path, body)
+            observer.record(reply.model, reply.api, reply.code.name, start, "REST")
+            self._send_json(reply.http_status, reply.body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            if self.path == options.metrics_path:
+                self._send(200, metrics.prometheus().encode(), "text/plain; version=0.0.4")
+            elif self.path.lower().startswith(rest.API_PREFIX):
+                self._api("GET", b"")
+            else:
+                self._send_json(404, {"error": f"no such path; the REST API is under "
+                                               f"{rest.API_PREFIX}, metrics at {options.metrics_path}"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self._body()
+            if body is not None:
+                self._api("POST", body)
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer((options.host, options.rest_api_port), Handler)
-    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
-    return httpd
+    return _PooledHTTPServer((options.host, options.rest_api_port or 0), Handler,
+                             options.rest_threads)
 
 
 class ModelServer:
-    """gRPC server + version manager + metrics endpoint; `stop()` is the clean shutdown."""
+    """Version manager + gRPC + REST/metrics; `start()` loads, then listens; `stop()` is
+    the clean shutdown."""
 
     def __init__(
         self,
@@ -121,31 +297,87 @@ class ModelServer:
         batching: BatchingSettings,
         options: ServerOptions,
     ):
+        self.options = options
         self.metrics = Metrics()
-        self.manager = ModelManager(config, batching, options.poll_seconds)
-        size_options = [
-            ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.max_send_message_length", options.max_message_bytes),
+        self.manager = ModelManager(config, batching, options.poll_seconds, options.load_policy)
+        self._observer = _Observer(self.manager, self.metrics)
+        self._config = config
+        self._stopping = threading.Event()
+        self._grpc: grpc.Server | None = None
+        self._http: _PooledHTTPServer | None = None
+        self.port = 0
+        self.rest_port = 0
+
+    def start(self) -> bool:
+        """Loads the initial models, then listens (as tensorflow_model_server does).
+
+        Returns False when `stop()` came first; ModelLoadError when a model has no
+        version that loads; OSError when a port cannot be bound.
+        """
+        if not self.manager.wait_until_available(self._stopping):
+            return False
+        self.manager.start()
+        grpc_options = [
+            ("grpc.max_receive_message_length", self.options.max_message_bytes),
+            ("grpc.max_send_message_length", self.options.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            *self.options.grpc_channel_arguments,
         ]
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=options.grpc_threads), options=size_options
+            concurrent.futures.ThreadPoolExecutor(max_workers=self.options.grpc_threads),
+            handlers=_grpc_services(self.manager, self._observer, self._reload),
+            options=grpc_options,
         )
-        prediction, model = _servicers(self.manager, self.metrics)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, self._grpc)
-        self.port = self._grpc.add_insecure_port(f"{options.host}:{options.port}")
+        address = f"{self.options.host}:{self.options.port}"
+        try:
+            self.port = self._grpc.add_insecure_port(address)
+        except RuntimeError as err:  # grpc raises RuntimeError when it cannot bind
+            raise OSError(f"cannot bind gRPC port {address}: {err}") from err
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {options.host}:{options.port} (in use?)")
-        self._http = None if options.rest_api_port is None else _metrics_http(options, self.metrics)
-        self.rest_port = self._http.server_address[1] if self._http else 0
-
-    def start(self) -> None:
+            raise OSError(f"cannot bind gRPC port {address} (in use?)")
+        if self.options.rest_api_port is not None:
+            self._http = _http_server(self.options, self.metrics, rest.RestApi(self.manager),
+                                      self._observer)
+            self.rest_port = self._http.server_address[1]
+            threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
         self._grpc.start()
-        self.manager.start()
+        if self.options.model_config_file and self.options.config_poll_seconds > 0:
+            threading.Thread(target=self._poll_config, name="config-poller", daemon=True).start()
+        return True
+
+    def stop_loading(self) -> None:
+        """Makes a `start()` still waiting for the initial models return False (signal-safe)."""
+        self._stopping.set()
+
+    def _reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        self.manager.reload_config(config, self._stopping)
+        self._config = config
+
+    def _poll_config(self) -> None:
+        """Re-reads models.config every config_poll_seconds; a bad file keeps the current list."""
+        path = pathlib.Path(str(self.options.model_config_file))
+        while not self._stopping.wait(self.options.config_poll_seconds):
+            try:
+                config = configs.read_models_config(path)
+                if config != self._config:
+                    log.info("%s changed: reloading the model list", path)
+                    self._reload(config)
+            except Exception as err:  # noqa: BLE001 - keep serving the current models
+                log.error("cannot reload %s: %s", path, err)
 
     def stop(self, grace_seconds: float = 5.0) -> None:
         """Stops taking requests, lets in-flight ones finish, then unloads the models."""
-        self._grpc.stop(grace_seconds).wait()
+        self._stopping.set()
+        if self._grpc is not None:
+            self._grpc.stop(grace_seconds).wait()
         if self._http is not None:
             self._http.shutdown()
+            self._http.server_close()
         self.manager.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now (for tests and tools that must know it before listening)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

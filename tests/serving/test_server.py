@@ -98,8 +98,8 @@ def test_status_available_after_warmup(tiny_client):
 
 def test_version_with_failing_warmup_is_never_available(tiny_base, tiny_server, tiny_client):
     """Warmup really runs: a version whose warmup request fails ends in END, with the error."""
-    from serving.manager import ModelManager
     from serving import configs
+    from serving.manager import LoadPolicy, ModelManager
 
     model_dir = tiny_base / "broken"
     model_dir.mkdir()
@@ -112,7 +112,7 @@ def test_version_with_failing_warmup_is_never_available(tiny_base, tiny_server, 
     config = configs.read_models_config(tiny_base / "models.config")
     entry = config.model_config_list.config.add(name="broken", base_path=str(model_dir))
     del config.model_config_list.config[:-1]
-    manager = ModelManager(config, TINY_BATCHING)
+    manager = ModelManager(config, TINY_BATCHING, policy=LoadPolicy(max_load_retries=0))
     try:
         manager.poll_once()
         status = manager.status(get_model_status_pb2.GetModelStatusRequest(
@@ -158,7 +158,8 @@ GOOD = _serialized()
     [
         (_request("nope", examples=GOOD), grpc.StatusCode.NOT_FOUND, "nope"),
         (_request(version=9, examples=GOOD), grpc.StatusCode.NOT_FOUND, "version 9"),
-        (_request(signature="nope", examples=GOOD), grpc.StatusCode.NOT_FOUND, "nope"),
+        (_request(signature="nope", examples=GOOD), grpc.StatusCode.FAILED_PRECONDITION,
+         'Serving signature key "nope" not found'),
         (_request(examples=[b"\xff\x00 not a tf.Example"]), grpc.StatusCode.INVALID_ARGUMENT,
          "examples"),
         (_request(examples=np.array([1, 2], dtype=np.int64)), grpc.StatusCode.INVALID_ARGUMENT,
