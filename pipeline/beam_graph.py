@@ -2,16 +2,19 @@
 
 Read ranges -> parse batches (per split, plus rejected rows) -> TFT analyze on
 train, transform all splits -> gzipped tf.Example shards, the transform graph,
-raw metadata and partial statistics. `pipeline.run` owns the scratch-then-
-rename protocol and the final stats.json.
+raw metadata and partial statistics (pipeline.job_spec's named counts).
+`pipeline.job` owns the scratch-then-rename protocol and the final stats.json.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
+import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -24,14 +27,22 @@ from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
-from pipeline.layout import Layout
-from pipeline.parse import REASONS, SPLIT_NAMES, parse_lines, raw_arrow_schema
+from pipeline.features import LABEL_KEY, MISSING_ID, OOV_ID, SPLIT_NAMES
+from pipeline.file_layout import Layout
+from pipeline.job_spec import (
+    INPUT_COUNTS_FILE,
+    STATS_TMP,
+    TFT_TMP,
+    InputCounts,
+    JobSpec,
+    SplitStats,
+    split_stats_file,
+)
+from pipeline.parse import REASONS, parse_lines, raw_arrow_schema
 from pipeline.sources import FileRange, read_line_batches
-from pipeline.run import STATS_TMP, TFT_TMP, JobSpec
-from pipeline.specs import LABEL_KEY, DatasetSpec
+from pipeline.specs import DatasetSpec
 from pipeline.tfrecord_sink import GzipTFRecordSink
 from pipeline.transform import make_preprocessing_fn
-
 
 _progress = None  # one bar per worker process (the whole job under the local DirectRunner)
 
@@ -58,32 +69,36 @@ class ReadAndParse(beam.DoFn):
 
     def process(self, rng: FileRange) -> Iterator:
         layout = self._layouts[rng.path]
-        # [lines, rejected per reason..., good rows per split...]
-        counts = np.zeros(1 + len(REASONS) + len(SPLIT_NAMES), dtype=np.int64)
+        counts = InputCounts.zero()
         for lines in read_line_batches(rng, layout.header, self._batch_lines):
             parsed = parse_lines(lines, layout, self._spec, self._seed)
             _advance_progress(self._total_bytes, sum(map(len, lines)) + len(lines))
-            counts[0] += parsed.lines
+            rejected = dict.fromkeys(REASONS, 0)
             for reason, line in parsed.rejected:
-                counts[1 + REASONS.index(reason)] += 1
+                rejected[reason] += 1
                 yield beam.pvalue.TaggedOutput("rejected", (reason, line))
-            for i, (split, batch) in enumerate(parsed.by_split().items()):
-                counts[1 + len(REASONS) + i] += batch.num_rows
+            by_split = parsed.by_split()
+            for split, batch in by_split.items():
                 if batch.num_rows:
                     yield beam.pvalue.TaggedOutput(split, batch)
+            counts += InputCounts(parsed.lines, rejected, {s: b.num_rows for s, b in by_split.items()})
         yield beam.pvalue.TaggedOutput("counts", (rng.path, counts))
 
 
-def split_stats(batch: pa.RecordBatch, fields: list[str]) -> np.ndarray:
-    """[rows, positives, oov per field..., missing per field...] of a transformed batch."""
-    out = np.zeros(2 + 2 * len(fields), dtype=np.int64)
-    out[0] = batch.num_rows
-    out[1] = int(np.asarray(batch.column(LABEL_KEY).flatten()).sum())
-    for i, name in enumerate(fields):
+def split_stats(batch: pa.RecordBatch, fields: list[str]) -> SplitStats:
+    """Rows, positives and OOV / missing ids per field of one transformed batch."""
+    oov, missing = {}, {}
+    for name in fields:
         ids = np.asarray(batch.column(name).flatten())
-        out[2 + i] = int((ids == 0).sum())
-        out[2 + len(fields) + i] = int((ids == 1).sum())
-    return out
+        oov[name] = int((ids == OOV_ID).sum())
+        missing[name] = int((ids == MISSING_ID).sum())
+    positives = int(np.asarray(batch.column(LABEL_KEY).flatten()).sum())
+    return SplitStats(batch.num_rows, positives, oov, missing)
+
+
+def _sum(records: Iterable, zero):
+    """Field-by-field sum of InputCounts or SplitStats records (`zero` for none)."""
+    return functools.reduce(operator.add, records, zero)
 
 
 def _to_json_line(value) -> str:
@@ -209,17 +224,18 @@ def _build_and_run(job: JobSpec) -> None:
             stats = (
                 pcoll
                 | f"Stats{split.title()}" >> beam.Map(lambda el: split_stats(el[0], fields))
-                | f"SumStats{split.title()}" >> beam.CombineGlobally(_sum_arrays)
-                | f"StatsList{split.title()}" >> beam.Map(lambda a: a.tolist())
+                | f"SumStats{split.title()}"
+                >> beam.CombineGlobally(_sum, zero=SplitStats.zero(fields))
+                | f"StatsDict{split.title()}" >> beam.Map(dataclasses.asdict)
             )
-            _write_json(stats, os.path.join(stats_dir, f"{split}.json"), f"Stats{split.title()}")
+            _write_json(stats, os.path.join(stats_dir, split_stats_file(split)), f"Stats{split.title()}")
         counts = (
             parsed.counts
-            | "SumCounts" >> beam.CombinePerKey(_sum_arrays)
-            | "CountsList" >> beam.Map(lambda kv: [kv[0], kv[1].tolist()])
+            | "SumCounts" >> beam.CombinePerKey(_sum, zero=InputCounts.zero())
+            | "CountsDict" >> beam.Map(lambda kv: {"path": kv[0], **dataclasses.asdict(kv[1])})
             | "AllCounts" >> beam.combiners.ToList()
         )
-        _write_json(counts, os.path.join(stats_dir, "inputs.json"), "Counts")
+        _write_json(counts, os.path.join(stats_dir, INPUT_COUNTS_FILE), "Counts")
         for reason in REASONS:
             _ = (
                 parsed.rejected
@@ -236,10 +252,3 @@ def _build_and_run(job: JobSpec) -> None:
         _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(
             os.path.join(job.work_dir, tft.TFTransformOutput.RAW_METADATA_DIR), pipeline=p
         )
-
-
-def _sum_arrays(arrays) -> np.ndarray:
-    total = None
-    for a in arrays:
-        total = a.copy() if total is None else total + a
-    return total if total is not None else np.zeros(0, dtype=np.int64)

@@ -10,19 +10,22 @@ import argparse
 import os
 import sys
 
+from pipeline.errors import EXIT_USAGE, UsageError
+from pipeline.specs import DATASET_NAMES
+
 
 def _job_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description=(
             "Beam/TFT preprocessing of raw CTR logs into gzipped tf.Example TFRecords, the TFT "
-            "transform graph and stats.json (see DESIGN.md section 2). "
+            "transform graph and stats.json (see docs/DESIGN.md §Preprocessing). "
             "Use `pipeline generate --help` for the synthetic Criteo generator. "
             "Unknown --flags are passed to Beam (e.g. --runner=DataflowRunner --project=...)."
         ),
     )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--dataset", choices=["criteo", "avazu", "kdd12"], help="built-in raw layout")
+    what.add_argument("--dataset", choices=DATASET_NAMES, help="built-in raw layout")
     what.add_argument("--schema", help="schemas/<file>.yaml describing any other TSV/CSV")
     parser.add_argument("--input", action="append", required=True, metavar="PATH",
                         help="input file or glob, plain or .gz; repeatable")
@@ -45,7 +48,7 @@ def _job_parser() -> argparse.ArgumentParser:
                         choices=["in_memory", "multi_threading", "multi_processing"],
                         help="DirectRunner mode (default multi_threading; a 1M-row job took 48-50 s in all "
                              "three here. Multi-worker modes once lost rows through a Beam data-plane race, "
-                             "now disabled in pipeline.job; the job's row-count check still guards it)")
+                             "now disabled in pipeline.beam_graph; the job's row-count check still guards it)")
     return parser
 
 
@@ -59,12 +62,13 @@ def _print_summary(stats: dict, output: str) -> None:
     print(f"rejected: {stats['rejected']['total']:,}" + (f" {rejected}" if rejected else ""))
     print(f"{'field':<18} {'vocab':>9} {'oov(valid)':>10} {'missing':>8}")
     for f in stats["fields"]:
-        print(f"{f['name']:<18} {f['vocab_size']:>9,} {f['oov_rate']['valid']:>10.4f} {f['missing_rate']['train']:>8.4f}")
+        print(f"{f['name']:<18} {f['vocab_size']:>9,} {f['oov_rate']['valid']:>10.4f} "
+              f"{f['missing_rate']['train']:>8.4f}")
 
 
 def _run_job(argv: list[str]) -> int:
-    from pipeline.run import JobIntegrityError, RunConfig, TooManyBadRows, UsageError, run
-    from pipeline.specs import SpecError, load_spec
+    from pipeline.job import JobIntegrityError, RunConfig, TooManyBadRows, run
+    from pipeline.specs import load_spec
 
     parser = _job_parser()
     args, extra = parser.parse_known_args(argv)
@@ -81,9 +85,9 @@ def _run_job(argv: list[str]) -> int:
             range_bytes=args.range_mb << 20, output_shards=args.output_shards, beam_args=tuple(beam_args + extra),
         )
         stats = run(config)
-    except (UsageError, SpecError) as err:
+    except UsageError as err:
         print(f"pipeline: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except (TooManyBadRows, JobIntegrityError) as err:
         print(f"pipeline: error: {err}", file=sys.stderr)
         return 1
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(generate_main(argv[1:]))
     code = _run_job(argv)
-    # A TFT Beam run can segfault at interpreter exit (DESIGN.md section 5):
+    # A TFT Beam run can segfault at interpreter exit (docs/DESIGN.md §Pitfalls):
     # flush and leave without the interpreter's teardown.
     sys.stdout.flush()
     sys.stderr.flush()

@@ -12,11 +12,13 @@ import dataclasses
 import json
 import pathlib
 
+from pipeline.errors import UsageError
+from pipeline.features import SPLIT_NAMES
+
 STATS_FILE = "stats.json"
-SPLITS = ("train", "valid", "test")
 
 
-class DatasetInfoError(ValueError):
+class DatasetInfoError(UsageError):
     """A preprocessed data directory is missing or inconsistent."""
 
 
@@ -47,8 +49,8 @@ class DatasetInfo:
 
     def split_pattern(self, split: str) -> str:
         """Glob of the gzipped TFRecord shards of `split`."""
-        if split not in SPLITS:
-            raise DatasetInfoError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if split not in SPLIT_NAMES:
+            raise DatasetInfoError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
         return str(self.data_dir / f"{split}-*.tfrecord.gz")
 
     @property

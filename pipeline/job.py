@@ -1,4 +1,4 @@
-"""One preprocessing run end to end: checks, scratch dir, Beam job, stats.json, rename.
+"""One preprocessing run end to end: checks, scratch dir, Beam graph, stats.json, rename.
 
 Output is built in a hidden sibling scratch directory and renamed onto DIR
 only when complete, so a killed job never leaves a DIR that looks finished
@@ -19,24 +19,22 @@ import pyarrow.csv as pacsv
 
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import STATS_FILE
-from pipeline.layout import Layout, detect_layout
-from pipeline.parse import REASONS, SPLIT_NAMES
-from pipeline.sources import (
-    FileRange,
-    first_line,
-    is_compressed,
-    plan_ranges,
-    resolve_inputs,
+from pipeline.errors import UsageError
+from pipeline.features import LABEL_KEY, MAX_FIELDS, SPLIT_NAMES, id_layout, vocab_size
+from pipeline.file_layout import detect_layout
+from pipeline.job_spec import (
+    INPUT_COUNTS_FILE,
+    STATS_TMP,
+    TFT_TMP,
+    InputCounts,
+    JobSpec,
+    SplitStats,
+    split_stats_file,
 )
-from pipeline.specs import HOUR_FIELDS, LABEL_KEY, DatasetSpec
+from pipeline.sources import first_line, is_compressed, plan_ranges, resolve_inputs
+from pipeline.specs import HOUR_FIELDS, DatasetSpec
 
-# The Beam/TFT modules load lazily, so that bad invocations fail in a second.
-STATS_TMP = "_partial_stats"
-TFT_TMP = "_tft_tmp"
-
-
-class UsageError(ValueError):
-    """Bad input or arguments: reported in one line, exit code 2, nothing written."""
+# pipeline.beam_graph (Beam/TFT) loads lazily in `run`, so that bad invocations fail in a second.
 
 
 class JobIntegrityError(RuntimeError):
@@ -48,23 +46,9 @@ class TooManyBadRows(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class JobSpec:
-    """Everything the Beam graph (pipeline.job) needs; built and validated by `prepare`."""
-
-    spec: DatasetSpec
-    ranges: tuple[FileRange, ...]
-    layouts: dict[str, Layout]
-    work_dir: str
-    seed: int = 0
-    min_count: int = 2
-    batch_lines: int = 20000
-    output_shards: int = 2
-    input_bytes: int | None = None  # progress total; None where an input is compressed
-    beam_args: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
 class RunConfig:
+    """The `pipeline` command line, validated by `prepare`."""
+
     spec: DatasetSpec
     inputs: tuple[str, ...]
     output: str
@@ -88,23 +72,17 @@ def _check_output(output: pathlib.Path, overwrite: bool) -> None:
 
 def prepare(config: RunConfig) -> JobSpec:
     """Validates inputs and output before anything is written; UsageError on bad input."""
-    from pipeline.sources import InputError
-    from pipeline.specs import SpecError
-
     output = pathlib.Path(config.output)
     _check_output(output, config.overwrite)
     if config.min_count < 1:
         raise UsageError(f"--min_count must be >= 1, got {config.min_count}")
     if not 0 <= config.max_bad_fraction <= 1:
         raise UsageError(f"--max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
-    try:
-        files = resolve_inputs(list(config.inputs))
-        layouts = {
-            path: detect_layout(first_line(path).decode("utf-8", "replace"), config.spec, path)
-            for path, _ in files
-        }
-    except (InputError, SpecError) as err:
-        raise UsageError(str(err)) from err
+    files = resolve_inputs(list(config.inputs))
+    layouts = {
+        path: detect_layout(first_line(path).decode("utf-8", "replace"), config.spec, path)
+        for path, _ in files
+    }
     work_dir = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     ranges = plan_ranges(files, config.range_bytes)
     return JobSpec(
@@ -124,7 +102,7 @@ def prepare(config: RunConfig) -> JobSpec:
 def _vocab_sizes(work_dir: pathlib.Path, spec: DatasetSpec) -> dict[str, int]:
     from pipeline.transform import VOCAB_ASSET, field_of_key, vocab_fields
 
-    sizes = {name: n + 2 for name, n in HOUR_FIELDS}
+    sizes = {name: vocab_size(n) for name, n in HOUR_FIELDS}
     vocab = vocab_fields(spec)
     if vocab:
         asset = work_dir / "transform_fn" / "assets" / VOCAB_ASSET
@@ -134,12 +112,12 @@ def _vocab_sizes(work_dir: pathlib.Path, spec: DatasetSpec) -> dict[str, int]:
             parse_options=pacsv.ParseOptions(delimiter="\t"),
         ) if asset.stat().st_size else None
         per_field = (
-            np.bincount(field_of_key(table.column("key").to_numpy()), minlength=256)
+            np.bincount(field_of_key(table.column("key").to_numpy()), minlength=MAX_FIELDS)
             if table is not None
-            else np.zeros(256, dtype=np.int64)
+            else np.zeros(MAX_FIELDS, dtype=np.int64)
         )
         for field, name, _ in vocab:
-            sizes[name] = int(per_field[field]) + 2
+            sizes[name] = vocab_size(int(per_field[field]))
     return sizes
 
 
@@ -153,29 +131,32 @@ def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
     fields = job.spec.field_names
     sizes = _vocab_sizes(work_dir, job.spec)
     inputs = []
-    rejected = dict.fromkeys(REASONS, 0)
-    parsed = np.zeros(len(SPLIT_NAMES), dtype=np.int64)
-    for path, counts in sorted(_read_json(work_dir / STATS_TMP / "inputs.json")):
-        reasons = dict(zip(REASONS, counts[1:1 + len(REASONS)]))
-        parsed += counts[1 + len(REASONS):]
-        for reason, n in reasons.items():
-            rejected[reason] += n
-        inputs.append({"path": path, "lines": counts[0], "rejected": reasons})
-    splits, oov, missing = {}, {}, {}
-    for split in SPLIT_NAMES:
-        values = _read_json(work_dir / STATS_TMP / f"{split}.json") or [0] * (2 + 2 * len(fields))
-        rows, positives = values[0], values[1]
+    total = InputCounts.zero()
+    for doc in sorted(_read_json(work_dir / STATS_TMP / INPUT_COUNTS_FILE), key=lambda d: d["path"]):
+        counts = InputCounts.from_json(doc)
+        total += counts
+        inputs.append({"path": doc["path"], "lines": counts.lines, "rejected": counts.rejected})
+    rejected = total.rejected
+    by_split = {
+        split: SplitStats.from_json(_read_json(work_dir / STATS_TMP / split_stats_file(split)))
+        for split in SPLIT_NAMES
+    }
+    splits: dict[str, dict] = {}
+    oov: dict[str, dict[str, float]] = {name: {} for name in fields}
+    missing: dict[str, dict[str, float]] = {name: {} for name in fields}
+    for split, stats in by_split.items():
+        rows = stats.rows
         splits[split] = {
             "rows": rows,
-            "positives": positives,
-            "positive_ratio": positives / rows if rows else 0.0,
+            "positives": stats.positives,
+            "positive_ratio": stats.positives / rows if rows else 0.0,
         }
-        for i, name in enumerate(fields):
-            oov.setdefault(name, {})[split] = values[2 + i] / rows if rows else 0.0
-            missing.setdefault(name, {})[split] = values[2 + len(fields) + i] / rows if rows else 0.0
-    transformed = [splits[s]["rows"] for s in SPLIT_NAMES]
-    check_row_counts(parsed.tolist(), transformed)
-    total_rows = sum(transformed)
+        for name in fields:
+            oov[name][split] = stats.oov[name] / rows if rows else 0.0
+            missing[name][split] = stats.missing[name] / rows if rows else 0.0
+    transformed = {split: stats.rows for split, stats in by_split.items()}
+    check_row_counts(total.parsed, transformed)
+    total_rows = sum(transformed.values())
     return {
         "dataset": job.spec.name,
         "label_key": LABEL_KEY,
@@ -186,7 +167,7 @@ def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
         "splits": splits,
         "rejected": {**rejected, "total": sum(rejected.values())},
         "inputs": inputs,
-        "id_layout": {"oov": 0, "missing": 1, "first_value": 2},
+        "id_layout": id_layout(),
         "seed": config.seed,
         "min_count": config.min_count,
         "wall_seconds": round(seconds, 2),
@@ -195,12 +176,12 @@ def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
     }
 
 
-def check_row_counts(parsed: list[int], written: list[int]) -> None:
-    """JobIntegrityError unless every parsed row of every split was written."""
+def check_row_counts(parsed: dict[str, int], written: dict[str, int]) -> None:
+    """JobIntegrityError unless every parsed row of every split was written (rows per split name)."""
     if parsed != written:
         raise JobIntegrityError(
-            f"rows per split {dict(zip(SPLIT_NAMES, parsed))} were parsed but "
-            f"{dict(zip(SPLIT_NAMES, written))} written: the runner lost or duplicated data; "
+            f"rows per split {parsed} were parsed but "
+            f"{written} written: the runner lost or duplicated data; "
             "output discarded (use --direct_running_mode=in_memory --direct_num_workers=1)"
         )
 
@@ -233,7 +214,7 @@ def _publish(work_dir: pathlib.Path, output: pathlib.Path) -> None:
 def run(config: RunConfig) -> dict:
     """Runs the job; returns stats. UsageError, TooManyBadRows on failure (nothing in DIR)."""
     job = prepare(config)
-    from pipeline.job import build_and_run
+    from pipeline.beam_graph import build_and_run
 
     work_dir = pathlib.Path(job.work_dir)
     start = time.perf_counter()

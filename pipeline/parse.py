@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from pipeline.layout import Layout
-from pipeline.specs import LABEL_KEY, DatasetSpec
+from pipeline.features import LABEL_KEY, SPLIT_NAMES
+from pipeline.file_layout import Layout
+from pipeline.specs import DatasetSpec
 
-SPLIT_NAMES = ("train", "valid", "test")
 # Rejection reasons, in the order they are checked (a row gets the first).
 REASONS = ("undecodable", "column_count", "bad_label", "non_integer")
 # Integers; integral floats such as "260.0" (seen in re-exported Criteo CSVs) count as integers.
@@ -41,7 +41,7 @@ class ParsedBatch:
 
 
 def split_ids(lines: list[bytes], seed: int) -> np.ndarray:
-    """Split index (0 train, 1 valid, 2 test; 8:1:1) from a keyed hash of each line.
+    """Split index into SPLIT_NAMES (8:1:1) from a keyed hash of each line.
 
     Depends only on the row's bytes and the seed, never on position, so it is
     identical under any runner, sharding and parallelism.

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pipeline.layout import detect_layout
+from pipeline.features import LABEL_KEY
+from pipeline.file_layout import detect_layout
 from pipeline.parse import parse_lines
 from pipeline.sources import FileRange, first_line, read_line_batches, resolve_inputs
-from pipeline.specs import LABEL_KEY, DatasetSpec, load_spec
+from pipeline.specs import DatasetSpec, load_spec
 
 __all__ = ["DatasetSpec", "load_spec", "iter_raw_examples", "serialize_example"]
 

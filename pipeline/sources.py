@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.errors import UsageError
+
 _READ_BLOCK = 8 << 20
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """An input is missing, empty or unreadable."""
 
 

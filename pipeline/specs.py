@@ -12,7 +12,8 @@ import pathlib
 
 import yaml
 
-LABEL_KEY = "label"
+from pipeline.errors import UsageError
+from pipeline.features import LABEL_KEY, MAX_FIELDS
 
 # Field kinds. `integer`: log-squared discretization, every value kept.
 # `categorical`: vocabulary with a min-count threshold. `hour`: Avazu's
@@ -24,7 +25,7 @@ LABEL_RULES = ("binary", "positive")
 HOUR_FIELDS = (("hour_of_day", 24), ("weekday", 7), ("is_weekend", 2))
 
 
-class SpecError(ValueError):
+class SpecError(UsageError):
     """A dataset name or schema file is unknown or malformed."""
 
 
@@ -133,6 +134,8 @@ def _kdd12() -> DatasetSpec:
 
 
 BUILTIN = {"criteo": _criteo, "avazu": _avazu, "kdd12": _kdd12}
+# What `--dataset` accepts (the pipeline CLI's choices come from here).
+DATASET_NAMES = tuple(BUILTIN)
 
 
 def spec_from_schema(path: str | pathlib.Path) -> DatasetSpec:
@@ -173,16 +176,16 @@ def _validate(spec: DatasetSpec, where: str) -> None:
         raise SpecError(f"{where}: label column {spec.label_column!r} is not among the columns")
     if spec.label_rule not in LABEL_RULES:
         raise SpecError(f"{where}: label_rule {spec.label_rule!r}; expected one of {LABEL_RULES}")
-    if len(spec.field_names) > 255:
-        raise SpecError(f"{where}: at most 255 fields are supported, got {len(spec.field_names)}")
+    if len(spec.field_names) > MAX_FIELDS:
+        raise SpecError(f"{where}: at most {MAX_FIELDS} fields are supported, got {len(spec.field_names)}")
 
 
 def load_spec(dataset: str | None = None, schema_path: str | None = None) -> DatasetSpec:
     """The spec of a built-in dataset or of a schema file (exactly one of both)."""
     if (dataset is None) == (schema_path is None):
-        raise SpecError("give exactly one of --dataset {criteo,avazu,kdd12} or --schema FILE")
+        raise SpecError(f"give exactly one of --dataset {{{','.join(DATASET_NAMES)}}} or --schema FILE")
     if schema_path is not None:
         return spec_from_schema(schema_path)
     if dataset not in BUILTIN:
-        raise SpecError(f"unknown dataset {dataset!r}; expected one of {sorted(BUILTIN)} or --schema FILE")
+        raise SpecError(f"unknown dataset {dataset!r}; expected one of {list(DATASET_NAMES)} or --schema FILE")
     return BUILTIN[dataset]()

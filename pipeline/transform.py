@@ -1,4 +1,4 @@
-"""The TFT preprocessing_fn: raw features -> one int64 id per field (DESIGN.md section 2).
+"""The TFT preprocessing_fn: raw features -> one int64 id per field (docs/DESIGN.md §Preprocessing).
 
 Id layout of every field: 0 = out of vocabulary, 1 = missing, 2.. = values
 seen in the training split (at least `min_count` times for categorical
@@ -24,21 +24,27 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 
-from pipeline.specs import HOUR_FIELDS, LABEL_KEY, DatasetSpec
+from pipeline.features import (
+    FIELD_INDEX_BITS,
+    FIRST_VALUE_ID,
+    LABEL_KEY,
+    MAX_FIELDS,
+    MISSING_ID,
+    OOV_ID,
+)
+from pipeline.specs import HOUR_FIELDS, DatasetSpec
 
-OOV_ID = 0
-MISSING_ID = 1
-FIRST_VALUE_ID = 2
 VOCAB_ASSET = "vocabulary.tsv"
 
+# Key of one (field, value): [string flag: 1 bit][field: FIELD_INDEX_BITS][value: 54 bits].
 _FIELD_SHIFT = 54
-_STRING_FLAG = 1 << 62
+_STRING_FLAG = 1 << (_FIELD_SHIFT + FIELD_INDEX_BITS)
 _INT_OFFSET = 1 << 52
 
 
 def field_of_key(keys: np.ndarray) -> np.ndarray:
     """Field index encoded in vocabulary keys (see `_integer_keys`, `_string_keys`)."""
-    return (keys >> _FIELD_SHIFT) & 0xFF
+    return (keys >> _FIELD_SHIFT) & (MAX_FIELDS - 1)
 
 
 def discretize(values: tf.Tensor) -> tf.Tensor:
@@ -155,7 +161,7 @@ class MergeCountsFn(beam.CombineFn):
 def assign_ids(keys: np.ndarray, counts: np.ndarray, min_counts: dict[int, int]) -> np.ndarray:
     """Ids per key (-1 = below its field's min count): per field, by count desc then key."""
     fields = field_of_key(keys)
-    threshold = np.zeros(256, dtype=np.int64)
+    threshold = np.zeros(MAX_FIELDS, dtype=np.int64)
     for field, min_count in min_counts.items():
         threshold[field] = min_count
     kept = counts >= threshold[fields]
@@ -215,7 +221,7 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
         for col in spec.raw_columns:
             if col.kind == "hour":
                 values, here = _first_values(inputs[col.name], 0)
-                for (name, _), ids in zip(HOUR_FIELDS, _hour_fields(values, here)):
+                for (name, _), ids in zip(HOUR_FIELDS, _hour_fields(values, here), strict=True):
                     outputs[name] = ids
         for field, name, kind in vocab:
             if kind == "integer":

@@ -9,8 +9,9 @@ import pathlib
 
 import numpy as np
 
+from pipeline.features import LABEL_KEY
 from pipeline.raw_rows import iter_raw_examples, serialize_example
-from pipeline.specs import LABEL_KEY, DatasetSpec
+from pipeline.specs import DatasetSpec
 
 
 def read_split(data_dir: pathlib.Path, split: str, names: list[str]) -> dict[str, np.ndarray]:
@@ -28,13 +29,15 @@ def read_split(data_dir: pathlib.Path, split: str, names: list[str]) -> dict[str
 
 
 def reference_token(value, kind: str):
-    """The token a raw value becomes under DESIGN.md section 2 (pure Python)."""
+    """The token a raw value becomes under docs/DESIGN.md §Preprocessing (pure Python)."""
     if kind == "integer":
         return math.floor(math.log(value) ** 2) if value > 2 else value
     return value
 
 
-def reference_vocab_sizes(rows: list[tuple[dict, int]], splits: np.ndarray, spec: DatasetSpec, min_count: int) -> dict[str, int]:
+def reference_vocab_sizes(
+    rows: list[tuple[dict, int]], splits: np.ndarray, spec: DatasetSpec, min_count: int
+) -> dict[str, int]:
     """2 (OOV, missing) + values kept from the training split, per vocabulary field."""
     sizes = {}
     for col in spec.raw_columns:
@@ -42,7 +45,7 @@ def reference_vocab_sizes(rows: list[tuple[dict, int]], splits: np.ndarray, spec
             continue
         counts = collections.Counter(
             reference_token(feats[col.name][0], col.kind)
-            for (feats, _), split in zip(rows, splits)
+            for (feats, _), split in zip(rows, splits, strict=True)
             if split == 0 and feats[col.name]
         )
         threshold = min_count if col.kind == "categorical" else 1
@@ -54,7 +57,9 @@ def raw_rows_of(paths: list[pathlib.Path], spec: DatasetSpec) -> list[tuple[dict
     return [row for path in paths for row in iter_raw_examples(str(path), spec)]
 
 
-def transform_with_graph(data_dir: pathlib.Path, rows: list[tuple[dict, int]], spec: DatasetSpec) -> dict[str, np.ndarray]:
+def transform_with_graph(
+    data_dir: pathlib.Path, rows: list[tuple[dict, int]], spec: DatasetSpec
+) -> dict[str, np.ndarray]:
     """Applies the saved TFT graph to raw tf.Examples (the serving path)."""
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -72,4 +77,4 @@ def transform_with_graph(data_dir: pathlib.Path, rows: list[tuple[dict, int]], s
 
 
 def as_row_counter(columns: dict[str, np.ndarray], names: list[str]) -> collections.Counter:
-    return collections.Counter(zip(*(columns[n].tolist() for n in [*names, LABEL_KEY])))
+    return collections.Counter(zip(*(columns[n].tolist() for n in [*names, LABEL_KEY]), strict=True))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.dataset_info import read_dataset_info
-from pipeline.parse import SPLIT_NAMES, split_ids
+from pipeline.features import SPLIT_NAMES
+from pipeline.parse import split_ids
 from pipeline.specs import load_spec
 from tests.conftest import GENERATED_ROWS, run_pipeline
 from tests.pipeline.conftest import INJECTED
@@ -177,7 +178,7 @@ class TestBadInvocations:
 
 
 def test_too_many_bad_rows_names_the_file():
-    from pipeline.run import TooManyBadRows, check_bad_fraction
+    from pipeline.job import TooManyBadRows, check_bad_fraction
 
     stats = {"inputs": [
         {"path": "a.tsv", "lines": 100, "rejected": {"column_count": 1, "bad_label": 0}},
@@ -190,8 +191,9 @@ def test_too_many_bad_rows_names_the_file():
 
 
 def test_lost_rows_fail_the_run():
-    from pipeline.run import JobIntegrityError, check_row_counts
+    from pipeline.job import JobIntegrityError, check_row_counts
 
-    check_row_counts([8, 1, 1], [8, 1, 1])
+    parsed = {"train": 8, "valid": 1, "test": 1}
+    check_row_counts(parsed, dict(parsed))
     with pytest.raises(JobIntegrityError, match=r"'train': 8.*parsed but.*'train': 6.*written"):
-        check_row_counts([8, 1, 1], [6, 1, 1])
+        check_row_counts(parsed, {**parsed, "train": 6})

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.layout import detect_layout
-from pipeline.parse import SPLIT_NAMES, parse_lines, split_ids
+from pipeline.features import SPLIT_NAMES
+from pipeline.file_layout import detect_layout
+from pipeline.parse import parse_lines, split_ids
 from pipeline.sources import FileRange, plan_ranges, read_line_batches
 from pipeline.specs import SpecError, load_spec
 
@@ -84,7 +85,8 @@ class TestAvazuHour:
     def test_hour_weekday_weekend(self, hour, expected):
         import tensorflow as tf
 
-        from pipeline.transform import FIRST_VALUE_ID, _hour_fields
+        from pipeline.features import FIRST_VALUE_ID
+        from pipeline.transform import _hour_fields
 
         ids = _hour_fields(tf.constant([hour], tf.int64), tf.constant([True]))
         assert tuple(int(t.numpy()[0]) - FIRST_VALUE_ID for t in ids) == expected
@@ -92,7 +94,8 @@ class TestAvazuHour:
     def test_missing_and_invalid_hour(self):
         import tensorflow as tf
 
-        from pipeline.transform import MISSING_ID, OOV_ID, _hour_fields
+        from pipeline.features import MISSING_ID, OOV_ID
+        from pipeline.transform import _hour_fields
 
         ids = _hour_fields(tf.constant([0, 14102199], tf.int64), tf.constant([False, True]))
         assert [int(t.numpy()[0]) for t in ids] == [MISSING_ID] * 3
@@ -122,7 +125,10 @@ class TestParse:
         good = [_criteo_line(label=str(i % 2)) for i in range(5)]
         bad = {
             "column_count": [b"0\t1\t2", _criteo_line() + b"\textra"],
-            "non_integer": [_criteo_line(ints=["x1", *map(str, range(12))]), _criteo_line(ints=["1.5", *map(str, range(12))])],
+            "non_integer": [
+                _criteo_line(ints=["x1", *map(str, range(12))]),
+                _criteo_line(ints=["1.5", *map(str, range(12))]),
+            ],
             "bad_label": [_criteo_line(label="2"), _criteo_line(label="")],
             "undecodable": [_criteo_line().replace(b"00000001", b"0000\xff\xfe01")],
         }
@@ -221,7 +227,8 @@ def test_tfrecord_sink_round_trip(tmp_path):
 
 class TestOutputProtocol:
     def test_existing_output_needs_overwrite(self, tmp_path):
-        from pipeline.run import UsageError, _check_output
+        from pipeline.errors import UsageError
+        from pipeline.job import _check_output
 
         out = tmp_path / "out"
         _check_output(out, overwrite=False)  # absent: fine
@@ -236,7 +243,7 @@ class TestOutputProtocol:
             _check_output(tmp_path / "file", overwrite=True)
 
     def test_publish_replaces_atomically(self, tmp_path):
-        from pipeline.run import _publish
+        from pipeline.job import _publish
 
         old, new = tmp_path / "out", tmp_path / ".out.partial-1"
         old.mkdir()

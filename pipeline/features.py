@@ -1,0 +1,35 @@
+"""Facts shared by the preprocessing job and its readers, each written down once.
+
+Like TFX's `features.py`: names and numbers only, no logic, cheap to import
+(the CLIs import it before TensorFlow loads). The rules behind them are in
+docs/DESIGN.md §Preprocessing; `tests/pipeline/test_features.py` checks that
+every copy a reader keeps (stats.json, the trainer, the CLI) lines up.
+"""
+
+from __future__ import annotations
+
+LABEL_KEY = "label"
+
+# The hashed 8:1:1 split, in this order (the split index in pipeline.parse).
+SPLIT_NAMES = ("train", "valid", "test")
+
+# Id layout of every transformed field: 0 = out of vocabulary, 1 = missing,
+# 2.. = values seen in the training split, most frequent first.
+OOV_ID = 0
+MISSING_ID = 1
+FIRST_VALUE_ID = 2
+
+# Vocabulary keys carry their field index in FIELD_INDEX_BITS bits (see
+# pipeline.transform), which bounds the number of fields of a dataset.
+FIELD_INDEX_BITS = 8
+MAX_FIELDS = 1 << FIELD_INDEX_BITS
+
+
+def id_layout() -> dict[str, int]:
+    """The id layout as stats.json records it."""
+    return {"oov": OOV_ID, "missing": MISSING_ID, "first_value": FIRST_VALUE_ID}
+
+
+def vocab_size(values: int) -> int:
+    """Ids a field needs for `values` kept values: the reserved ids come first."""
+    return values + FIRST_VALUE_ID
