@@ -176,6 +176,16 @@ class Architecture:
             beta[comp] = [ONE_HOT_LOGIT if o == op else 0.0 for o in OPS]
         return cls(n=n, alpha=alpha, beta=beta, description=description)
 
+    def with_op(self, op: str) -> Architecture:
+        """The same connections with `op` everywhere (the paper's table 4 ablation)."""
+        if op not in OPS:
+            raise ValueError(f"Unknown op; expected one of {OPS}. Received: {op!r}")
+        one_hot = [ONE_HOT_LOGIT if o == op else 0.0 for o in OPS]
+        note = f"{self.description}; " if self.description else ""
+        return Architecture(n=self.n, alpha={c: dict(a) for c, a in self.alpha.items()},
+                            beta={c: list(one_hot) for c in self.beta},
+                            description=f"{note}fixed op {op.upper()} on these connections")
+
     def inputs(self, component: str) -> list[str]:
         """Connected inputs of a component, in level order."""
         if component == "E":

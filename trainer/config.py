@@ -36,8 +36,8 @@ class TrainConfig:
     patience: int = 2  # epochs without a better validation AUC before stopping
     lr: float = 1e-3  # Adam lr of every non-embedding model weight
     emb_lr: float = 1e-3  # Adam lr of the embedding table
-    l2: float = 0.0  # L2 on non-embedding model weights (added to the loss)
-    emb_l2: float = 0.0  # L2 on the embedding table (added to the loss)
+    l2: float = 0.0  # L2 on non-embedding model weights: gradient += l2 * w (the reference's Adam weight_decay)
+    emb_l2: float = 0.0  # L2 on the embedding table, same meaning
     shuffle_buffer: int = 100_000
     jit_compile: bool = False  # XLA-compile the train step
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks

@@ -36,7 +36,11 @@ log = logging.getLogger("trainer")
 STATE_FILE = "state.json"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingFailed(RuntimeError):
+    """Training ran but gave no usable model (the CLI exits 1)."""
+
+
+class TrainingDiverged(TrainingFailed):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
@@ -60,6 +64,11 @@ def bce_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 def dummy_features(info: DatasetInfo) -> dict[str, tf.Tensor]:
     """A one-row batch of id 0 per field, to build a model's weights."""
     return {name: tf.zeros([1], tf.int64) for name in info.field_names}
+
+
+def _adam(lr: float) -> keras.optimizers.Optimizer:
+    """Adam with the reference's (PyTorch's) epsilon 1e-8, not Keras's 1e-7."""
+    return keras.optimizers.Adam(lr, epsilon=1e-8)
 
 
 def _l2(variables: list[Any]) -> tf.Tensor:
@@ -96,11 +105,11 @@ class Phase:
         model(dummy_features(info), training=False)  # builds every weight
         t = config.train
         self.groups: list[tuple[str, keras.optimizers.Optimizer, list[Any]]] = [
-            ("embedding", keras.optimizers.Adam(t.emb_lr), list(model.embedding_variables)),
-            ("dense", keras.optimizers.Adam(t.lr), list(model.dense_variables)),
+            ("embedding", _adam(t.emb_lr), list(model.embedding_variables)),
+            ("dense", _adam(t.lr), list(model.dense_variables)),
         ]
         if train_arch:
-            self.groups.append(("arch", keras.optimizers.Adam(config.search.arch_lr), list(model.arch_variables)))
+            self.groups.append(("arch", _adam(config.search.arch_lr), list(model.arch_variables)))
         self.groups = [g for g in self.groups if g[2]]
         for _, opt, variables in self.groups:
             opt.build(variables)
@@ -124,10 +133,12 @@ class Phase:
             logits = self.model(features, training=True)
             loss = bce_loss(labels, logits)
             total = loss
-            if t.l2 > 0:  # decided at trace time: a zero L2 costs nothing
-                total += t.l2 * _l2(self.model.dense_variables)
+            # l2 / 2 * sum(w^2): gradient l2 * w, the reference's Adam weight_decay
+            # (decided at trace time: a zero L2 costs nothing).
+            if t.l2 > 0:
+                total += 0.5 * t.l2 * _l2(self.model.dense_variables)
             if t.emb_l2 > 0:
-                total += t.emb_l2 * _l2(self.model.embedding_variables)
+                total += 0.5 * t.emb_l2 * _l2(self.model.embedding_variables)
         grads = tape.gradient(total, variables)
         start = 0
         for _, opt, vs in self.groups:

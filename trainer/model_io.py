@@ -13,6 +13,7 @@ import pathlib
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from trainer.architecture import Architecture
@@ -23,6 +24,8 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.weights.h5"
+SEARCH_WEIGHTS_FILE = "search.weights.npz"
+_SOURCES_KEY = "__component_inputs__"
 
 
 def build_model(
@@ -57,6 +60,60 @@ def save_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
     tmp = run_dir / f".tmp.{WEIGHTS_FILE}"
     model.save_weights(str(tmp))
     tmp.replace(run_dir / WEIGHTS_FILE)
+
+
+def save_search_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
+    """The search model's weights by variable path, plus each component's
+    inputs (the row blocks of its CONCAT kernel), for `--init=search`."""
+    arrays = {v.path: np.asarray(v.numpy()) for v in model.weights}
+    arrays[_SOURCES_KEY] = np.array(json.dumps(model.component_inputs))
+    tmp = run_dir / f".tmp.{SEARCH_WEIGHTS_FILE}"
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(run_dir / SEARCH_WEIGHTS_FILE)
+
+
+def warm_start(model: keras.Model, path: pathlib.Path) -> list[str]:
+    """Copies the weights of a search run's search.weights.npz into `model`
+    (see copy_weights_by_path); returns the paths left fresh."""
+    with np.load(path) as data:
+        saved = {k: data[k] for k in data.files}
+    searched = json.loads(str(saved.pop(_SOURCES_KEY)))
+    try:
+        return copy_weights_by_path(model, saved, searched)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def copy_weights_by_path(model: Any, saved: dict[str, np.ndarray], saved_inputs: dict[str, list[str]]) -> list[str]:
+    """Assigns `saved` (variable path -> value) to `model`'s weights of the same path.
+
+    Same-shaped weights are copied as they are; a CONCAT kernel keeps the row
+    blocks of the inputs that remain connected (`saved_inputs`: each
+    component's inputs in the saved model, in block order). Weights the
+    saved model lacks stay as they are; their paths are returned.
+    """
+    kept = model.component_inputs
+    fresh = []
+    for v in model.weights:
+        value = saved.get(v.path)
+        if value is None:
+            fresh.append(v.path)
+            continue
+        if value.shape != tuple(v.shape) and v.path.endswith("/concat_kernel"):
+            comp = v.path.split("/")[-2].removeprefix("fusion_")
+            missing = set(kept[comp]) - set(saved_inputs.get(comp, []))
+            if missing:
+                raise ValueError(f"{comp} fuses {sorted(missing)}, inputs the saved model did not have")
+            d = value.shape[1]
+            value = np.concatenate([value[i * d:(i + 1) * d] for i in map(saved_inputs[comp].index, kept[comp])])
+        if value.shape != tuple(v.shape):
+            raise ValueError(
+                f"{v.path} has shape {value.shape} there, {tuple(v.shape)} in the model being trained "
+                "(was the search run made with another model config?)"
+            )
+        v.assign(value)
+    return fresh
 
 
 def load_model(run_dir: str | pathlib.Path) -> keras.Model:

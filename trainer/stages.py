@@ -3,9 +3,10 @@
 Each stage owns a run directory (see model_io) and returns a summary dict.
 Search runs one phase (one-shot, or connections only with a fixed op) or two
 (the sequential ablation: connections with a fixed op, then operations with
-the connections frozen). Retrain and train are the same code: a frozen
-architecture, Hard or Soft, fresh weights, best validation epoch kept, test
-metrics in metrics.json.
+the connections frozen) and keeps the best epoch's weights by variable path.
+Retrain and train are the same code: a frozen architecture, Hard or Soft,
+fresh weights or (retrain `init="search"`) the search run's, best validation
+epoch kept, a constant predictor refused, test metrics in metrics.json.
 """
 
 from __future__ import annotations
@@ -17,13 +18,24 @@ import time
 from typing import Any
 
 import keras
+import numpy as np
 
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import DatasetInfo
 from trainer.architecture import Architecture
 from trainer.config import Config, dump_config
-from trainer.loop import Phase
-from trainer.model_io import ARCH_FILE, CONFIG_FILE, RUN_FILE, build_model, save_weights
+from trainer.data import make_dataset
+from trainer.loop import Phase, TrainingFailed
+from trainer.model_io import (
+    ARCH_FILE,
+    CONFIG_FILE,
+    RUN_FILE,
+    SEARCH_WEIGHTS_FILE,
+    build_model,
+    save_search_weights,
+    save_weights,
+    warm_start,
+)
 
 log = logging.getLogger("trainer")
 
@@ -91,6 +103,7 @@ def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: 
                                    "epochs": state.epochs_done}
         architecture = Architecture.load(arch_path)
     assert architecture is not None
+    save_search_weights(model, out)
     write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")
     summary.update(seconds=time.perf_counter() - start, architecture=str(out / ARCH_FILE),
                    rendering=architecture.render())
@@ -107,20 +120,36 @@ def run_fixed(
     out: pathlib.Path,
     *,
     resume: bool = False,
+    init: str = "fresh",
 ) -> dict[str, Any]:
-    """Trains a frozen architecture from scratch (Hard or Soft); writes metrics.json."""
+    """Trains a frozen architecture (Hard or Soft); writes metrics.json.
+
+    init "search" starts from the weights of the search run that wrote
+    `architecture_source` (its search.weights.npz), "fresh" from scratch.
+    """
     run = {"stage": stage, "mode": mode, "dataset": info.dataset, "data_dir": str(info.data_dir),
-           "fields": _fields(info), "seed": config.seed, "architecture_source": architecture_source}
+           "fields": _fields(info), "seed": config.seed, "architecture_source": architecture_source,
+           "init": init}
+    search_weights = pathlib.Path(architecture_source).parent / SEARCH_WEIGHTS_FILE
+    if init == "search" and not search_weights.is_file():
+        raise RunDirError(
+            f"--init=search needs the search run's {SEARCH_WEIGHTS_FILE} beside {architecture_source}; "
+            "pass a search run's architecture.json or use --init=fresh"
+        )
     prepare_run_dir(out, run, config, resume)
     architecture.save(out / ARCH_FILE)
     write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, run["fields"], mode=mode, architecture=architecture)
+    if init == "search":
+        fresh = warm_start(model, search_weights)
+        log.info("init: weights of %s%s", search_weights, f" (fresh: {', '.join(fresh)})" if fresh else "")
     phase = Phase(stage, model, config, info, out / "checkpoints" / stage, out / "tensorboard", train_arch=False)
     if resume:
         phase.restore()
     state = phase.fit()
+    _refuse_constant(phase)
     test = phase.evaluate("test")
     save_weights(model, out)
     metrics = {
@@ -137,3 +166,19 @@ def run_fixed(
     }
     _write_json(out / METRICS_FILE, metrics)
     return {"stage": stage, "run_dir": str(out), "seconds": time.perf_counter() - start, **metrics}
+
+
+def _refuse_constant(phase: Phase) -> None:
+    """Raises TrainingFailed, naming the fusion that loses its inputs, if the
+    trained model predicts one constant on the validation split."""
+    labels, logits = phase.predict("valid")
+    if np.ptp(logits) > 0:
+        return
+    features, _ = next(iter(make_dataset(phase.info, "valid", phase.config.train.eval_batch_size)))
+    comp, op, ratio = phase.model.fusion_spread(features)[0]
+    raise TrainingFailed(
+        f"[{phase.name}] the trained model predicts one constant ({float(logits[0]):.4g}) on all "
+        f"{labels.size} validation rows: component {comp} ({op.upper()}) keeps {ratio:.2g} of its inputs' "
+        "variation across examples. For a PROD over small inputs keep model.prod_norm=true; or use "
+        "--mode=soft, --init=search or another architecture."
+    )

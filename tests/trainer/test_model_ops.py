@@ -89,6 +89,36 @@ def test_gradient_reaches_the_switch_of_a_disconnected_input():
     np.testing.assert_allclose(grads["concat"], [6.0, 400.0, 6.0])
 
 
+def _prod_norm():
+    layer = Fusion(("prod",), prod_norm=True)
+    layer.build([(1, 2)] * 3)
+    return layer
+
+
+def test_scale_preserving_prod_by_hand():
+    layer = _prod_norm()
+    # r1 = r3 = sqrt((1 + 4) / 2) = sqrt(2.5); x2 disconnected (r = 1, not in the mean):
+    # (x1 x3) / (r1 r3) * sqrt(r1 r3) = [2, 2] / 2.5 * sqrt(2.5)
+    out = layer(_inputs(), connected=tf.constant([1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(out.numpy(), [[2.0 / 2.5**0.5] * 2], rtol=1e-6)
+    # all three: r2 = 100, product 200 / (2.5 * 100) * (2.5 * 100)^(1/3)
+    np.testing.assert_allclose(layer(_inputs()).numpy(), [[200.0 / 250.0 ** (2.0 / 3.0)] * 2], rtol=1e-6)
+    # one input is returned as it is; none fuses to zero
+    np.testing.assert_allclose(layer(_inputs(), connected=tf.constant([0.0, 1.0, 0.0])).numpy(), X2, rtol=1e-6)
+    np.testing.assert_array_equal(layer(_inputs(), connected=tf.constant([0.0, 0.0, 0.0])).numpy(), [[0.0, 0.0]])
+
+
+def test_scale_preserving_prod_keeps_many_small_relu_inputs_at_their_scale():
+    rng = np.random.default_rng(0)
+    inputs = [tf.constant(np.maximum(rng.normal(0, 1e-2, (64, 32)), 0.0), tf.float32) for _ in range(8)]
+    raw = Fusion(("prod",))(inputs).numpy()
+    scaled = Fusion(("prod",), prod_norm=True)(inputs).numpy()
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+    assert rms(raw) < 1e-14  # the paper's product: a zero op
+    assert 0.1 < rms(scaled) / rms(inputs[0]) < 10.0
+    np.testing.assert_array_equal(raw == 0, scaled == 0)  # same direction, other scale
+
+
 def test_mixture_of_ops_uses_op_weights():
     layer = _fusion(("add", "prod", "concat", "att"))
     out = layer(_inputs(), connected=tf.constant([1.0, 0.0, 1.0]), op_weights=tf.constant([0.1, 0.2, 0.3, 0.4]))
@@ -116,6 +146,11 @@ def test_fusion_rejects_bad_arguments():
         Fusion(("add", "add"))
     with pytest.raises(ValueError, match="att_dim=0"):
         Fusion(att_dim=0)
+
+
+def test_att_hidden_width_defaults_to_d():
+    att = _fusion(("att",), att_dim=None)
+    assert [tuple(w.shape) for w in att.weights] == [(2, 2), (2,), (2, 1)]
 
 
 def test_cross_layers_by_hand():
@@ -172,7 +207,7 @@ def test_make_shallow_seam():
 @pytest.mark.parametrize(
     "layer",
     [
-        Fusion(("prod", "att"), att_dim=7),
+        Fusion(("prod", "att"), att_dim=7, prod_norm=True),
         CrossNet(bias_initializer="ones"),
         CrossNetV2(),
         CIN(num_fields=4),

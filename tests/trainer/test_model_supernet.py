@@ -9,6 +9,7 @@ import tensorflow as tf
 import keras
 from trainer.architecture import OPS, Architecture, candidate_inputs, connectable_components, fusing_components
 from trainer.model import Supernet, SupernetConfig
+from trainer.model_io import copy_weights_by_path
 
 SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "trainer" / "architectures"
 NAMES, VOCABS = ["a", "b"], [3, 4]
@@ -25,17 +26,8 @@ def _model(config=CFG, **kwargs):
 
 
 def _copy_by_path(src, dst):
-    """Gives dst every weight of src with the same path (dst may lack some);
-    a pruned CONCAT kernel gets the row blocks of its remaining inputs."""
-    by_path = {v.path: v.numpy() for v in src.weights}
-    for v in dst.weights:
-        value = by_path[v.path]
-        if v.path.endswith("concat_kernel") and value.shape != tuple(v.shape):
-            comp = v.path.split("/")[-2].removeprefix("fusion_")
-            d = value.shape[1]
-            blocks = [src.component_inputs[comp].index(s) for s in dst.component_inputs[comp]]
-            value = np.concatenate([value[b * d : (b + 1) * d] for b in blocks])
-        v.assign(value)
+    """Gives dst every weight of src with the same path (dst may lack some)."""
+    assert copy_weights_by_path(dst, {v.path: v.numpy() for v in src.weights}, src.component_inputs) == []
 
 
 def _all_on(n=1, op=None):

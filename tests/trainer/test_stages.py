@@ -17,7 +17,7 @@ from trainer.architecture import OPS, Architecture
 from trainer.config import CONFIG_DIR, load_config, preset_path
 from trainer.loop import Phase
 from trainer.metrics import roc_auc
-from trainer.model_io import build_model, load_model
+from trainer.model_io import SEARCH_WEIGHTS_FILE, build_model, load_model, save_search_weights, warm_start
 
 CONFIG = str(preset_path("criteo", "cpu"))
 TINY = ["--model.emb_dim=4", "--model.n=2", "--model.att_dim=8", "--train.batch_size=128",
@@ -189,6 +189,8 @@ def _fewer_fields_dir(synthetic_dir, tmp_path):
         ("out_exists", "exists and is not empty; pass --resume"),
         ("no_preset", "no CPU preset for dataset 'synthetic'"),
         ("fewer_fields", "does not match"),
+        ("init_no_search", "--init=search needs the search run's search.weights.npz"),
+        ("fixed_op_soft", "--fixed_op uses one operation per component: it needs --mode=hard"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_run, tmp_path, capsys):
@@ -206,6 +208,9 @@ def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_ru
         "no_preset": ["--stage=search", *base],
         "fewer_fields": ["--stage=search", "--data", _fewer_fields_dir(synthetic_dir, tmp_path), "--out",
                          tmp_path / "out", "--config", CONFIG],
+        "init_no_search": ["--stage=retrain", *base, "--config", CONFIG, "--architecture",
+                           CONFIG_DIR.parent / "architectures" / "fnn.json", "--mode", "hard", "--init", "search"],
+        "fixed_op_soft": ["--stage=retrain", *base, "--architecture", arch, "--mode", "soft", "--fixed_op", "add"],
     }[case]
     capsys.readouterr()
     _trainer(*args, expect=2)
@@ -231,3 +236,73 @@ def test_train_stage_runs_every_shipped_fixed_design(path, synthetic_dir, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_auc"] > 0.6
     assert Architecture.load(out / "architecture.json").to_dict() == Architecture.load(path).to_dict()
+
+
+def test_fixed_op_retrain_keeps_the_searched_edges_with_one_op(synthetic_dir, search_run, tmp_path):
+    out = tmp_path / "att"
+    _trainer("--stage=retrain", "--data", synthetic_dir, "--architecture", search_run / "architecture.json",
+             "--fixed_op", "att", "--out", out, "--train.epochs=1")
+    searched = Architecture.load(search_run / "architecture.json")
+    fixed = Architecture.load(out / "architecture.json")
+    assert fixed.edges() == searched.edges() and fixed.alpha == searched.alpha
+    assert set(fixed.hard_ops().values()) == {"att"}
+    assert json.loads((out / "run.json").read_text())["mode"] == "hard"
+    model = load_model(out)  # serving rebuilds the one-op model from the run dir alone
+    assert {f.op_names for f in model.fusions.values()} == {("att",)}
+
+
+def test_warm_start_copies_search_weights_by_path(synthetic_dir, tmp_path):
+    info = read_dataset_info(synthetic_dir)
+    config = load_config(CONFIG, TINY)  # n = 2, 6 fields x emb 4: d = 24
+    fields = [{"name": f.name, "vocab_size": f.vocab_size} for f in info.fields]
+    search = build_model(config, fields, mode="search")
+    d = 24
+    # H's candidate inputs, in block order: E, S0, S1, D1, S2, D2 -> 6 blocks of 24 rows
+    kernel = np.arange(6 * d * d, dtype="float32").reshape(6 * d, d)
+    [v for v in search.weights if v.path == "supernet/fusion_H/concat_kernel"][0].assign(kernel)
+    save_search_weights(search, tmp_path)
+    arch = Architecture.from_design(2, {"S0": ["E"], "D2": ["S0"], "H": ["E", "D2"]}, "concat")
+    hard = build_model(config, fields, mode="hard", architecture=arch)
+    assert warm_start(hard, tmp_path / SEARCH_WEIGHTS_FILE) == []
+    got = {v.path: v.numpy() for v in hard.weights}
+    h = got["supernet/fusion_H/concat_kernel"]
+    assert h.shape == (2 * d, d)
+    assert h[0, 0] == 0.0 and h[d - 1, d - 1] == d * d - 1  # E: rows 0..23 of the search kernel
+    assert h[d, 0] == 5 * d * d and h[2 * d - 1, d - 1] == 6 * d * d - 1  # D2: block 5, rows 120..143
+    searched = {v.path: v.numpy() for v in search.weights}
+    # D2's candidates are E, S0, S1, D1: S0 is block 1
+    np.testing.assert_array_equal(got["supernet/fusion_D2/concat_kernel"],
+                                  searched["supernet/fusion_D2/concat_kernel"][d : 2 * d])
+    for path in ("supernet/embedding/table", "supernet/D2/dense/kernel", "supernet/head/kernel"):
+        np.testing.assert_array_equal(got[path], searched[path])
+
+
+@pytest.fixture(scope="session")
+def all_on_architecture(tmp_path_factory):
+    """n = 2, every edge on: H fuses all six lower components, D2 and S2 four each."""
+    from trainer.architecture import candidate_inputs, connectable_components
+
+    path = tmp_path_factory.mktemp("all_on") / "all_on.json"
+    Architecture.from_design(2, {c: candidate_inputs(c, 2) for c in connectable_components(2)}, "add").save(path)
+    return path
+
+
+def test_hard_prod_over_many_relu_inputs_trains(synthetic_dir, all_on_architecture, tmp_path):
+    """The planted f0 x f1 interaction is learnt through PROD everywhere (scale-preserving PROD)."""
+    out = tmp_path / "prod"
+    _trainer("--stage=train", "--data", synthetic_dir, "--config", CONFIG, "--architecture", all_on_architecture,
+             "--fixed_op", "prod", "--out", out, *TINY)
+    assert json.loads((out / "metrics.json").read_text())["test_auc"] > 0.7
+
+
+def test_constant_predictor_exits_1_naming_component_and_op(synthetic_dir, all_on_architecture, tmp_path, capsys):
+    """The paper's raw PROD over small inputs underflows: the run fails instead of saving a constant model."""
+    out = tmp_path / "raw"
+    capsys.readouterr()
+    _trainer("--stage=train", "--data", synthetic_dir, "--config", CONFIG, "--architecture", all_on_architecture,
+             "--fixed_op", "prod", "--out", out, *TINY, "--model.prod_norm=false", "--model.emb_std=1e-4",
+             expect=1)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("trainer: error: [train] the trained model predicts one constant")
+    assert "(PROD) keeps" in err and "component " in err
+    assert not (out / "model.weights.h5").exists() and not (out / "metrics.json").exists()

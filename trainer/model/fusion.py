@@ -7,6 +7,17 @@ every op unchanged: it adds 0 to ADD, is replaced by 1 in PROD, is a zero
 block of CONCAT's input and is masked out of ATT's softmax; its mask still
 carries the STE gradient to alpha. With no connected input the fused result
 is zero.
+
+Scale-preserving PROD (`prod_norm`, a documented deviation from the paper and
+the reference, docs/DESIGN.md section 3): the raw Hadamard product of k small
+inputs (embeddings of std 1e-2, ReLU outputs) is ~1e-7 of one input, so PROD
+acts as a zero op in the search mixture and a Hard PROD over many inputs
+trains to a constant. With `prod_norm` the product is rescaled per example to
+the geometric mean of its connected inputs' RMS:
+    PROD(x_1..x_k) = prod_i x_i * g / prod_i r_i,  r_i = sqrt(mean(x_i^2) + eps),
+    g = (prod_i r_i)^(1/k),
+the r_i treated as constants in the backward pass (per-example factors, not
+learned ones). The direction of the product is unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from keras import ops
 from trainer.architecture import OPS
 
 _MASKED_SCORE = -1e9
+_PROD_EPS = 1e-8  # floor of r_i^2: an all-zero ReLU output is not divided by ~0
 
 
 @keras.saving.register_keras_serializable(package="optfusion")
@@ -29,24 +41,27 @@ class Fusion(keras.layers.Layer):
 
     Args:
         op_names: names from OPS to compute; with several, call() needs op_weights.
-        att_dim: hidden width of the attention scorer (default 64, far below
-            d, to keep ATT cheap: the reference's per-input d x d MLPs cost
-            most of its 43M parameters).
+        att_dim: hidden width of the attention scorer; None = d, the paper's
+            width (W1 is d x d, shared across inputs, unlike the reference's
+            per-input MLPs that cost most of its 43M parameters).
+        prod_norm: scale-preserving PROD (see the module docstring); False is
+            the paper's raw product.
         kernel_initializer: initializer of CONCAT's W and ATT's W1, w2.
     """
 
-    def __init__(self, op_names: tuple[str, ...] | list[str] = OPS, att_dim: int = 64,
-                 kernel_initializer="glorot_uniform", **kwargs) -> None:
+    def __init__(self, op_names: tuple[str, ...] | list[str] = OPS, att_dim: int | None = None,
+                 prod_norm: bool = False, kernel_initializer="glorot_uniform", **kwargs) -> None:
         super().__init__(**kwargs)
         op_names = tuple(op_names)
         if not op_names or any(o not in OPS for o in op_names) or len(set(op_names)) != len(op_names):
             raise ValueError(
                 f"`op_names` must be distinct names from {OPS}. Received: op_names={op_names}"
             )
-        if att_dim < 1:
-            raise ValueError(f"`att_dim` must be >= 1. Received: att_dim={att_dim}")
+        if att_dim is not None and att_dim < 1:
+            raise ValueError(f"`att_dim` must be >= 1 or None (= d). Received: att_dim={att_dim}")
         self.op_names = op_names
-        self.att_dim = int(att_dim)
+        self.att_dim = None if att_dim is None else int(att_dim)
+        self.prod_norm = bool(prod_norm)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape) -> None:
@@ -56,12 +71,13 @@ class Fusion(keras.layers.Layer):
                 name="concat_kernel", shape=(k * d, d), initializer=self.kernel_initializer
             )
         if "att" in self.op_names and k > 1:  # one input always gets weight 1
+            hidden = d if self.att_dim is None else self.att_dim
             self.att_w1 = self.add_weight(
-                name="att_w1", shape=(d, self.att_dim), initializer=self.kernel_initializer
+                name="att_w1", shape=(d, hidden), initializer=self.kernel_initializer
             )
-            self.att_b1 = self.add_weight(name="att_b1", shape=(self.att_dim,), initializer="zeros")
+            self.att_b1 = self.add_weight(name="att_b1", shape=(hidden,), initializer="zeros")
             self.att_w2 = self.add_weight(
-                name="att_w2", shape=(self.att_dim, 1), initializer=self.kernel_initializer
+                name="att_w2", shape=(hidden, 1), initializer=self.kernel_initializer
             )
 
     def call(self, inputs, connected=None, op_weights=None):
@@ -89,10 +105,18 @@ class Fusion(keras.layers.Layer):
         return sum(masked[1:], masked[0])
 
     def _prod(self, masked, flat, on):
+        if self.prod_norm:  # each term divided by its RMS before multiplying: no underflow
+            log_r = [ops.stop_gradient(0.5 * ops.log(ops.mean(ops.square(x), axis=-1, keepdims=True) + _PROD_EPS))
+                     for x in masked]
+            masked = [x * ops.exp(-lr) for x, lr in zip(masked, log_r)]
         result = None
         for x, m in zip(masked, on):
             term = x if m is None else x + (1.0 - m)  # a disconnected input counts as 1
             result = term if result is None else result * term
+        if self.prod_norm:  # times g, the geometric mean of the connected inputs' RMS
+            weights = [1.0 if m is None else m for m in on]
+            count = sum(weights) if on[0] is None else ops.maximum(sum(weights), 1.0)
+            result = result * ops.exp(sum(w * lr for w, lr in zip(weights, log_r)) / count)
         if on[0] is None:
             return result
         # The empty product is 1: zero it when nothing is connected (no gradient path).
@@ -117,5 +141,6 @@ class Fusion(keras.layers.Layer):
             **super().get_config(),
             "op_names": list(self.op_names),
             "att_dim": self.att_dim,
+            "prod_norm": self.prod_norm,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         }

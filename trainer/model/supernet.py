@@ -45,6 +45,8 @@ from trainer.model.fusion import Fusion
 from trainer.model.ste import ste
 
 MODES = ("search", "hard", "soft")
+BETA_STD = (2.0 / (1 + len(OPS))) ** 0.5
+"""Untruncated xavier-normal std of a 1 x len(OPS) tensor (the paper's init; 0.632)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,24 +58,33 @@ class SupernetConfig:
         emb_dim: embedding width per field; d = fields x emb_dim.
         shallow: shallow component, one of SHALLOW.
         alpha_init: initial value of every alpha (> 0: all edges on).
-        att_dim: hidden width of ATT's shared scorer (small on purpose: cost).
+        att_dim: hidden width of ATT's shared scorer; None = d, the paper's
+            width (CPU presets set a smaller one, for speed).
         deep_batchnorm: BatchNorm in deep components.
         dropout: dropout rate in deep components.
-        emb_std: stddev of the normal embedding initializer (reference: 1e-4).
+        emb_std: stddev of the normal embedding initializer: 1e-2, the
+            reference's effective value (its command-line default overrides
+            the 1e-4 of its embedding class).
+        prod_norm: scale-preserving PROD (trainer/model/fusion.py), a
+            documented deviation from the paper; False = the paper's raw
+            product, which acts as a zero op over small inputs.
     """
 
     n: int = 3
     emb_dim: int = 16
     shallow: str = "crossnet"
     alpha_init: float = 0.5
-    att_dim: int = 64
+    att_dim: int | None = None
     deep_batchnorm: bool = False
     dropout: float = 0.0
-    emb_std: float = 1e-4
+    emb_std: float = 1e-2
+    prod_norm: bool = True
 
     def __post_init__(self) -> None:
         for key in ("n", "emb_dim", "att_dim"):
             value = getattr(self, key)
+            if key == "att_dim" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{key}` must be an integer >= 1. Received: {key}={value!r}")
         if self.shallow not in SHALLOW:
@@ -167,7 +178,8 @@ class Supernet(keras.Model):
             else:
                 self.blocks[comp] = DeepBlock(config.deep_batchnorm, config.dropout, name=comp)
             if comp != "S0" and self._sources[comp]:
-                self.fusions[comp] = Fusion(op_names[comp], config.att_dim, name=f"fusion_{comp}")
+                self.fusions[comp] = Fusion(op_names[comp], config.att_dim, config.prod_norm,
+                                            name=f"fusion_{comp}")
             if not frozen_edges:
                 self.alpha[comp] = self.add_weight(
                     name=f"alpha_{comp}",
@@ -178,12 +190,17 @@ class Supernet(keras.Model):
                 self.beta[comp] = self.add_weight(
                     name=f"beta_{comp}",
                     shape=(len(OPS),),
-                    initializer=keras.initializers.GlorotNormal(),
+                    initializer=keras.initializers.RandomNormal(stddev=BETA_STD),
                 )
         dummy = {name: ops.zeros((1,), dtype="int64") for name in self.field_names}
         self(dummy, training=False)  # builds every weight now, so the variable lists are complete
 
     def call(self, features, training=False):
+        return self._forward(features, training)
+
+    def _forward(self, features, training=False, trace: dict | None = None):
+        """Logits; `trace`, if given, receives each component's fused input
+        under its name and each component's output under ("out", name)."""
         ids = ops.stack([ops.reshape(features[f], (-1,)) for f in self.field_names], axis=1)
         emb = self.embedding(ids)
         outputs = {"E": emb}
@@ -191,11 +208,17 @@ class Supernet(keras.Model):
             fused = self._fused_input(comp, outputs)
             block = self.blocks[comp]
             if comp == "H":
-                return block(fused)
-            if comp.startswith("S"):
-                outputs[comp] = block(emb, fused)
+                out = block(fused)
+            elif comp.startswith("S"):
+                out = outputs[comp] = block(emb, fused)
             else:
-                outputs[comp] = block(fused, training=training)
+                out = outputs[comp] = block(fused, training=training)
+            if trace is not None:
+                trace[comp] = fused
+            if comp == "H":
+                if trace is not None:
+                    trace.update({("out", c): v for c, v in outputs.items()})
+                return out
         raise AssertionError("H is always built")  # pragma: no cover
 
     def _fused_input(self, comp: str, outputs: dict):
@@ -256,6 +279,28 @@ class Supernet(keras.Model):
             }
         return Architecture(n=n, alpha=alpha, beta=beta,
                             description=given.description if given else "")
+
+    def fusion_spread(self, features) -> list[tuple[str, str, float]]:
+        """Per built fusing component: (name, op, spread ratio), smallest ratio first.
+
+        The ratio is the batch spread (mean over coordinates of the std across
+        examples) of the component's fused input over the largest spread of
+        its inputs: ~0 where the fusion loses what its inputs vary by (a
+        product that underflows, a component with no input). Names the
+        culprit when a model predicts a constant.
+        """
+        trace: dict = {}
+        self._forward(features, training=False, trace=trace)
+        spread = {k: float(ops.convert_to_numpy(v).std(axis=0).mean()) for k, v in trace.items()}
+        hard = self._given.hard_ops() if self._given is not None and self.mode == "hard" else {}
+        report = []
+        for comp in self._order:
+            sources = self._sources[comp]
+            spread_in = max((spread[("out", s)] for s in sources), default=0.0)
+            op = "no input" if not sources else hard.get(comp) or self.fixed_op or (
+                "identity" if comp == "S0" else "mixture")
+            report.append((comp, op, spread[comp] / spread_in if spread_in > 0 else 0.0))
+        return sorted(report, key=lambda r: r[2])
 
     def get_config(self) -> dict:
         return {
