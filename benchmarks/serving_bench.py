@@ -4,7 +4,7 @@ Over loopback gRPC, with the server in its own process (as in production):
 p50/p99 latency at batch 1, examples/s with 8 concurrent clients at batch 1,
 and examples/s at batch 512, each next to the in-process SavedModel call on
 the same serialized raw tf.Examples, measured in the same run. Targets
-(issue 4): p50 <= 5 ms at batch 1; batch-512 gRPC throughput >= 70% of the
+(docs/DESIGN.md §Targets): p50 <= 5 ms at batch 1; batch-512 gRPC throughput >= 70% of the
 in-process call.
 
 The model: `--run RUN --data DATA` (a retrained run and its pipeline output),

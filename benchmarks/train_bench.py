@@ -3,7 +3,7 @@
 Criteo's schema (39 fields), emb 16, n = 3, batch 4096, synthetic ids held in
 memory (the step is measured, not the input pipeline), XLA off and on. Each
 configuration runs in its own subprocess so that its peak RSS (ru_maxrss) is
-its own. Target (issue 3): >= 1,000 examples/s for the search step, 2x the
+its own. Target (docs/DESIGN.md §Targets): >= 1,000 examples/s for the search step, 2x the
 reference PyTorch implementation's ~490 examples/s on this 2-core machine.
 
   python benchmarks/train_bench.py [--steps 6] [--warmup 2] [--no-write]
