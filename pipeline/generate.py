@@ -18,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -36,7 +37,7 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype="S1")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _mix(*parts: np.ndarray) -> np.ndarray:
+def _mix(*parts: npt.ArrayLike) -> np.ndarray:
     """64-bit hash of integer arrays (splitmix64 finalizer); wraps on purpose."""
     h = np.zeros(np.broadcast(*parts).shape, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -48,7 +49,7 @@ def _mix(*parts: np.ndarray) -> np.ndarray:
     return h
 
 
-def _weight(scale: float, *parts: np.ndarray) -> np.ndarray:
+def _weight(scale: float, *parts: npt.ArrayLike) -> np.ndarray:
     """Pseudo-random weight in [-scale, scale) per value combination."""
     u = (_mix(*parts) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return (2.0 * u - 1.0) * scale

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import IO, Any
 
 import google_crc32c
 from apache_beam.io import fileio
@@ -25,7 +26,7 @@ def _masked_crc(data: bytes) -> bytes:
 
 def frame_records(records: list[bytes]) -> bytes:
     """TFRecord framing: length, masked crc32c of length, data, masked crc32c of data."""
-    parts = []
+    parts: list[bytes] = []
     for record in records:
         header = struct.pack("<Q", len(record))
         parts += (header, _masked_crc(header), record, _masked_crc(record))
@@ -37,15 +38,17 @@ class GzipTFRecordSink(fileio.FileSink):
 
     def __init__(self, compression_level: int = 1):
         self._level = compression_level
-        self._handle = None
-        self._compressor = None
+        self._handle: IO[bytes] | None = None
+        self._compressor: Any = None  # zlib's compressor type is private to typeshed
 
-    def open(self, fh) -> None:
+    def open(self, fh: IO[bytes]) -> None:
         self._handle = fh
         self._compressor = zlib.compressobj(self._level, zlib.DEFLATED, _GZIP_WBITS)
 
     def write(self, record: list[bytes]) -> None:
+        assert self._handle is not None, "write before open"
         self._handle.write(self._compressor.compress(frame_records(record)))
 
     def flush(self) -> None:
+        assert self._handle is not None, "flush before open"
         self._handle.write(self._compressor.flush())
