@@ -301,7 +301,7 @@ class ModelServer:
         self.metrics = Metrics()
         self.manager = ModelManager(config, batching, options.poll_seconds, options.load_policy)
         self._observer = _Observer(self.manager, self.metrics)
-        self._config = config
+        self._file_config = config  # what models.config said last: polls reload when it changes
         self._stopping = threading.Event()
         self._grpc: grpc.Server | None = None
         self._http: _PooledHTTPServer | None = None
@@ -351,16 +351,18 @@ class ModelServer:
 
     def _reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         self.manager.reload_config(config, self._stopping)
-        self._config = config
 
     def _poll_config(self) -> None:
-        """Re-reads models.config every config_poll_seconds; a bad file keeps the current list."""
+        """Re-reads models.config every config_poll_seconds and serves its list when the file
+        changed (a list set by HandleReloadConfigRequest stays until then); a bad file keeps
+        the current list."""
         path = pathlib.Path(str(self.options.model_config_file))
         while not self._stopping.wait(self.options.config_poll_seconds):
             try:
                 config = configs.read_models_config(path)
-                if config != self._config:
+                if config != self._file_config:
                     log.info("%s changed: reloading the model list", path)
+                    self._file_config = config
                     self._reload(config)
             except Exception as err:  # noqa: BLE001 - keep serving the current models
                 log.error("cannot reload %s: %s", path, err)

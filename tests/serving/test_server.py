@@ -272,3 +272,121 @@ def test_specific_version_policy_and_labels(tmp_path):
         assert [(s.version, s.state) for s in status.model_version_status] == [(1, AVAILABLE)]
     finally:
         manager.stop()
+
+
+def _wait_state(manager, name: str, version: int, state: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        manager.poll_once()
+        status = manager.status(get_model_status_pb2.GetModelStatusRequest(
+            model_spec=model_pb2.ModelSpec(name=name)))
+        states = {s.version: s.state for s in status.model_version_status}
+        if states.get(version) == state:
+            return
+        assert time.monotonic() < deadline, f"version {version} never reached {state}: {states}"
+        time.sleep(0.05)
+
+
+def test_failed_new_version_keeps_the_serving_one_and_is_retried(tmp_path):
+    """TF Serving's availability-preserving policy and load retries."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.manager import LoadPolicy, ModelManager
+
+    State = get_model_status_pb2.ModelVersionStatus.State
+    tiny.write_version(tmp_path, 1, "m", seed=1)
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name="m", base_path=str(tmp_path))
+    manager = ModelManager(config, TINY_BATCHING,
+                           policy=LoadPolicy(max_load_retries=2, retry_interval_s=0.3))
+    spec = model_pb2.ModelSpec(name="m")
+    try:
+        manager.poll_once()
+        assert manager.servable(spec).version == 1
+        v2 = tiny.write_version(tmp_path, 2, "m", seed=2)
+        (v2 / "variables").rename(tmp_path / "held-back")  # a half-written version
+        manager.poll_once()
+        status = {s.version: s for s in manager.status(get_model_status_pb2.GetModelStatusRequest(
+            model_spec=spec)).model_version_status}
+        assert status[2].state == State.LOADING  # waiting for its retry
+        assert status[1].state == State.AVAILABLE and manager.servable(spec).version == 1
+        manager.poll_once()  # the retry is not due yet: still one failure
+        assert manager._versions["m"][2].failures == 1
+        _wait_state(manager, "m", 2, State.LOADING)
+        time.sleep(0.35)
+        manager.poll_once()
+        assert manager._versions["m"][2].failures == 2
+        (tmp_path / "held-back").rename(v2 / "variables")  # the writer finishes
+        _wait_state(manager, "m", 2, State.AVAILABLE)
+        assert manager.servable(spec).version == 2
+        _wait_state(manager, "m", 1, State.END)  # unloaded only once 2 serves
+        v3 = tiny.write_version(tmp_path, 3, "m", seed=3)
+        (v3 / "variables").rename(tmp_path / "gone")
+        _wait_state(manager, "m", 3, State.END)  # 1 + 2 retries, then it gives up
+        assert manager._versions["m"][3].failures == 3
+        status = {s.version: s for s in manager.status(get_model_status_pb2.GetModelStatusRequest(
+            model_spec=spec)).model_version_status}
+        assert "loading" in status[3].status.error_message
+        assert status[2].state == State.AVAILABLE and manager.servable(spec).version == 2
+    finally:
+        manager.stop()
+
+
+def test_reload_config_over_grpc_and_by_polling_the_config_file(tmp_path):
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    from google.protobuf import text_format
+    from pipeline.atomic import write_text_atomic
+    from serving import configs
+    from serving.server import ModelServer, ServerOptions
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        tiny.write_version(tmp_path / name, 1, name)
+    configs.update_models_config(tmp_path, "a")
+    config_path = tmp_path / "models.config"
+    server = ModelServer(configs.read_models_config(config_path), TINY_BATCHING,
+                         ServerOptions(host="127.0.0.1", port=0, poll_seconds=0.2,
+                                       model_config_file=str(config_path),
+                                       config_poll_seconds=0.2))
+    assert server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            models = model_service_pb2_grpc.ModelServiceStub(channel)
+            both = configs.read_models_config(config_path)
+            both.model_config_list.config.add(name="b", base_path=str(tmp_path / "b"))
+            reply = models.HandleReloadConfigRequest(
+                model_management_pb2.ReloadConfigRequest(config=both), timeout=60)
+            assert reply.status.error_code == 0
+            assert server.manager.servable(model_pb2.ModelSpec(name="b")).version == 1
+            bad = model_management_pb2.ReloadConfigRequest(config=both)
+            bad.config.model_config_list.config[1].name = "../b"
+            with pytest.raises(grpc.RpcError) as err:
+                models.HandleReloadConfigRequest(bad, timeout=60)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            time.sleep(0.5)  # polls of the unchanged file keep the reloaded list
+            assert server.manager.serves("b") and server.manager.serves("a")
+        # the file changes to list "b" only: a poll drops "a"
+        only_b = configs.read_models_config(config_path)
+        only_b.model_config_list.config[0].name = "b"
+        only_b.model_config_list.config[0].base_path = str(tmp_path / "b")
+        write_text_atomic(config_path, text_format.MessageToString(only_b))
+        deadline = time.monotonic() + 30
+        while server.manager.serves("a") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not server.manager.serves("a") and server.manager.serves("b")
+    finally:
+        server.stop()
+
+
+def test_metric_label_values_are_escaped():
+    from serving.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.record('a"b\\c\nd', "predict", "OK", 10.0)
+    metrics.record(None, "predict", "NOT_FOUND", 10.0)
+    page = metrics.prometheus()
+    assert ':tensorflow:serving:request_count{model_name="a\\"b\\\\c\\nd",API="predict",' \
+           'status="OK"} 1' in page.splitlines()
+    assert all(line.startswith((":tensorflow:serving:", "# TYPE")) for line in page.splitlines())
+    assert metrics.total() == 2 and "1 requests named no served model" in metrics.summary()
