@@ -333,9 +333,9 @@ def test_failed_new_version_keeps_the_serving_one_and_is_retried(tmp_path):
 
 
 def test_reload_config_over_grpc_and_by_polling_the_config_file(tmp_path):
+    from google.protobuf import text_format
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-    from google.protobuf import text_format
     from pipeline.atomic import write_text_atomic
     from serving import configs
     from serving.server import ModelServer, ServerOptions
