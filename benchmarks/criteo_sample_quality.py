@@ -12,7 +12,7 @@ Every finished run is appended to a JSON-lines log, so a long benchmark can
 be stopped and the table made from what finished (`--table-only`).
 
   python benchmarks/criteo_sample_quality.py [--dataset criteo|frappe] [--data DIR]
-      [--seeds 1 2 3 4 5] [--log FILE] [--table-only] [--no-write]
+      [--seeds 1 2 3 4 5] [--rows ROW ...] [--log FILE --work DIR] [--table-only] [--no-write]
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def _prod_share(arch_path: pathlib.Path) -> tuple[float, int]:
     return statistics.mean(shares), sum(op == "prod" for op in arch.hard_ops().values())
 
 
-def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], work: pathlib.Path,
+def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], rows: list[str], work: pathlib.Path,
                   log_path: pathlib.Path) -> None:
-    """Runs every (seed, row) not yet in the log, appending one JSON line per run."""
+    """Runs every (seed, row) of `rows` not yet in the log, appending one JSON line per run."""
     from trainer.cli import run
     from trainer.loop import TrainingFailed
 
@@ -115,7 +115,7 @@ def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], work: path
                    best_epoch=summary["phases"]["search"]["best_epoch"], prod_share=share,
                    hard_prod=hard_prod)
         for key, _, extra in RETRAINS:
-            if (seed, key) in done:
+            if (seed, key) in done or key not in rows:
                 continue
             try:
                 summary = run(["--stage=retrain", "--data", str(data), "--architecture",
@@ -123,7 +123,7 @@ def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], work: path
                 record(seed, key, test_auc=summary["test_auc"], best_epoch=summary["best_epoch"])
             except TrainingFailed as err:
                 record(seed, key, test_auc=None, error=str(err))
-        if (seed, "logreg") not in done:
+        if (seed, "logreg") not in done and "logreg" in rows:
             record(seed, "logreg", test_auc=logistic_regression_auc(data, dataset, seed))
 
 
@@ -161,6 +161,8 @@ def main() -> int:
     parser.add_argument("--dataset", choices=sorted(SAMPLES), default="criteo")
     parser.add_argument("--data", type=pathlib.Path, help="finished pipeline run of the sample (default: run it)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--rows", nargs="+", choices=list(LABELS), default=list(LABELS),
+                        help="rows to run (default all; a second call with the same --log/--work adds rows)")
     parser.add_argument("--log", type=pathlib.Path, help="JSON-lines log of finished runs (default: a temp file)")
     parser.add_argument("--work", type=pathlib.Path, help="directory for the run dirs (default: a temp dir)")
     parser.add_argument("--table-only", action="store_true", help="make the table from --log, run nothing")
@@ -185,7 +187,7 @@ def main() -> int:
                                 "--output", str(data)], check=True, capture_output=True)
             work = args.work or tmp / "runs"
             work.mkdir(parents=True, exist_ok=True)
-            run_benchmark(data, args.dataset, args.seeds, work, log_path)
+            run_benchmark(data, args.dataset, args.seeds, args.rows, work, log_path)
         records = [r for r in _read_log(log_path) if r["dataset"] == args.dataset and r["seed"] in args.seeds]
     text = table(records)
     print(text)

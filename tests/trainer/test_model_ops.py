@@ -220,3 +220,14 @@ def test_layer_serialization_round_trip(layer):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is type(layer)
     assert restored.get_config() == layer.get_config()
+
+
+def test_scale_preserving_prod_skips_an_all_zero_input():
+    # A dead ReLU (or a component with no input) is all zeros: it counts as 1, like
+    # a disconnected input, instead of zeroing the product; per example.
+    x1, zero = tf.constant([[1.0, 2.0], [1.0, 2.0]]), tf.constant([[0.0, 0.0], [0.0, 0.0]])
+    x3 = tf.constant([[2.0, 1.0], [0.0, 0.0]])
+    out = Fusion(("prod",), prod_norm=True)([x1, zero, x3]).numpy()
+    np.testing.assert_allclose(out[0], [2.0 / 2.5**0.5] * 2, rtol=1e-6)  # as with x2 disconnected
+    np.testing.assert_allclose(out[1], X1[0], rtol=1e-6)  # only x1 is live in row 2
+    np.testing.assert_array_equal(Fusion(("prod",), prod_norm=True)([zero, zero]).numpy(), zero.numpy())

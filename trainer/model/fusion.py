@@ -17,7 +17,8 @@ the geometric mean of its connected inputs' RMS:
     PROD(x_1..x_k) = prod_i x_i * g / prod_i r_i,  r_i = sqrt(mean(x_i^2) + eps),
     g = (prod_i r_i)^(1/k),
 the r_i treated as constants in the backward pass (per-example factors, not
-learned ones). The direction of the product is unchanged.
+learned ones), and an all-zero input skipped like a disconnected one. Where
+no input is all zeros, the direction of the product is unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from keras import ops
 from trainer.architecture import OPS
 
 _MASKED_SCORE = -1e9
-_PROD_EPS = 1e-8  # floor of r_i^2: an all-zero ReLU output is not divided by ~0
+_PROD_EPS = 1e-30  # keeps log(r_i^2) finite; all-zero inputs are skipped, not divided
 
 
 @keras.saving.register_keras_serializable(package="optfusion")
@@ -105,22 +106,34 @@ class Fusion(keras.layers.Layer):
         return sum(masked[1:], masked[0])
 
     def _prod(self, masked, flat, on):
-        if self.prod_norm:  # each term divided by its RMS before multiplying: no underflow
-            log_r = [ops.stop_gradient(0.5 * ops.log(ops.mean(ops.square(x), axis=-1, keepdims=True) + _PROD_EPS))
-                     for x in masked]
-            masked = [x * ops.exp(-lr) for x, lr in zip(masked, log_r)]
+        if self.prod_norm:
+            return self._prod_scaled(masked, on)
         result = None
         for x, m in zip(masked, on):
             term = x if m is None else x + (1.0 - m)  # a disconnected input counts as 1
             result = term if result is None else result * term
-        if self.prod_norm:  # times g, the geometric mean of the connected inputs' RMS
-            weights = [1.0 if m is None else m for m in on]
-            count = sum(weights) if on[0] is None else ops.maximum(sum(weights), 1.0)
-            result = result * ops.exp(sum(w * lr for w, lr in zip(weights, log_r)) / count)
         if on[0] is None:
             return result
         # The empty product is 1: zero it when nothing is connected (no gradient path).
         return result * ops.stop_gradient(ops.max(ops.stack(on)))
+
+    def _prod_scaled(self, masked, on):
+        """Scale-preserving PROD (module docstring); per example, an input that
+        is all zeros (a dead ReLU, a component with no input) counts as 1 like a
+        disconnected one, instead of zeroing the product for good."""
+        result, log_g, count, any_on = None, 0.0, 0.0, 0.0
+        for x, m in zip(masked, on):
+            square = ops.stop_gradient(ops.mean(ops.square(x), axis=-1, keepdims=True))  # [B, 1]
+            live = ops.cast(square > 0, x.dtype)  # a disconnected input is all zeros too
+            log_r = 0.5 * ops.log(square + _PROD_EPS)
+            term = x * ops.exp(-log_r) + (1.0 - live)
+            if m is not None:  # keeps the STE path to alpha: x is already x * m
+                term = term * m + (1.0 - m)
+                live = live * m
+            result = term if result is None else result * term
+            log_g, count, any_on = log_g + live * log_r, count + live, ops.maximum(any_on, live)
+        # times g, the geometric mean of the live inputs' RMS; zero if none is live
+        return result * ops.exp(log_g / ops.maximum(count, 1.0)) * ops.stop_gradient(any_on)
 
     def _concat(self, masked, flat, on):
         return ops.matmul(flat, self.concat_kernel)

@@ -281,7 +281,8 @@ class Supernet(keras.Model):
                             description=given.description if given else "")
 
     def fusion_spread(self, features) -> list[tuple[str, str, float]]:
-        """Per built fusing component: (name, op, spread ratio), smallest ratio first.
+        """Per built fusing component: (name, op, spread ratio), smallest ratio
+        first (components without inputs last: they are constant by design).
 
         The ratio is the batch spread (mean over coordinates of the std across
         examples) of the component's fused input over the largest spread of
@@ -300,7 +301,7 @@ class Supernet(keras.Model):
             op = "no input" if not sources else hard.get(comp) or self.fixed_op or (
                 "identity" if comp == "S0" else "mixture")
             report.append((comp, op, spread[comp] / spread_in if spread_in > 0 else 0.0))
-        return sorted(report, key=lambda r: r[2])
+        return sorted(report, key=lambda r: (r[1] == "no input", r[2]))  # no input: constant by design
 
     def get_config(self) -> dict:
         return {
