@@ -28,8 +28,3 @@ MAX_FIELDS = 1 << FIELD_INDEX_BITS
 def id_layout() -> dict[str, int]:
     """The id layout as stats.json records it."""
     return {"oov": OOV_ID, "missing": MISSING_ID, "first_value": FIRST_VALUE_ID}
-
-
-def vocab_size(values: int) -> int:
-    """Ids a field needs for `values` kept values: the reserved ids come first."""
-    return values + FIRST_VALUE_ID

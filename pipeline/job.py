@@ -14,13 +14,10 @@ import shutil
 import time
 import uuid
 
-import numpy as np
-import pyarrow.csv as pacsv
-
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import STATS_FILE
 from pipeline.errors import UsageError
-from pipeline.features import LABEL_KEY, MAX_FIELDS, SPLIT_NAMES, id_layout, vocab_size
+from pipeline.features import LABEL_KEY, SPLIT_NAMES, id_layout
 from pipeline.file_layout import detect_layout
 from pipeline.job_spec import (
     INPUT_COUNTS_FILE,
@@ -32,7 +29,7 @@ from pipeline.job_spec import (
     split_stats_file,
 )
 from pipeline.sources import first_line, is_compressed, plan_ranges, resolve_inputs
-from pipeline.specs import HOUR_FIELDS, DatasetSpec
+from pipeline.specs import DatasetSpec
 
 # pipeline.beam_graph (Beam/TFT) loads lazily in `run`, so that bad invocations fail in a second.
 
@@ -100,25 +97,11 @@ def prepare(config: RunConfig) -> JobSpec:
 
 
 def _vocab_sizes(work_dir: pathlib.Path, spec: DatasetSpec) -> dict[str, int]:
-    from pipeline.transform import VOCAB_ASSET, field_of_key, vocab_fields
+    """Ids per field, from the int_domain TFT's output records for each transformed field."""
+    import tensorflow_transform as tft
 
-    sizes = {name: vocab_size(n) for name, n in HOUR_FIELDS}
-    vocab = vocab_fields(spec)
-    if vocab:
-        asset = work_dir / "transform_fn" / "assets" / VOCAB_ASSET
-        table = pacsv.read_csv(
-            asset,
-            read_options=pacsv.ReadOptions(column_names=["key", "id"]),
-            parse_options=pacsv.ParseOptions(delimiter="\t"),
-        ) if asset.stat().st_size else None
-        per_field = (
-            np.bincount(field_of_key(table.column("key").to_numpy()), minlength=MAX_FIELDS)
-            if table is not None
-            else np.zeros(MAX_FIELDS, dtype=np.int64)
-        )
-        for field, name, _ in vocab:
-            sizes[name] = vocab_size(int(per_field[field]))
-    return sizes
+    output = tft.TFTransformOutput(str(work_dir))
+    return {name: output.num_buckets_for_transformed_feature(name) for name in spec.field_names}
 
 
 def _read_json(path: pathlib.Path):

@@ -6,7 +6,10 @@ fields, once for integer fields), most frequent first.
 
 Speed: instead of one `tft.vocabulary` per field (the main cost of a naive
 job), every (field, value) pair becomes one int64 key and a single custom
-analyzer counts all keys with numpy and writes one `key<TAB>id` asset.
+analyzer counts all keys with numpy and writes one `key<TAB>id` asset, plus
+a small asset of kept values per field from which each output's id range is
+recorded in the transformed schema (readers ask TFT:
+`num_buckets_for_transformed_feature`).
 Categorical keys are 54-bit fingerprints of the token inside their field's
 key range: two distinct tokens of one field share an id with probability
 ~n^2/2^55 (n = distinct tokens of the field), i.e. never in practice.
@@ -35,6 +38,7 @@ from pipeline.features import (
 from pipeline.specs import HOUR_FIELDS, DatasetSpec
 
 VOCAB_ASSET = "vocabulary.tsv"
+SIZES_ASSET = "vocabulary_sizes.txt"  # values kept per vocabulary field, one line each
 
 # Key of one (field, value): [string flag: 1 bit][field: FIELD_INDEX_BITS][value: 54 bits].
 _FIELD_SHIFT = 54
@@ -104,7 +108,7 @@ class CountVocabulary(tft_beam.experimental.PTransformAnalyzer):
     """Counts int64 keys of all fields in one pass and writes the `key<TAB>id` asset.
 
     Input elements: tuples holding one [batch, fields] int64 array (-1 = missing).
-    Output: one element, the asset path.
+    Output: two single-element PCollections, the vocabulary and the sizes asset paths.
     """
 
     def __init__(self, min_counts: dict[int, int]):
@@ -112,11 +116,15 @@ class CountVocabulary(tft_beam.experimental.PTransformAnalyzer):
         self._min_counts = min_counts
 
     def expand(self, pcoll):
-        return (
+        paths = (
             pcoll
             | "CountBatch" >> beam.Map(_count_batch)
             | "MergeCounts" >> beam.CombineGlobally(MergeCountsFn())
             | "WriteVocabulary" >> beam.Map(write_vocabulary, self._min_counts, self.base_temp_dir)
+        )
+        return (
+            paths | "VocabularyPath" >> beam.Map(lambda p: p[0]),
+            paths | "SizesPath" >> beam.Map(lambda p: p[1]),
         )
 
 
@@ -174,7 +182,8 @@ def assign_ids(keys: np.ndarray, counts: np.ndarray, min_counts: dict[int, int])
     return ids
 
 
-def write_vocabulary(keys_counts, min_counts: dict[int, int], temp_dir: str) -> str:
+def write_vocabulary(keys_counts, min_counts: dict[int, int], temp_dir: str) -> tuple[str, str]:
+    """Writes the `key<TAB>id` asset and the sizes asset (kept values per field of `min_counts`)."""
     keys, counts = keys_counts
     ids = assign_ids(keys, counts, min_counts)
     kept = ids >= 0
@@ -187,7 +196,23 @@ def write_vocabulary(keys_counts, min_counts: dict[int, int], temp_dir: str) -> 
     )
     with tf.io.gfile.GFile(path, "wb") as out:
         out.write(buffer.getvalue().to_pybytes())
-    return path
+    per_field = np.bincount(field_of_key(keys[kept]), minlength=MAX_FIELDS)
+    sizes_path = os.path.join(temp_dir, SIZES_ASSET)
+    with tf.io.gfile.GFile(sizes_path, "w") as out:
+        out.write("".join(f"{per_field[field]}\n" for field in min_counts))
+    return path, sizes_path
+
+
+def _set_id_range(ids: tf.Tensor, values: tf.Tensor) -> None:
+    """Records ids in [0, vocab_size(values)) in the transformed schema (TFT's int_domain).
+
+    Readers get each field's vocabulary size from TFT's output
+    (`TFTransformOutput.num_buckets_for_transformed_feature`), as for TFT's own
+    vocabularies; TFT evaluates `values` once, after the analysis.
+    """
+    tft.schema_inference.set_tensor_schema_override(
+        ids, tf.constant(0, tf.int64), tf.cast(values, tf.int64) + FIRST_VALUE_ID - 1
+    )
 
 
 def _lookup(keys: tf.Tensor, asset_path: tf.Tensor):
@@ -221,8 +246,9 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
         for col in spec.raw_columns:
             if col.kind == "hour":
                 values, here = _first_values(inputs[col.name], 0)
-                for (name, _), ids in zip(HOUR_FIELDS, _hour_fields(values, here), strict=True):
+                for (name, size), ids in zip(HOUR_FIELDS, _hour_fields(values, here), strict=True):
                     outputs[name] = ids
+                    _set_id_range(ids, tf.constant(size, tf.int64))
         for field, name, kind in vocab:
             if kind == "integer":
                 values, here = _first_values(inputs[name], 0)
@@ -235,17 +261,22 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
             stacked = tf.stack(
                 [tf.where(present[name], keys[name], -1) for _, name, _ in vocab], axis=1
             )
-            (asset,) = tft.experimental.ptransform_analyzer(
+            asset, sizes_asset = tft.experimental.ptransform_analyzer(
                 inputs=[stacked],
                 ptransform=CountVocabulary(min_counts),
-                output_dtypes=[tf.string],
-                output_shapes=[[]],
-                output_asset_default_values=[b"-2\t0"],  # placeholder line before analysis
+                output_dtypes=[tf.string, tf.string],
+                output_shapes=[[], []],
+                # placeholder contents before analysis
+                output_asset_default_values=[b"-2\t0", b"0\n" * len(vocab)],
                 name="count_vocabulary",
+            )
+            kept = tf.strings.to_number(
+                tf.strings.split(tf.strings.strip(tf.io.read_file(sizes_asset)), "\n"), tf.int64
             )
             ids = tft.apply_vocabulary(stacked, asset, lookup_fn=_lookup)
             for column, (_, name, _) in enumerate(vocab):
                 outputs[name] = tf.where(present[name], ids[:, column], MISSING_ID)
+                _set_id_range(outputs[name], kept[column])
         outputs[LABEL_KEY] = inputs[LABEL_KEY]
         return {name: outputs[name] for name in [*spec.field_names, LABEL_KEY]}
 

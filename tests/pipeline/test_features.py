@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import features
 from pipeline.dataset_info import DatasetInfo, DatasetInfoError, FieldInfo
-from pipeline.specs import BUILTIN, DATASET_NAMES, HOUR_FIELDS, SpecError, load_spec
+from pipeline.specs import BUILTIN, DATASET_NAMES, SpecError, load_spec
 from tests.conftest import ROOT
 
 # Packages whose code must take split names from pipeline.features, not spell them out.
@@ -43,9 +43,6 @@ def test_split_ids_index_split_names():
 def test_id_layout_is_ordered_and_recorded():
     assert features.OOV_ID < features.MISSING_ID < features.FIRST_VALUE_ID
     assert features.id_layout() == {"oov": 0, "missing": 1, "first_value": 2}
-    assert features.vocab_size(0) == features.FIRST_VALUE_ID
-    for _, values in HOUR_FIELDS:
-        assert features.vocab_size(values) == values + 2
 
 
 def test_field_limit_is_what_the_key_encoding_holds():

@@ -61,6 +61,18 @@ class TestVocabulary:
         ids = assign_ids(keys, counts, {0: 2, 1: 1})
         assert ids.tolist() == [-1, 2, 3, 4, 2, 3]
 
+    def test_assets_hold_kept_keys_and_sizes_per_field(self, tmp_path):
+        from pipeline.transform import _FIELD_SHIFT, write_vocabulary
+
+        f0, f2 = 0, 2 << _FIELD_SHIFT
+        keys = np.array([f0 + 5, f0 + 6, f2 + 1], dtype=np.int64)
+        counts = np.array([1, 4, 3], dtype=np.int64)
+        # Fields 0 and 2 have vocabularies (min count 2 and 1); field 1 has none (an Avazu hour field).
+        vocab, sizes = write_vocabulary((keys, counts), {0: 2, 2: 1}, str(tmp_path))
+        lines = open(vocab).read().splitlines()
+        assert lines == [f"{f0 + 6}\t2", f"{f2 + 1}\t2"]
+        assert open(sizes).read().splitlines() == ["1", "1"]
+
     def test_merge_counts_sums_across_batches(self):
         from pipeline.transform import MergeCountsFn, _count_batch
 
