@@ -38,8 +38,7 @@ MODEL = "ctr"
 def build_run(work: pathlib.Path, rows: int) -> tuple[pathlib.Path, pathlib.Path]:
     """Generated rows -> pipeline -> a CPU-preset-shaped Soft retrain; returns (run, data)."""
     from pipeline.generate import generate
-    from trainer.architecture import (
-        Architecture, candidate_inputs, connectable_components, fusing_components)
+    from trainer.architecture import Architecture, candidate_inputs, connectable_components, fusing_components
     from trainer.cli import run
 
     raw = work / "train.txt"

@@ -86,9 +86,10 @@ class Batcher:
             task.done.wait()
             if task.error is not None:
                 raise task.error
-        if len(tasks) == 1:
-            return tasks[0].outputs  # type: ignore[return-value]
-        return {k: np.concatenate([t.outputs[k] for t in tasks]) for k in tasks[0].outputs}  # type: ignore[index]
+        outputs = [t.outputs for t in tasks if t.outputs is not None]  # all set: no error
+        if len(outputs) == 1:
+            return outputs[0]
+        return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
 
     def stop(self) -> None:
         """Finishes queued work, then ends the worker threads."""

@@ -71,9 +71,9 @@ def classify(
     outputs = servable.run(signature, {input_key: examples}, len(examples))
     scores, classes = outputs.get("scores"), outputs.get("classes")
     response = classification_pb2.ClassificationResponse(model_spec=_model_spec(servable, name))
+    width = next(a.shape[1] for a in (scores, classes) if a is not None)
     for row in range(len(examples)):
         result = response.result.classifications.add()
-        width = (scores if scores is not None else classes).shape[1]
         for col in range(width):
             cls = result.classes.add()
             if classes is not None:

@@ -173,7 +173,7 @@ class ModelManager:
                 (v for v in aspired
                  if v not in known
                  or (known[v].state == State.END and not known[v].error)  # unloaded, back again
-                 or (known[v].retry_at is not None and known[v].retry_at <= now)),
+                 or (known[v].retry_at or now + 1) <= now),  # a retry is due
                 reverse=True,
             )
             for version in to_load:

@@ -31,7 +31,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._buckets: dict[tuple[str, str, str], list[int]] = {}
-        self._sums: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self._sums: dict[tuple[str, str, str], float] = collections.defaultdict(float)
         self._unserved = 0  # requests naming no served model: counted, never a label
 
     def record(self, model: str | None, api: str, status: str, latency_us: float,
@@ -76,7 +76,7 @@ class Metrics:
             for (model, api, entrypoint), buckets in sorted(self._buckets.items()):
                 labels = f'model_name="{escape_label(model)}",API="{api}",entrypoint="{entrypoint}"'
                 cumulative = 0
-                for bound, count in zip((*BUCKETS_US, "+Inf"), buckets):
+                for bound, count in zip((*BUCKETS_US, "+Inf"), buckets, strict=True):
                     cumulative += count
                     out.append(f':tensorflow:serving:request_latency_bucket{{{labels},le="{bound}"}}'
                                f" {cumulative}")

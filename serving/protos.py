@@ -10,15 +10,19 @@ reads them (text format), without protoc.
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf import wrappers_pb2  # noqa: F401  (registers wrappers.proto in the pool)
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    wrappers_pb2,  # noqa: F401  (registers wrappers.proto in the pool)
+)
 
 _F = descriptor_pb2.FieldDescriptorProto
 
 
 def _field(
     name: str, number: int, kind: int, type_name: str = "", repeated: bool = False
-) -> _F:
+) -> descriptor_pb2.FieldDescriptorProto:
     label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
     field = _F(name=name, number=number, type=kind, label=label)
     if type_name:

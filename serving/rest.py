@@ -189,18 +189,20 @@ def _tensor(values: list[Any], shape: list[int], dtype: int, name: str) -> tenso
             else:
                 raise wrong(value)
         return proto
+    # JSON types each dtype accepts (bool is not a number here, as in TF Serving)
     if dtype == types_pb2.DT_BOOL:
-        accept, np_dtype = (lambda v: isinstance(v, bool)), None
+        accepted: tuple[type, ...] = (bool,)
     elif dtype in _INT_DTYPES:
-        accept, np_dtype = (lambda v: type(v) is int), _INT_DTYPES[dtype]  # noqa: E721 - not bool
+        accepted = (int,)
     elif dtype in _FLOAT_DTYPES:
-        accept, np_dtype = (lambda v: type(v) in (int, float)), _FLOAT_DTYPES[dtype]
+        accepted = (int, float)
     else:
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                            f"input {name!r}: JSON has no mapping for {tensors.dtype_name(dtype)}")
     for value in values:
-        if not accept(value):
+        if type(value) not in accepted:
             raise wrong(value)
+    np_dtype = _INT_DTYPES.get(dtype) or _FLOAT_DTYPES.get(dtype)
     if np_dtype is None:
         proto.bool_val.extend(values)
         return proto

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving import tensors
 from serving.batching import Batcher, QueueFullError
@@ -152,7 +152,7 @@ class Servable:
             except ValueError as err:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r}: {err}") from err
             if not info.tensor_shape.unknown_rank and (
-                len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got))
+                len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got, strict=True))
             ):
                 raise ServingError(
                     grpc.StatusCode.INVALID_ARGUMENT,

@@ -94,7 +94,7 @@ class _Observer:
         self._metrics.record(served, api, status, (time.perf_counter() - start) * 1e6, entrypoint)
 
 
-def _unary(api: str, request_class: type, response_class: type, observer: _Observer,
+def _unary(api: str, request_class: Any, response_class: Any, observer: _Observer,
            answer: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
     """A method on raw bytes: parse errors are INVALID_ARGUMENT, ServingError its status,
     anything else INTERNAL; timed and recorded."""

@@ -11,12 +11,15 @@ import time
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import cli, configs, examples
+from serving import client as client_lib
 from serving.batching import Batcher, QueueFullError
 from serving.client import ServingClient
 from serving.protos import BatchingParameters, MonitoringConfig
+from serving.server import free_port
 from tests.serving import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -62,6 +65,46 @@ def test_relative_base_paths_resolve_against_the_config_folder(tmp_path):
     config = configs.read_models_config(tmp_path / "models.config")
     assert isinstance(config, model_server_config_pb2.ModelServerConfig)
     assert config.model_config_list.config[0].base_path == str(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name", ["", "../up", "a/b", ".hidden", 'q"uote', "new\nline", "x" * 129,
+                                  "sp ace"])
+def test_bad_model_names_are_rejected_in_configs_and_exports(tmp_path, name):
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name=name, base_path="m")
+    (tmp_path / "models.config").write_text(text_format.MessageToString(config))
+    with pytest.raises(configs.ConfigFileError, match="model name|needs a name"):
+        configs.read_models_config(tmp_path / "models.config")
+    with pytest.raises(configs.ConfigFileError, match="model name"):
+        configs.update_models_config(tmp_path, name or "-")
+    assert configs.check_model_name("ctr_v2.1-a", "x") == "ctr_v2.1-a"
+
+
+def test_duplicate_model_names_are_rejected(tmp_path):
+    (tmp_path / "models.config").write_text(
+        'model_config_list { config { name: "m" base_path: "a" } config { name: "m" base_path: "b" } }')
+    with pytest.raises(configs.ConfigFileError, match="listed twice"):
+        configs.read_models_config(tmp_path / "models.config")
+
+
+def test_serve_flags_follow_tf_serving(capsys):
+    from serving.server import MAX_MESSAGE_BYTES, ServerOptions, parse_channel_arguments
+
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--max_num_load_retries", "--load_retry_interval_micros", "--rest_api_port",
+                 "--model_config_file_poll_wait_seconds", "--grpc_channel_arguments",
+                 "--max_rows_per_request"):
+        assert flag in text
+    assert "0.0.0.0 = all interfaces" in text and "127.0.0.1 = this machine only" in text
+    args = cli.build_parser().parse_args(["serve", "--model_config_file", "m"])
+    assert (args.max_num_load_retries, args.load_retry_interval_micros) == (5, 60_000_000)
+    assert args.host == "0.0.0.0" and ServerOptions().max_message_bytes == MAX_MESSAGE_BYTES
+    assert parse_channel_arguments("grpc.max_receive_message_length=1024, grpc.x=abc") == (
+        ("grpc.max_receive_message_length", 1024), ("grpc.x", "abc"))
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_channel_arguments("grpc.max_receive_message_length")
 
 
 class _Recorder:
@@ -149,7 +192,7 @@ def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
         process = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
              str(tiny_base / "models.config"), "--port", "0", "--host", "127.0.0.1",
-             "--port_file", str(port_file)],
+             "--rest_api_port", str(free_port()), "--port_file", str(port_file)],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
         )
     try:
@@ -158,9 +201,10 @@ def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
-        target = f"127.0.0.1:{port_file.read_text().strip()}"
-        with ServingClient(target, timeout=30) as client:
-            client.wait_until_available("tiny", timeout=60)
+        grpc_port, rest_port = port_file.read_text().split()
+        assert "version 1 AVAILABLE" in log.read_text()  # loaded before it listens
+        with ServingClient(f"127.0.0.1:{grpc_port}", timeout=30) as client:
+            assert client.status("tiny")[1] == client_lib.AVAILABLE
             rows = examples.serialize_rows(tiny.ROWS, examples.feature_kinds(tiny.RAW_SPEC))
             assert client.predict_examples("tiny", rows).shape == (4,)
         process.send_signal(signal.SIGTERM)
@@ -169,4 +213,6 @@ def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
         if process.poll() is None:
             process.kill()
     output = log.read_text()
+    assert output.index("version 1 AVAILABLE") < output.index("serving tiny, tiny_versions on")
+    assert f"REST at http://127.0.0.1:{rest_port}/v1/models/NAME" in output
     assert "stopped cleanly" in output and "tiny predict: 1 requests, 0 errors" in output
