@@ -1,4 +1,4 @@
-"""A small gRPC client for TF Serving (official or bundled): predict, status, metadata.
+"""Small gRPC and REST clients for TF Serving (official or bundled): predict, status, metadata.
 
 Every RPC carries a deadline, and requests name the model and signature
 explicitly (the lessons of TF Serving's mnist_client.py).
@@ -6,6 +6,9 @@ explicitly (the lessons of TF Serving's mnist_client.py).
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -132,3 +135,42 @@ class ServingClient:
                     f"model {model_name!r} at {self.target} not AVAILABLE after {timeout:g}s ({last})"
                 )
             time.sleep(0.2)
+
+
+class RestClient:
+    """Blocking client for TF Serving's REST API (official or bundled) on one keep-alive
+    connection; use as a context manager."""
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0):
+        self.url = f"http://{host}:{port}"
+        self._connection = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None
+             ) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON answer) of one request."""
+        payload = None if body is None else json.dumps(body).encode()
+        self._connection.request(method, path, body=payload,
+                                 headers={"Content-Type": "application/json"})
+        response = self._connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    def predict_examples(
+        self, model_name: str, serialized: Sequence[bytes], version: int | None = None
+    ) -> np.ndarray:
+        """Probabilities for serialized raw tf.Examples (`serving_default`, row format)."""
+        where = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
+        instances = [{"b64": base64.b64encode(s).decode()} for s in serialized]
+        status, answer = self.call("POST", f"{where}:predict", {"instances": instances})
+        if status != 200:
+            raise RuntimeError(f"{self.url}{where}:predict: HTTP {status}: {answer.get('error')}")
+        return np.array([row["probabilities"] for row in answer["predictions"]],
+                        dtype=np.float32).reshape(-1)

@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import configs, examples
-from serving.client import ServingClient
+from serving.client import RestClient, ServingClient
 from serving.server import free_port
 from tests.serving import tiny
 
@@ -252,18 +252,11 @@ def test_idle_http_connections_are_closed_and_use_no_thread_each(served):
 
 
 def test_rest_and_grpc_give_the_same_numbers_out_of_process(served):
-    import base64
-    import json
-
-    body = json.dumps({"instances": [{"b64": base64.b64encode(s).decode()} for s in GOOD]})
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{served.rest_port}/v1/models/tiny:predict", data=body.encode(),
-        headers={"Content-Type": "application/json"})
-    rest = json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"]
+    with RestClient("127.0.0.1", served.rest_port) as rest:
+        by_rest = rest.predict_examples("tiny", GOOD)
+        assert rest.predict_examples("tiny", GOOD, version=1).tolist() == by_rest.tolist()
     with ServingClient(served.target, timeout=30) as client:
         by_grpc = client.predict_examples("tiny", GOOD)
-    np.testing.assert_array_equal(
-        np.array([r["probabilities"] for r in rest], dtype=np.float32), by_grpc)
-    expected = tiny.reference_probabilities(pathlib.Path(served.log).parent / "tiny" / "1",
-                                            tiny.ROWS)
+    np.testing.assert_array_equal(by_rest, by_grpc)
+    expected = tiny.reference_probabilities(served.log.parent / "tiny" / "1", tiny.ROWS)
     np.testing.assert_allclose(by_grpc, expected.reshape(-1), atol=1e-6)
