@@ -179,6 +179,9 @@ class ModelManager:
             for version in to_load:
                 entry = known.setdefault(version, _Version(State.START))
                 entry.state, entry.retry_at = State.START, None
+            for version, entry in known.items():  # a version gone while waiting for its retry
+                if entry.retry_at is not None and version not in aspired:
+                    entry.state, entry.retry_at = State.END, None
         for version in to_load:
             self._load(name, version, pathlib.Path(model.base_path) / str(version))
         for version in self._to_unload(name, aspired):

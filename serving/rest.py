@@ -20,6 +20,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import logging
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -69,6 +70,7 @@ _INT_DTYPES = {
 }
 _FLOAT_DTYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64}
 MAX_VALUE_CHARS = 60
+log = logging.getLogger("serving")
 
 
 def _bad(message: str) -> ServingError:
@@ -412,6 +414,10 @@ class RestApi:
         except ServingError as err:
             reply.code, reply.http_status = err.code, HTTP_STATUS.get(err.code, 500)
             reply.body = {"error": err.message}
+        except Exception as err:  # noqa: BLE001 - the server keeps answering
+            log.exception("REST %s %s failed", method, path[:200])
+            reply.code, reply.http_status = grpc.StatusCode.INTERNAL, 500
+            reply.body = {"error": f"{type(err).__name__}: {err}"[:400]}
         return reply
 
     def _answer(self, where: Route, body: bytes) -> dict[str, Any]:

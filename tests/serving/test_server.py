@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
 import time
 import urllib.request
 
@@ -328,6 +329,12 @@ def test_failed_new_version_keeps_the_serving_one_and_is_retried(tmp_path):
             model_spec=spec)).model_version_status}
         assert "loading" in status[3].status.error_message
         assert status[2].state == State.AVAILABLE and manager.servable(spec).version == 2
+        v4 = tiny.write_version(tmp_path, 4, "m", seed=4)
+        (v4 / "variables").rename(tmp_path / "gone-too")
+        _wait_state(manager, "m", 4, State.LOADING)
+        shutil.rmtree(v4)  # deleted while waiting for its retry: no retry, no busy polling
+        _wait_state(manager, "m", 4, State.END)
+        assert manager._next_wait() == pytest.approx(1.0)
     finally:
         manager.stop()
 
