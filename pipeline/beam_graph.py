@@ -24,7 +24,6 @@ import tensorflow_transform.beam as tft_beam
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
-from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
 from pipeline.features import LABEL_KEY, MISSING_ID, OOV_ID, SPLIT_NAMES
@@ -105,29 +104,6 @@ def _to_json_line(value) -> str:
     return json.dumps(value)
 
 
-def _transformed_schema(spec: DatasetSpec):
-    from tensorflow import int64
-    from tensorflow.io import FixedLenFeature
-
-    names = [*spec.field_names, LABEL_KEY]
-    return schema_utils.schema_from_feature_spec({n: FixedLenFeature([], int64) for n in names})
-
-
-class EncodeExamples(beam.DoFn):
-    """Transformed record batch -> list of serialized tf.Example (tfx-bsl's C++ encoder)."""
-
-    def __init__(self, spec: DatasetSpec):
-        self._spec = spec
-        self._encoder = None
-
-    def setup(self):
-        self._encoder = RecordBatchToExamplesEncoder(_transformed_schema(self._spec))
-
-    def process(self, element) -> Iterator[list[bytes]]:
-        batch, _ = element
-        yield self._encoder.encode(batch)
-
-
 def _write_json(pcoll, path: str, label: str):
     return pcoll | f"{label}ToJson" >> beam.Map(_to_json_line) | f"{label}Write" >> beam.io.WriteToText(
         path, shard_name_template="", num_shards=1
@@ -197,22 +173,24 @@ def _build_and_run(job: JobSpec) -> None:
                 *SPLIT_NAMES, "rejected", "counts"
             )
         )
-        (train_out, _), transform_fn = (
+        (train_out, train_metadata), transform_fn = (
             parsed.train,
             adapter_config,
         ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
             make_preprocessing_fn(spec, job.min_count), output_record_batches=True
         )
-        transformed = {"train": train_out}
+        transformed = {"train": (train_out, train_metadata)}
         for split in SPLIT_NAMES[1:]:
-            transformed[split], _ = (
+            transformed[split] = (
                 ((parsed[split], adapter_config), transform_fn)
                 | f"Transform{split.title()}" >> tft_beam.TransformDataset(output_record_batches=True)
             )
-        for split, pcoll in transformed.items():
+        for split, (pcoll, metadata) in transformed.items():
+            # TFT's own encoder (schema from the transformed metadata). Against a hand-written
+            # per-batch encoder it cost +1.3% CPU on 300k rows (2 runs each, 2026-11-28).
             _ = (
-                pcoll
-                | f"Encode{split.title()}" >> beam.ParDo(EncodeExamples(spec))
+                (pcoll, metadata)
+                | f"Encode{split.title()}" >> tft_beam.EncodeTransformedDataset()
                 | f"Write{split.title()}"
                 >> fileio.WriteToFiles(
                     job.work_dir,
