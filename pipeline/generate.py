@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from pipeline.errors import EXIT_USAGE
+
 CHUNK_ROWS = 200_000
 N_INT, N_CAT = 13, 26
 # Approximate missing rates of the real Criteo train.txt.
@@ -120,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < 1:
         print(f"pipeline generate: error: --rows must be >= 1, got {args.rows}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if not pathlib.Path(args.output).resolve().parent.is_dir():
         print(f"pipeline generate: error: directory of --output {args.output} does not exist", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     start = time.perf_counter()
     generate(args.rows, args.output, args.seed)
     seconds = time.perf_counter() - start
