@@ -1,4 +1,4 @@
-# The two set-up commands of the README. Each builds .venv from the pinned
+# The README's commands (demo, test) and lint. Each builds .venv from the pinned
 # lock file first, so they work on a fresh machine with only Python 3.11.
 PYTHON ?= python3
 VENV := .venv
