@@ -7,8 +7,9 @@
 
 Bad input (config, data dir, architecture, run dir) fails before training with
 one line and exit code 2; a diverging loss stops with exit code 1, keeping the
-last good checkpoint; so does a retrained model that predicts one constant on
-the validation split (the message names the component and its operation).
+last good checkpoint. A retrained model that predicts one constant on the
+validation split also exits 1, saving no weights; the message names the
+component and its operation.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from keras import ops
 from trainer.architecture import OPS
 
 _MASKED_SCORE = -1e9
-_PROD_EPS = 1e-30  # keeps log(r_i^2) finite; all-zero inputs are skipped, not divided
+_PROD_EPS = 1e-8  # soft floor of r_i^2: a near-zero input is not blown up (gain <= 1e4)
 
 
 @keras.saving.register_keras_serializable(package="optfusion")
