@@ -232,6 +232,12 @@ def _http_server(options: ServerOptions, metrics: Metrics, api: rest.RestApi,
         protocol_version = "HTTP/1.1"
         timeout = options.rest_timeout_s
 
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body are separate writes: without this, Nagle's algorithm holds
+            # the body until the client's delayed ACK (~40 ms per keep-alive request).
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)

@@ -162,3 +162,18 @@ def test_rest_requests_are_counted_under_the_rest_entrypoint(tiny_server):
     connection.close()
     assert 'model_name="tiny",API="predict",entrypoint="REST"' in page
     assert "unknown-model" not in page
+
+
+def test_keep_alive_requests_are_not_held_by_nagle(tiny_server):
+    """Without TCP_NODELAY every keep-alive answer waits for a delayed ACK (>= 40 ms)."""
+    import time
+
+    from serving.client import RestClient
+
+    with RestClient("127.0.0.1", tiny_server.rest_port) as rest:
+        fastest = float("inf")
+        for _ in range(20):
+            start = time.perf_counter()
+            rest.predict_examples("tiny", SERIALIZED[:1])
+            fastest = min(fastest, time.perf_counter() - start)
+    assert fastest < 0.01, f"fastest of 20 keep-alive requests took {fastest * 1e3:.1f} ms"
