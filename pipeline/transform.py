@@ -17,6 +17,7 @@ key range: two distinct tokens of one field share an id with probability
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import apache_beam as beam
@@ -215,12 +216,24 @@ def _set_id_range(ids: tf.Tensor, values: tf.Tensor) -> None:
     )
 
 
-def _lookup(keys: tf.Tensor, asset_path: tf.Tensor):
-    initializer = tf.lookup.TextFileInitializer(
-        asset_path, tf.int64, 0, tf.int64, 1, delimiter="\t"
-    )
-    table = tf.lookup.StaticHashTable(initializer, default_value=OOV_ID)
-    return table.lookup(keys), table.size()
+def _lookup(keys: tf.Tensor, asset_path: tf.Tensor | str):
+    """`key<TAB>id` table lookup, the table built and initialised once per loaded graph.
+
+    When TFT traces the final graph, `asset_path` is an eager path: the table
+    is then created under `tf.init_scope()`, so that it becomes a resource the
+    SavedModel initialises at load (init op), as TFT's own vocabulary lookup
+    does. Built inside the traced function instead, it would be re-created and
+    `vocabulary.tsv` re-read on every call of the exported graph.
+    """
+    with contextlib.ExitStack() as stack:
+        if tf.inside_function() and not tf.is_symbolic_tensor(asset_path):
+            stack.enter_context(tf.init_scope())
+        initializer = tf.lookup.TextFileInitializer(
+            asset_path, tf.int64, 0, tf.int64, 1, delimiter="\t"
+        )
+        table = tf.lookup.StaticHashTable(initializer, default_value=OOV_ID)
+        size = table.size()
+    return table.lookup(keys), size
 
 
 def vocab_fields(spec: DatasetSpec) -> list[tuple[int, str, str]]:

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import cli, configs, examples
+from serving import cli, configs, examples, session_loader
 from serving.client import ServingClient
 from serving.protos import BatchingParameters, MonitoringConfig
 from serving.server import ModelServer, ServerOptions
@@ -118,6 +118,85 @@ def _in_process(version_dir: pathlib.Path, rows: list[dict]) -> np.ndarray:
     serialized = examples.serialize_rows(rows)
     return loaded.signatures["serving_default"](examples=tf.constant(serialized))[
         "probabilities"].numpy()
+
+
+@pytest.fixture(scope="session")
+def keras_reference(criteo_run_dir, criteo_preprocessed_dir, held_out_rows) -> np.ndarray:
+    """The trained Keras model on the TFT-transformed held-out rows, in process."""
+    import tensorflow_transform as tft
+
+    from pipeline.dataset_info import read_dataset_info
+    from serving.export import _keras_reference
+    from trainer.model_io import load_model
+
+    info = read_dataset_info(criteo_preprocessed_dir)
+    tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
+    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
+    return _keras_reference(load_model(criteo_run_dir), tft_output.transform_features_layer(),
+                            raw_spec, info.field_names, examples.serialize_rows(held_out_rows))
+
+
+def _session_feeds(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    serialized = np.array(examples.serialize_rows(rows), dtype=object)
+    texts = examples.field_texts(rows, list(rows[0]))
+    return {"serving_default": {"examples": serialized},
+            "raw_fields": {k: np.array(v, dtype=object) for k, v in texts.items()},
+            "classification": {"inputs": serialized}}
+
+
+def _published_versions(base: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p.parent for p in base.glob("*/[0-9]*/saved_model.pb"))
+
+
+def test_every_export_runs_under_tf_servings_session_loader(criteo_base, keras_reference,
+                                                            held_out_rows):
+    """Fresh graph + TF1 session, restore, init op, tensors by SignatureDef name: the C++ path."""
+    exported = _published_versions(criteo_base)
+    assert exported
+    for version_dir in exported:
+        out = session_loader.run_signatures(version_dir, _session_feeds(held_out_rows))
+        for got in (out["serving_default"]["probabilities"], out["raw_fields"]["probabilities"],
+                    out["classification"]["scores"][:, 1]):
+            np.testing.assert_allclose(got, keras_reference, atol=1e-5, rtol=0)
+
+
+def _closure_op_types(functions: dict, names: list[str]) -> set[str]:
+    """Op types of the functions `names` and of every function they call."""
+    seen, ops, todo = set(), set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        for node in functions[name].node_def:
+            ops.add(node.op)
+            for attr in node.attr.values():
+                todo.extend([attr.func.name] if attr.HasField("func") else
+                            [f.name for f in attr.list.func])
+    return ops
+
+
+def test_lookup_tables_are_initialised_at_load_not_per_call(criteo_base, held_out_rows, tmp_path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    version_dir = tmp_path / "1"
+    shutil.copytree(criteo_base / MODEL / "1", version_dir)
+    graph = saved_model_pb2.SavedModel.FromString(
+        (version_dir / "saved_model.pb").read_bytes()).meta_graphs[0]
+    functions = {f.signature.name: f for f in graph.graph_def.library.function}
+    nodes = {n.name: n for n in graph.graph_def.node}
+    signature = graph.signature_def["serving_default"]
+    called = [nodes[t.name.split(":")[0]].attr["f"].func.name for t in signature.outputs.values()]
+    every_op = _closure_op_types(functions, list(functions))
+    assert "InitializeTableFromTextFileV2" in every_op  # the tables exist, initialised by the init op
+    assert not {op for op in _closure_op_types(functions, called) if op.startswith("InitializeTable")}
+    # Behaviour: once loaded, answering needs no asset file (per-call init would re-read it).
+    feeds = _session_feeds(held_out_rows[:64])
+    with session_loader.SessionModel(version_dir) as loaded:
+        before = loaded.run("serving_default", feeds["serving_default"])["probabilities"]
+        (version_dir / "assets").rename(tmp_path / "assets_gone")
+        after = loaded.run("serving_default", feeds["serving_default"])["probabilities"]
+    np.testing.assert_array_equal(after, before)
 
 
 def test_export_layout_configs_and_warmup(criteo_base, criteo_preprocessed_dir):
