@@ -103,14 +103,16 @@ def _warmup_feeds(export_dir: pathlib.Path) -> dict[str, dict[str, np.ndarray]]:
     from tensorflow_serving.apis import prediction_log_pb2  # record side only
 
     feeds: dict[str, dict[str, np.ndarray]] = {}
+    sizes: dict[str, int] = {}
     for record in tf.data.TFRecordDataset(str(export_dir / WARMUP_PATH)):
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         if log.HasField("predict_log"):
             request = log.predict_log.request
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             name = request.model_spec.signature_name or "serving_default"
-            if len(next(iter(inputs.values()))) > len(next(iter(feeds.get(name, {"": []}).values()))):
-                feeds[name] = inputs
+            rows = len(next(iter(inputs.values())))
+            if rows > sizes.get(name, 0):
+                feeds[name], sizes[name] = inputs, rows
         elif log.HasField("classify_log"):
             request = log.classify_log.request
             serialized = [e.SerializeToString() for e in request.input.example_list.examples]
@@ -151,12 +153,21 @@ def save_reference(export_dir: pathlib.Path, path: pathlib.Path) -> dict:
     return record
 
 
-def compare_reference(export_dir: pathlib.Path, path: pathlib.Path, atol: float) -> list[str]:
-    """Replays a saved reference here; returns one line per signature, raises on a mismatch."""
+def compare_reference(
+    export_dir: pathlib.Path, path: pathlib.Path, atol: float, repeat: int = 1
+) -> list[str]:
+    """Replays a saved reference `repeat` times on one load; one line per output, raises on a mismatch."""
     record = json.loads(path.read_text())
     feeds = {name: {k: _decode(v) for k, v in sig["inputs"].items()}
              for name, sig in record["signatures"].items()}
-    got = run_signatures(export_dir, feeds)
+    with SessionModel(export_dir) as loaded:
+        for _ in range(max(repeat, 1)):
+            lines = _check(record, {name: loaded.run(name, inputs) for name, inputs in feeds.items()},
+                           atol)
+    return lines
+
+
+def _check(record: Mapping, got: Mapping[str, Mapping[str, np.ndarray]], atol: float) -> list[str]:
     lines = []
     for name, sig in record["signatures"].items():
         for key, item in sig["outputs"].items():
@@ -182,13 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--save", type=pathlib.Path, help="record warmup inputs and outputs here")
     mode.add_argument("--compare", type=pathlib.Path, help="replay this recording and compare")
     parser.add_argument("--atol", type=float, default=1e-6, help="max abs diff of float outputs")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="with --compare: replay this many times on one load")
     args = parser.parse_args(argv)
     try:
         if args.save:
             record = save_reference(args.export_dir, args.save)
             print(f"recorded {sorted(record['signatures'])} with TensorFlow {tf.__version__}")
         else:
-            for line in compare_reference(args.export_dir, args.compare, args.atol):
+            for line in compare_reference(args.export_dir, args.compare, args.atol, args.repeat):
                 print(line)
             print(f"session loader OK with TensorFlow {tf.__version__}")
     except SessionLoadError as err:
