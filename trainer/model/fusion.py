@@ -12,13 +12,18 @@ Scale-preserving PROD (`prod_norm`, a documented deviation from the paper and
 the reference, docs/DESIGN.md section 3): the raw Hadamard product of k small
 inputs (embeddings of std 1e-2, ReLU outputs) is ~1e-7 of one input, so PROD
 acts as a zero op in the search mixture and a Hard PROD over many inputs
-trains to a constant. With `prod_norm` the product is rescaled per example to
-the geometric mean of its connected inputs' RMS:
-    PROD(x_1..x_k) = prod_i x_i * g / prod_i r_i,  r_i = sqrt(mean(x_i^2) + eps),
-    g = (prod_i r_i)^(1/k),
-the r_i treated as constants in the backward pass (per-example factors, not
-learned ones), and an all-zero input skipped like a disconnected one. Where
-no input is all zeros, the direction of the product is unchanged.
+trains to a constant. With `prod_norm`, per example, the product keeps its
+direction and takes the geometric mean of its connected inputs' RMS as its
+own RMS:
+    PROD(x_1..x_k) = g * p / rms(p),  p = prod_i x_i / r_i,
+    r_i = sqrt(mean(x_i^2) + eps),  g = (prod_i r_i)^(1/k),
+the scales (r_i, rms(p)) held constant in the backward pass: per-example
+factors, not learned ones. Dividing each input first keeps p in float range;
+dividing p by its own RMS keeps the scale when inputs are correlated (E, S0
+and S1 are nearly equal at init: the product of k normalised copies of one
+Gaussian has an RMS in the thousands for k = 8). An input that is all zeros
+for an example (a dead ReLU, a component with no input) counts as 1, like a
+disconnected one, instead of zeroing the product for good.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from keras import ops
 from trainer.architecture import OPS
 
 _MASKED_SCORE = -1e9
-_PROD_EPS = 1e-8  # soft floor of r_i^2: a near-zero input is not blown up (gain <= 1e4)
+_PROD_EPS = 1e-8  # soft floor of squared scales: a near-zero input is not blown up (gain <= 1e4)
 
 
 @keras.saving.register_keras_serializable(package="optfusion")
@@ -118,9 +123,7 @@ class Fusion(keras.layers.Layer):
         return result * ops.stop_gradient(ops.max(ops.stack(on)))
 
     def _prod_scaled(self, masked, on):
-        """Scale-preserving PROD (module docstring); per example, an input that
-        is all zeros (a dead ReLU, a component with no input) counts as 1 like a
-        disconnected one, instead of zeroing the product for good."""
+        """Scale-preserving PROD (module docstring)."""
         result, log_g, count, any_on = None, 0.0, 0.0, 0.0
         for x, m in zip(masked, on):
             square = ops.stop_gradient(ops.mean(ops.square(x), axis=-1, keepdims=True))  # [B, 1]
@@ -132,8 +135,9 @@ class Fusion(keras.layers.Layer):
                 live = live * m
             result = term if result is None else result * term
             log_g, count, any_on = log_g + live * log_r, count + live, ops.maximum(any_on, live)
-        # times g, the geometric mean of the live inputs' RMS; zero if none is live
-        return result * ops.exp(log_g / ops.maximum(count, 1.0)) * ops.stop_gradient(any_on)
+        rms = ops.sqrt(ops.stop_gradient(ops.mean(ops.square(result), axis=-1, keepdims=True)) + _PROD_EPS)
+        # g / rms(p): zero if no input is live
+        return result * (ops.exp(log_g / ops.maximum(count, 1.0)) / rms * ops.stop_gradient(any_on))
 
     def _concat(self, masked, flat, on):
         return ops.matmul(flat, self.concat_kernel)
