@@ -14,6 +14,8 @@ import re
 import shlex
 import sys
 
+from pipeline.atomic import write_text_atomic
+
 RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
 
 
@@ -33,7 +35,7 @@ def machine() -> str:
 def header(argv: list[str] | None = None) -> str:
     """Date, machine and command lines for the top of a section."""
     command = " ".join(shlex.quote(a) for a in (argv if argv is not None else ["python", *sys.argv]))
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     try:
         load = pathlib.Path("/proc/loadavg").read_text().split()[0]
     except OSError:
@@ -50,7 +52,5 @@ def write_section(name: str, body: str) -> pathlib.Path:
         text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
     else:
         text = text.rstrip() + "\n\n" + section
-    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(RESULTS)
+    write_text_atomic(RESULTS, text)
     return RESULTS

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import EXIT_USAGE
 
 CHUNK_ROWS = 200_000
@@ -97,18 +98,14 @@ def generate_chunk(seed: int, chunk: int, rows: int) -> pa.Table:
 
 def generate(rows: int, output: str | os.PathLike, seed: int = 0, progress: bool = True) -> None:
     """Writes `rows` rows of raw Criteo TSV to `output` (via a temp file, then rename)."""
-    output = pathlib.Path(output)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    try:
-        with open(tmp, "wb") as out, tqdm(total=rows, unit="row", disable=not progress) as bar:
-            for chunk, start in enumerate(range(0, rows, CHUNK_ROWS)):
-                n = min(CHUNK_ROWS, rows - start)
-                pacsv.write_csv(generate_chunk(seed, chunk, n), out, options)
-                bar.update(n)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(output) as tmp, open(tmp, "wb") as out, tqdm(
+        total=rows, unit="row", disable=not progress
+    ) as bar:
+        for chunk, start in enumerate(range(0, rows, CHUNK_ROWS)):
+            n = min(CHUNK_ROWS, rows - start)
+            pacsv.write_csv(generate_chunk(seed, chunk, n), out, options)
+            bar.update(n)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -282,3 +282,27 @@ def test_raw_rows_of_one_split_follow_the_jobs_split(criteo_generated_file):
     assert not {key(f) for f in per_split["test"]} & {key(f) for f in per_split["train"]}
     other_seed = [f for f, _ in iter_raw_examples(str(criteo_generated_file), spec, split="test", seed=4)]
     assert [key(f) for f in other_seed] != [key(f) for f in per_split["test"]]
+
+
+class TestAtomicPath:
+    def test_renamed_on_success_with_the_targets_suffix(self, tmp_path):
+        from pipeline.atomic import atomic_path
+
+        target = tmp_path / "sub" / "model.weights.h5"
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp.name.endswith(".weights.h5") and tmp != target
+            tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"new"
+        assert oct(target.stat().st_mode & 0o777) == "0o644"
+        assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+    def test_failure_leaves_the_target_and_no_temp(self, tmp_path):
+        from pipeline.atomic import atomic_path
+
+        target = tmp_path / "stats.json"
+        target.write_text("old")
+        with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+        assert target.read_text() == "old"
+        assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
