@@ -11,8 +11,8 @@
 # SignatureDef tensor names; serving/session_loader.py). The inputs are the
 # export's own warmup requests; the outputs must equal what this repo's venv
 # computes on the same export (max abs diff <= 1e-6). Under strace, the
-# replay must open assets/vocabulary.tsv as often for 20 calls as for one
-# (tables initialised at load, never per call).
+# replay must open the files of assets/ (the vocabulary) as often for 20
+# calls as for one (tables initialised at load, never per call).
 #
 #   scripts/tfserving_runtime_check.sh [VERSION_DIR]
 #
@@ -89,15 +89,16 @@ for version in $TF_VERSIONS; do
             strace -f -qq -e trace=open,openat -o "$WORK/strace-$version-$n.txt" \
                 "${compare[@]}" --repeat "$n" >/dev/null 2>&1
         done
-        one="$(grep -c 'assets/vocabulary.tsv' "$WORK/strace-$version-1.txt" || true)"
-        twenty="$(grep -c 'assets/vocabulary.tsv' "$WORK/strace-$version-20.txt" || true)"
+        assets="$VERSION_DIR/assets/"
+        one="$(grep -c -F "$assets" "$WORK/strace-$version-1.txt" || true)"
+        twenty="$(grep -c -F "$assets" "$WORK/strace-$version-20.txt" || true)"
         if [[ "$one" -lt 1 ]]; then
-            log "FAIL: assets/vocabulary.tsv never opened: the trace cannot tell when tables load"
+            log "FAIL: no file of $assets opened: the trace cannot tell when tables load"
             status=1
         elif [[ "$one" == "$twenty" ]]; then
-            log "PASS: assets/vocabulary.tsv opened $one time(s) per load, for 1 and for 20 calls of each signature"
+            log "PASS: files of assets/ opened $one time(s) per load, for 1 and for 20 calls of each signature"
         else
-            log "FAIL: assets/vocabulary.tsv opened $one times for 1 call and $twenty for 20: read per call"
+            log "FAIL: files of assets/ opened $one times for 1 call and $twenty for 20: read per call"
             status=1
         fi
     else
