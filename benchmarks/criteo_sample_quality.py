@@ -118,7 +118,7 @@ def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], rows: list
 
     for seed in seeds:
         search = work / f"search{seed}"
-        if (seed, "search") not in done:
+        if (seed, "search") not in done and any(key in rows for key, _, _ in RETRAINS):
             summary = run(["--stage=search", "--data", str(data), "--out", str(search), f"--seed={seed}"])
             share, hard_prod = _prod_share(search / "architecture.json")
             record(seed, "search", valid_auc=summary["phases"]["search"]["best_valid_auc"],
