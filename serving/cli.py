@@ -40,7 +40,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="trainer run dir (holds the trained model)")
     p.add_argument("--data", required=True, help="pipeline output dir (transform_fn/, stats.json)")
     p.add_argument("--model_base_path", required=True, help="TF Serving base dir BASE")
-    p.add_argument("--model_name", required=True, help="model name NAME (BASE/NAME/<version>)")
+    p.add_argument("--model_name", required=True,
+                   help="model name NAME (BASE/NAME/<version>): 1-128 letters, digits, '_', '-', "
+                   "'.', starting with a letter or digit")
     p.add_argument("--version", type=int, default=None, help="version number (default: next)")
     p.add_argument("--verify_input", default=None,
                    help="raw rows to verify on (default: rows drawn from the vocabularies)")
