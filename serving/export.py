@@ -44,8 +44,6 @@ from serving import configs, examples, module, session_loader
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 VERSION_RE = re.compile(r"^[0-9]+$")
-# One path component TF Serving and Prometheus labels take as is: no '/', no '..', no leading dot.
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class ExportError(RuntimeError):
@@ -74,14 +72,6 @@ class ExportResult:
     verification: Verification
     warmup_records: int
     config_files: tuple[pathlib.Path, ...]
-
-
-def check_model_name(name: str) -> None:
-    """Raises ExportUsageError unless `name` is one safe directory name (BASE/NAME stays in BASE)."""
-    if not MODEL_NAME_RE.match(name):
-        raise ExportUsageError(
-            f"--model_name {name!r}: use 1-128 letters, digits, '_', '-', '.', starting with a "
-            "letter or digit (it becomes the directory BASE/NAME and TF Serving's model name)")
 
 
 def versions(model_dir: pathlib.Path) -> list[int]:
@@ -269,7 +259,10 @@ def export(
     from pipeline.dataset_info import read_dataset_info
     from trainer.model_io import load_model
 
-    check_model_name(model_name)
+    try:
+        configs.check_model_name(model_name, "--model_name")  # one safe folder name: BASE/NAME stays in BASE
+    except configs.ConfigFileError as err:
+        raise ExportUsageError(str(err)) from err
     info = read_dataset_info(data_dir)
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}

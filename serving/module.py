@@ -133,6 +133,13 @@ def write_savedmodel(
                          [{n: tf.TensorSpec([None], tf.string, n) for n in raw_spec}])
     archive.add_endpoint(CLASSIFY_SIGNATURE, classify,
                          [tf.TensorSpec([None], tf.string, CLASSIFY_INPUT)])
+    # ExportArchive saves the tables of tracked objects but not their other assets:
+    # without this, a TFT asset the graph only captures would be baked in as an
+    # absolute path into the pipeline's output dir instead of travelling in assets/.
+    archive._tf_trackable.transform_assets = [
+        t for t in tf.train.TrackableView(transform_layer).descendants()
+        if isinstance(t, tf.saved_model.Asset)
+    ]
     archive.write_out(str(export_dir), verbose=False)
     set_method_name(pathlib.Path(export_dir), CLASSIFY_SIGNATURE, CLASSIFY_METHOD)
 
