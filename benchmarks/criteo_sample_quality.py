@@ -39,6 +39,8 @@ FIXED_OPS = ("add", "prod", "concat", "att")
 # (key, label, retrain arguments); rows run in this order, seed by seed.
 RETRAINS = [
     ("soft", "OptFusion Soft (search + fresh retrain)", ["--mode", "soft", "--init", "fresh"]),
+    ("soft_patience4", "OptFusion Soft, retrain with --train.patience=4",
+     ["--mode", "soft", "--init", "fresh", "--train.patience=4"]),
     ("hard", "OptFusion Hard (search + fresh retrain)", ["--mode", "hard", "--init", "fresh"]),
     ("hard_search", "OptFusion Hard, --init=search (warm start)", ["--mode", "hard", "--init", "search"]),
     *[(f"fixed_{op}", f"searched connections, --fixed_op {op}", ["--fixed_op", op, "--init", "fresh"])
