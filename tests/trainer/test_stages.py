@@ -306,3 +306,11 @@ def test_constant_predictor_exits_1_naming_component_and_op(synthetic_dir, all_o
     assert err.startswith("trainer: error: [train] the trained model predicts one constant")
     assert "(PROD) keeps" in err and "component " in err
     assert not (out / "model.weights.h5").exists() and not (out / "metrics.json").exists()
+
+
+def test_retrain_init_search_runs_end_to_end(synthetic_dir, search_run, tmp_path):
+    out = tmp_path / "warm"
+    _trainer("--stage=retrain", "--data", synthetic_dir, "--architecture", search_run / "architecture.json",
+             "--mode", "soft", "--init", "search", "--out", out, "--train.epochs=1")
+    assert json.loads((out / "run.json").read_text())["init"] == "search"
+    assert (out / "metrics.json").is_file()  # the copy itself is hand-checked above
