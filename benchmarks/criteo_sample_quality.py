@@ -111,7 +111,7 @@ def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], rows: list
     from trainer.cli import run
     from trainer.loop import TrainingFailed
 
-    done = {(r["seed"], r["row"]) for r in _read_log(log_path)}
+    done = {(r["seed"], r["row"]) for r in _read_log(log_path) if r["dataset"] == dataset}
 
     def record(seed: int, row: str, **values) -> None:
         with log_path.open("a") as f:
