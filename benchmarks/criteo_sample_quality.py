@@ -179,7 +179,7 @@ def main() -> int:
     parser.add_argument("--log", type=pathlib.Path, help="JSON-lines log of finished runs (default: a temp file)")
     parser.add_argument("--work", type=pathlib.Path, help="directory for the run dirs (default: a temp dir)")
     parser.add_argument("--table-only", action="store_true", help="make the table from --log, run nothing")
-    parser.add_argument("--notes", default="", help="text added under the table in RESULTS.md")
+    parser.add_argument("--notes-file", type=pathlib.Path, help="text file added under the table in RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -207,9 +207,14 @@ def main() -> int:
     if not args.no_write:
         from benchmarks.results import header, write_section
 
-        body = (header() + f"- setup: pipeline on `{sample.relative_to(ROOT.parent)}` ({rows}, 8:1:1 split), "
+        command = ["python", "benchmarks/criteo_sample_quality.py", "--dataset", args.dataset, "--seeds",
+                   *map(str, args.seeds)]
+        how = (" (runs appended to one --log by several invocations with --rows subsets; table by --table-only)"
+               if args.table_only else "")
+        notes = args.notes_file.read_text().strip() if args.notes_file else ""
+        body = (header(command).rstrip() + how + "\n" + f"- setup: pipeline on `{sample.relative_to(ROOT.parent)}` ({rows}, 8:1:1 split), "
                 f"trainer CPU preset `trainer/configs/{args.dataset}_cpu.yaml` (smaller than the paper), "
-                f"seeds {sorted({r['seed'] for r in records})}.\n\n" + text + ("\n\n" + args.notes if args.notes else ""))
+                f"seeds {sorted({r['seed'] for r in records})}.\n\n" + text + ("\n\n" + notes if notes else ""))
         print(f"wrote {write_section(f'{args.dataset.capitalize()} sample quality', body)}")
     return 0
 
