@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+import yaml
 
 from trainer.architecture import Architecture
 from trainer.config import Config, ConfigError, load_config
@@ -133,7 +134,10 @@ def load_model(run_dir: str | pathlib.Path) -> keras.Model:
         )
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise ValueError(f"{run_dir / WEIGHTS_FILE} is missing: the run did not finish (rerun it with --resume)")
-    config = load_config(run_dir / CONFIG_FILE)
+    # Runs written before model.prod_norm existed used the paper's raw PROD.
+    model_section = (yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}).get("model") or {}
+    legacy = [] if "prod_norm" in model_section else ["--model.prod_norm=false"]
+    config = load_config(run_dir / CONFIG_FILE, legacy)
     model = build_model(
         config, run["fields"], mode=run["mode"], architecture=Architecture.load(run_dir / ARCH_FILE)
     )

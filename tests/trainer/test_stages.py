@@ -314,3 +314,17 @@ def test_retrain_init_search_runs_end_to_end(synthetic_dir, search_run, tmp_path
              "--mode", "soft", "--init", "search", "--out", out, "--train.epochs=1")
     assert json.loads((out / "run.json").read_text())["init"] == "search"
     assert (out / "metrics.json").is_file()  # the copy itself is hand-checked above
+
+
+def test_load_model_reads_a_run_from_before_prod_norm_with_the_raw_product(retrain_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(retrain_run, old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["model"]["prod_norm"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    assert all(not f.prod_norm for f in load_model(old).fusions.values())
+    assert all(f.prod_norm for f in load_model(retrain_run).fusions.values())
