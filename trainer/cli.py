@@ -1,8 +1,10 @@
 """Search a fusion architecture, retrain it, or train a fixed design.
 
   trainer --stage=search  --data DIR [--config FILE] [--section.key=value ...] --out RUN [--resume]
-  trainer --stage=retrain --data DIR --architecture RUN/architecture.json --mode {hard,soft} [--init {fresh,search}] --out RUN2
-  trainer --stage=retrain --data DIR --architecture RUN/architecture.json --fixed_op {add,prod,concat,att} --out RUN2
+  trainer --stage=retrain --data DIR --architecture RUN/architecture.json --mode {hard,soft}
+          [--init {fresh,search}] --out RUN2
+  trainer --stage=retrain --data DIR --architecture RUN/architecture.json
+          --fixed_op {add,prod,concat,att} --out RUN2
   trainer --stage=train   --data DIR --architecture FILE --mode {hard,soft} --out RUN
 
 Bad input (config, data dir, architecture, run dir) fails before training with
@@ -111,8 +113,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     check_data(info)
     if args.stage == "search":
         if any(v is not None for v in (args.architecture, args.mode, args.init, args.fixed_op)):
-            raise UsageError("--architecture, --mode, --init and --fixed_op belong to --stage=retrain|train, not search "
-                             "(the search's own fixed op is --search.fixed_op=OP)")
+            raise UsageError("--architecture, --mode, --init and --fixed_op belong to --stage=retrain|train, "
+                             "not search (the search's own fixed op is --search.fixed_op=OP)")
         return run_search(config, info, args.out, resume=args.resume)
     if args.fixed_op is not None and args.mode == "soft":
         raise UsageError("--fixed_op uses one operation per component: it needs --mode=hard (or no --mode)")

@@ -66,7 +66,7 @@ def save_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
 def save_search_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
     """The search model's weights by variable path, plus each component's
     inputs (the row blocks of its CONCAT kernel), for `--init=search`."""
-    arrays = {v.path: np.asarray(v.numpy()) for v in model.weights}
+    arrays: dict[str, Any] = {v.path: np.asarray(v.numpy()) for v in model.weights}
     arrays[_SOURCES_KEY] = np.array(json.dumps(model.component_inputs))
     tmp = run_dir / f".tmp.{SEARCH_WEIGHTS_FILE}"
     with tmp.open("wb") as f:

@@ -4,8 +4,10 @@ import pytest
 
 from trainer.config import CONFIG_DIR, ConfigError, load_config, preset_path
 
+PRESETS = sorted([*CONFIG_DIR.glob("*_cpu.yaml"), *CONFIG_DIR.glob("*_paper.yaml")])
 
-@pytest.mark.parametrize("path", sorted([*CONFIG_DIR.glob("*_cpu.yaml"), *CONFIG_DIR.glob("*_paper.yaml")]), ids=lambda p: p.name)
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_every_shipped_preset_loads(path):
     config = load_config(path)
     assert config.train.batch_size >= 1 and config.model.emb_dim >= 1

@@ -2,11 +2,11 @@
 
 import pathlib
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
 from trainer.architecture import OPS, Architecture, candidate_inputs, connectable_components, fusing_components
 from trainer.model import Supernet, SupernetConfig
 from trainer.model_io import copy_weights_by_path
