@@ -201,11 +201,14 @@ class Supernet(keras.Model):
     def _forward(self, features, training=False, trace: dict | None = None):
         """Logits; `trace`, if given, receives each component's fused input
         under its name and each component's output under ("out", name)."""
-        ids = ops.stack([ops.reshape(features[f], (-1,)) for f in self.field_names], axis=1)
+        # One stack and one reshape for all fields (ids given as [B] or [B, 1]): at
+        # batch 1 the serving cost is per graph op, not per value.
+        ids = ops.reshape(ops.stack([features[f] for f in self.field_names], axis=1),
+                          (-1, len(self.field_names)))
         emb = self.embedding(ids)
         outputs = {"E": emb}
         for comp in self._order:
-            fused = self._fused_input(comp, outputs)
+            fused = self._fused_input(comp, outputs, training)
             block = self.blocks[comp]
             if comp == "H":
                 out = block(fused)
@@ -221,7 +224,7 @@ class Supernet(keras.Model):
                 return out
         raise AssertionError("H is always built")  # pragma: no cover
 
-    def _fused_input(self, comp: str, outputs: dict):
+    def _fused_input(self, comp: str, outputs: dict, training=False):
         """The component's input: the op mixture over its (connected) sources."""
         sources = self._sources[comp]
         if not sources:
@@ -235,7 +238,8 @@ class Supernet(keras.Model):
             weights = ops.convert_to_tensor(self._soft[comp])
         else:
             weights = None
-        return self.fusions[comp]([outputs[s] for s in sources], connected=connected, op_weights=weights)
+        return self.fusions[comp]([outputs[s] for s in sources], connected=connected, op_weights=weights,
+                                  training=training)
 
     @property
     def component_inputs(self) -> dict[str, list[str]]:
