@@ -6,6 +6,8 @@
   trainer --stage=retrain --data DIR --architecture RUN/architecture.json
           --fixed_op {add,prod,concat,att} --out RUN2
   trainer --stage=train   --data DIR --architecture FILE --mode {hard,soft} --out RUN
+  trainer --stage=train   --data DIR --model {lr,fnn,ipnn,deepfm,dcn,dcnv2_s,dcnv2_p,xdeepfm,edcn} --out RUN
+  trainer --stage=tune    --data DIR --model {optfusion,NAME} [--grid FILE] [--max_trials N] [--epochs E] --out TUNE
 
 Bad input (config, data dir, architecture, run dir) fails before training with
 one line and exit code 2; a diverging loss stops with exit code 1, keeping the
@@ -21,9 +23,11 @@ import logging
 import os
 import pathlib
 import sys
+import time
 from typing import Any
 
 from pipeline.dataset_info import DatasetInfoError, read_dataset_info
+from trainer.zoo import OPTFUSION, ZOO, describe
 
 log = logging.getLogger("trainer")
 
@@ -50,9 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Any further --section.key=value overrides the config, e.g. --train.lr=3e-4 --model.n=2 "
         "--search.fixed_op=add --search.sequential=true --train.jit_compile=true.",
     )
-    parser.add_argument("--stage", required=True, choices=("search", "retrain", "train"),
+    parser.add_argument("--stage", required=True, choices=("search", "retrain", "train", "tune"),
                         help="search: one-shot supernet search; retrain: a searched architecture (fresh or "
-                        "warm-started, --init); train: any architecture file (fixed designs, ablations)")
+                        "warm-started, --init); train: any architecture file (fixed designs, ablations) or a "
+                        "baseline (--model); tune: keras-tuner over lr and L2 for --model (writes best.yaml "
+                        "for --config)")
     parser.add_argument("--data", required=True, type=pathlib.Path, help="output DIR of a `pipeline` run")
     parser.add_argument(
         "--config", type=pathlib.Path,
@@ -65,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fixed_op", choices=("add", "prod", "concat", "att"),
                         help="retrain/train: keep the architecture's connections, use this one operation in "
                         "every component (the paper's table 4; implies --mode=hard)")
+    parser.add_argument("--model", choices=(OPTFUSION, *ZOO),
+                        help=f"train/tune: a baseline of the zoo: {describe()}; tune also takes {OPTFUSION} "
+                        "(tunes the search stage; retrain reuses its lr and L2, as the paper does)")
+    parser.add_argument("--grid", type=pathlib.Path,
+                        help="tune: YAML of config paths -> values (default: the paper's lr x L2 grid, "
+                        "trainer/configs/tune_grid.yaml)")
+    parser.add_argument("--max_trials", type=int, help="tune: trials at most (default: the whole grid)")
+    parser.add_argument("--epochs", type=int, help="tune: epochs per trial (default: the config's train.epochs)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory to write")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     return parser
@@ -109,8 +123,28 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     from trainer.stages import run_fixed, run_search
 
     info = read_dataset_info(args.data)
+    entry = ZOO.get(args.model) if args.model else None
+    if args.model is not None and args.stage not in ("train", "tune"):
+        raise UsageError(f"--model belongs to --stage=train|tune, not {args.stage}")
+    if args.stage != "tune" and any(v is not None for v in (args.grid, args.max_trials, args.epochs)):
+        raise UsageError("--grid, --max_trials and --epochs belong to --stage=tune")
+    if entry is not None and args.stage == "train" and any(
+            v is not None for v in (args.architecture, args.mode, args.init, args.fixed_op)):
+        raise UsageError("--model names the whole design: drop --architecture, --mode, --init and --fixed_op")
+    if entry is not None:  # the design's own settings; the user's overrides win
+        implied = [f"model.n={Architecture.load(entry.architecture_path).n}"] if entry.architecture_path else []
+        extra = [*implied, *entry.overrides, *extra]
+    if args.epochs is not None:
+        extra = [*extra, f"train.epochs={args.epochs}"]
     config = load_config(_resolve_config_path(args, info.dataset), extra)
     check_data(info)
+    if args.stage == "tune":
+        return _tune(args, config, info)
+    if entry is not None:
+        if entry.architecture_path is None:
+            return run_fixed("train", config, info, None, f"zoo:{args.model}", None, args.out,
+                             resume=args.resume, zoo_model=args.model)
+        args.architecture, args.mode = entry.architecture_path, "hard"
     if args.stage == "search":
         if any(v is not None for v in (args.architecture, args.mode, args.init, args.fixed_op)):
             raise UsageError("--architecture, --mode, --init and --fixed_op belong to --stage=retrain|train, "
@@ -138,16 +172,52 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
                      resume=args.resume, init=args.init or DEFAULT_INIT)
 
 
+def _tune(args: argparse.Namespace, config: Any, info: Any) -> dict[str, Any]:
+    """keras-tuner over --grid; each trial is the search stage (optfusion) or the train stage."""
+    from trainer.stages import run_fixed, run_search
+    from trainer.tune import GRID_FILE, Grid, tune
+
+    if args.model is None:
+        raise UsageError(f"--stage=tune needs --model {OPTFUSION} or a zoo model")
+    if args.max_trials is not None and args.max_trials < 1 or args.epochs is not None and args.epochs < 1:
+        raise UsageError("--max_trials and --epochs must be >= 1")
+    grid = Grid.load(args.grid or GRID_FILE)
+    entry = ZOO.get(args.model)
+
+    def trial(trial_config: Any, run_dir: pathlib.Path, resume: bool) -> float:
+        if args.model == OPTFUSION:
+            summary = run_search(trial_config, info, run_dir, resume=resume)
+            return float(list(summary["phases"].values())[-1]["best_valid_auc"])
+        if entry is not None and entry.architecture_path is None:
+            summary = run_fixed("train", trial_config, info, None, f"zoo:{args.model}", None, run_dir,
+                                resume=resume, zoo_model=args.model)
+        else:
+            from trainer.architecture import Architecture
+
+            assert entry is not None and entry.architecture_path is not None
+            summary = run_fixed("train", trial_config, info, Architecture.load(entry.architecture_path),
+                                str(entry.architecture_path), "hard", run_dir, resume=resume)
+        return float(summary["best_valid_auc"])
+
+    start = time.perf_counter()
+    summary = tune(config, grid, trial, args.out, project=args.model, max_trials=args.max_trials)
+    return {**summary, "seconds": time.perf_counter() - start}
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     lines = [f"trainer {summary['stage']} done in {summary['seconds']:.0f}s -> {summary['run_dir']}"]
-    if summary["stage"] == "search":
+    if summary["stage"] == "tune":
+        for t in summary["trials"][:5]:
+            lines.append(f"  trial {t['id']}: valid AUC {t['val_auc']:.4f}  {t['values']}")
+        lines.append(f"  best config: {summary['best_config']} (pass it to other stages with --config)")
+    elif summary["stage"] == "search":
         for name, p in summary["phases"].items():
             lines.append(f"  {name}: best valid AUC {p['best_valid_auc']:.4f} at epoch {p['best_epoch']} of {p['epochs']}")
         lines.append(summary["rendering"])
         lines.append(f"  architecture: {summary['architecture']}")
     else:
         lines.append(
-            f"  {summary['mode']}: test AUC {summary['test_auc']:.4f}, LogLoss {summary['test_logloss']:.4f} "
+            f"  {summary['model'] or summary['mode']}: test AUC {summary['test_auc']:.4f}, LogLoss {summary['test_logloss']:.4f} "
             f"({summary['test_rows']} rows); best valid AUC {summary['best_valid_auc']:.4f} at epoch "
             f"{summary['best_epoch']} of {summary['epochs']}; {summary['params']:,} parameters"
         )

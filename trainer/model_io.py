@@ -20,6 +20,7 @@ import yaml
 from trainer.architecture import Architecture
 from trainer.config import Config, ConfigError, load_config
 from trainer.model.supernet import Supernet
+from trainer.zoo import KERAS_MODELS, ZOO
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -37,19 +38,28 @@ def build_model(
     architecture: Architecture | None = None,
     fixed_op: str | None = None,
     search_ops_only: bool = False,
+    zoo_model: str | None = None,
 ) -> keras.Model:
-    """The supernet of `config` over `fields` ([{name, vocab_size}]), weights built."""
+    """The supernet of `config` over `fields` ([{name, vocab_size}]), weights built;
+    with `zoo_model`, that baseline of trainer/zoo instead (sized by the same config)."""
     names = [f["name"] for f in fields]
+    sizes = [int(f["vocab_size"]) for f in fields]
     try:
-        model = Supernet(
-            config.model,
-            names,
-            [int(f["vocab_size"]) for f in fields],
-            architecture=architecture,
-            mode=mode,
-            fixed_op=fixed_op,
-            search_ops_only=search_ops_only,
-        )
+        if zoo_model is not None:
+            model_class = ZOO[zoo_model].model_class
+            if model_class is None:
+                raise ValueError(f"{zoo_model!r} is an architecture file, not a zoo model class")
+            model = model_class(config.model, names, sizes)
+        else:
+            model = Supernet(
+                config.model,
+                names,
+                sizes,
+                architecture=architecture,
+                mode=mode,
+                fixed_op=fixed_op,
+                search_ops_only=search_ops_only,
+            )
     except ValueError as err:  # the model's own argument checks
         raise ConfigError(f"the model section does not fit this run: {err}") from err
     model({name: tf.zeros([1], tf.int64) for name in names}, training=False)
@@ -138,8 +148,9 @@ def load_model(run_dir: str | pathlib.Path) -> keras.Model:
     model_section = (yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}).get("model") or {}
     legacy = [] if "prod_norm" in model_section else ["--model.prod_norm=false"]
     config = load_config(run_dir / CONFIG_FILE, legacy)
-    model = build_model(
-        config, run["fields"], mode=run["mode"], architecture=Architecture.load(run_dir / ARCH_FILE)
-    )
+    zoo_model = run.get("model")
+    architecture = None if zoo_model in KERAS_MODELS else Architecture.load(run_dir / ARCH_FILE)
+    model = build_model(config, run["fields"], mode=run["mode"], architecture=architecture,
+                        zoo_model=zoo_model if zoo_model in KERAS_MODELS else None)
     model.load_weights(str(run_dir / WEIGHTS_FILE))
     return model

@@ -61,7 +61,7 @@ def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resu
         if not (out / RUN_FILE).is_file():
             raise RunDirError(f"--resume: {out} holds no {RUN_FILE}; start the run without --resume")
         old = json.loads((out / RUN_FILE).read_text())
-        for key in ("stage", "mode", "fields"):
+        for key in ("stage", "mode", "model", "fields"):
             if old.get(key) != run.get(key):
                 raise RunDirError(
                     f"--resume: {out} was a run with a different {key} "
@@ -114,22 +114,24 @@ def run_fixed(
     stage: str,
     config: Config,
     info: DatasetInfo,
-    architecture: Architecture,
+    architecture: Architecture | None,
     architecture_source: str,
-    mode: str,
+    mode: str | None,
     out: pathlib.Path,
     *,
     resume: bool = False,
     init: str = "fresh",
+    zoo_model: str | None = None,
 ) -> dict[str, Any]:
-    """Trains a frozen architecture (Hard or Soft); writes metrics.json.
+    """Trains a frozen architecture (Hard or Soft), or a Keras baseline of the
+    zoo (`zoo_model`, no architecture); writes metrics.json.
 
     init "search" starts from the weights of the search run that wrote
     `architecture_source` (its search.weights.npz), "fresh" from scratch.
     """
-    run = {"stage": stage, "mode": mode, "dataset": info.dataset, "data_dir": str(info.data_dir),
-           "fields": _fields(info), "seed": config.seed, "architecture_source": architecture_source,
-           "init": init}
+    run = {"stage": stage, "mode": mode, "model": zoo_model, "dataset": info.dataset,
+           "data_dir": str(info.data_dir), "fields": _fields(info), "seed": config.seed,
+           "architecture_source": architecture_source, "init": init}
     search_weights = pathlib.Path(architecture_source).parent / SEARCH_WEIGHTS_FILE
     if init == "search" and not search_weights.is_file():
         raise RunDirError(
@@ -137,11 +139,13 @@ def run_fixed(
             "pass a search run's architecture.json or use --init=fresh"
         )
     prepare_run_dir(out, run, config, resume)
-    architecture.save(out / ARCH_FILE)
-    write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")
+    if architecture is not None:
+        architecture.save(out / ARCH_FILE)
+        write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, run["fields"], mode=mode, architecture=architecture)
+    model = build_model(config, run["fields"], mode=mode or "hard", architecture=architecture,
+                        zoo_model=zoo_model)
     if init == "search":
         fresh = warm_start(model, search_weights)
         log.info("init: weights of %s%s", search_weights, f" (fresh: {', '.join(fresh)})" if fresh else "")
@@ -155,6 +159,7 @@ def run_fixed(
     metrics = {
         "stage": stage,
         "mode": mode,
+        "model": zoo_model,
         "test_auc": test["auc"],
         "test_logloss": test["logloss"],
         "test_rows": test["rows"],
@@ -174,6 +179,11 @@ def _refuse_constant(phase: Phase) -> None:
     labels, logits = phase.predict("valid")
     if np.ptp(logits) > 0:
         return
+    if not hasattr(phase.model, "fusion_spread"):  # a zoo baseline: no fusion to name
+        raise TrainingFailed(
+            f"[{phase.name}] the trained model predicts one constant ({float(logits[0]):.4g}) on all "
+            f"{labels.size} validation rows; try another learning rate or L2"
+        )
     features, _ = next(iter(make_dataset(phase.info, "valid", phase.config.train.eval_batch_size)))
     comp, op, ratio = phase.model.fusion_spread(features)[0]
     raise TrainingFailed(

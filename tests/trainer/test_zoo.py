@@ -14,7 +14,7 @@ from trainer.zoo.xdeepfm import CompressedInteraction
 
 NAMES, SIZES = ["a", "b", "c"], [5, 6, 7]
 CONFIG = SupernetConfig(n=2, emb_dim=4)
-KERAS_MODELS = sorted(name for name, entry in ZOO.items() if entry.model_class is not None)
+KERAS_MODELS = sorted(name for name, entry in ZOO.items() if entry.class_path is not None)
 
 
 def _features(batch: int = 4) -> dict[str, tf.Tensor]:
@@ -45,7 +45,7 @@ def test_zoo_model_config_round_trip_gives_the_same_shape(name):
 
 def test_architecture_baselines_point_at_shipped_files():
     for name, entry in ZOO.items():
-        assert (entry.model_class is None) == (entry.architecture is not None), name
+        assert (entry.class_path is None) == (entry.architecture is not None), name
         if entry.architecture_path is not None:
             Architecture.load(entry.architecture_path)  # parses and validates
 
