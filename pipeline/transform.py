@@ -64,23 +64,42 @@ def discretize(values: tf.Tensor) -> tf.Tensor:
 
 def _first_values(sparse: tf.SparseTensor, default) -> tuple[tf.Tensor, tf.Tensor]:
     """(first value per row, present mask) of a VarLen feature; robust to all-missing batches."""
-    rows = sparse.dense_shape[0]
-    dense = tf.sparse.to_dense(sparse, default_value=default)
-    dense = tf.concat([dense, tf.fill(tf.stack([rows, 1]), tf.constant(default, dense.dtype))], axis=1)
-    counts = tf.math.unsorted_segment_sum(
-        tf.ones_like(sparse.indices[:, 0]), sparse.indices[:, 0], rows
+    values, present = _first_values_stacked([sparse], default)
+    return values[:, 0], present[:, 0]
+
+
+def _first_values_stacked(sparses: list[tf.SparseTensor], default) -> tuple[tf.Tensor, tf.Tensor]:
+    """(first value, present mask), both [rows, F], of F VarLen features of one dtype.
+
+    A fixed number of graph ops whatever F: the exported TFT graph runs per
+    serving request, where the cost at batch 1 is per op, not per value.
+    """
+    rows = sparses[0].dense_shape[0]
+    shape = tf.stack([rows, len(sparses)])
+    sizes = tf.concat([tf.shape(s.values, out_type=tf.int64) for s in sparses], axis=0)
+    field = tf.repeat(tf.range(len(sparses), dtype=tf.int64), sizes)
+    indices = tf.concat([s.indices for s in sparses], axis=0)
+    values = tf.concat([s.values for s in sparses], axis=0)
+    cell = tf.stack([indices[:, 0], field], axis=1)  # (row, field) of every value
+    present = tf.scatter_nd(cell, tf.ones_like(field), shape) > 0
+    first = tf.equal(indices[:, 1], 0)
+    dense = tf.tensor_scatter_nd_update(
+        tf.fill(shape, tf.constant(default, values.dtype)),
+        tf.boolean_mask(cell, first), tf.boolean_mask(values, first),
     )
-    return dense[:, 0], counts > 0
+    return dense, present
 
 
-def _integer_keys(field: int, values: tf.Tensor) -> tf.Tensor:
+def _integer_keys(fields: list[int], values: tf.Tensor) -> tf.Tensor:
+    """Keys of [rows, len(fields)] integer values, column j of field fields[j]."""
     bucket = tf.clip_by_value(discretize(values), -_INT_OFFSET, _INT_OFFSET - 1)
-    return (field << _FIELD_SHIFT) + _INT_OFFSET + bucket
+    return tf.constant([(f << _FIELD_SHIFT) + _INT_OFFSET for f in fields], tf.int64) + bucket
 
 
-def _string_keys(field: int, tokens: tf.Tensor) -> tf.Tensor:
+def _string_keys(fields: list[int], tokens: tf.Tensor) -> tf.Tensor:
+    """Keys of [rows, len(fields)] tokens, column j of field fields[j]."""
     fingerprint = tf.strings.to_hash_bucket_fast(tokens, 1 << _FIELD_SHIFT)
-    return _STRING_FLAG + (field << _FIELD_SHIFT) + fingerprint
+    return tf.constant([_STRING_FLAG + (f << _FIELD_SHIFT) for f in fields], tf.int64) + fingerprint
 
 
 def _hour_fields(yymmddhh: tf.Tensor, present: tf.Tensor) -> list[tf.Tensor]:
@@ -255,25 +274,28 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
 
     def preprocessing_fn(inputs):
         outputs: dict[str, tf.Tensor] = {}
-        keys, present = {}, {}
         for col in spec.raw_columns:
             if col.kind == "hour":
                 values, here = _first_values(inputs[col.name], 0)
                 for (name, size), ids in zip(HOUR_FIELDS, _hour_fields(values, here), strict=True):
                     outputs[name] = ids
                     _set_id_range(ids, tf.constant(size, tf.int64))
-        for field, name, kind in vocab:
-            if kind == "integer":
-                values, here = _first_values(inputs[name], 0)
-                keys[name] = _integer_keys(field, values)
-            else:
-                tokens, here = _first_values(inputs[name], "")
-                keys[name] = _string_keys(field, tokens)
-            present[name] = here
         if vocab:
-            stacked = tf.stack(
-                [tf.where(present[name], keys[name], -1) for _, name, _ in vocab], axis=1
-            )
+            # Every field of a kind at once ([rows, F] tensors), then columns in vocab order.
+            keys, present, names = [], [], []
+            for kind, default, to_keys in (("integer", 0, _integer_keys),
+                                           ("categorical", "", _string_keys)):
+                group = [(field, name) for field, name, k in vocab if k == kind]
+                if group:
+                    values, here = _first_values_stacked([inputs[n] for _, n in group], default)
+                    keys.append(to_keys([f for f, _ in group], values))
+                    present.append(here)
+                    names += [n for _, n in group]
+            keys, present = tf.concat(keys, axis=1), tf.concat(present, axis=1)
+            order = [names.index(name) for _, name, _ in vocab]
+            if order != sorted(order):
+                keys, present = tf.gather(keys, order, axis=1), tf.gather(present, order, axis=1)
+            stacked = tf.where(present, keys, -1)
             asset, sizes_asset = tft.experimental.ptransform_analyzer(
                 inputs=[stacked],
                 ptransform=CountVocabulary(min_counts),
@@ -286,9 +308,9 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
             kept = tf.strings.to_number(
                 tf.strings.split(tf.strings.strip(tf.io.read_file(sizes_asset)), "\n"), tf.int64
             )
-            ids = tft.apply_vocabulary(stacked, asset, lookup_fn=_lookup)
+            ids = tf.where(present, tft.apply_vocabulary(stacked, asset, lookup_fn=_lookup), MISSING_ID)
             for column, (_, name, _) in enumerate(vocab):
-                outputs[name] = tf.where(present[name], ids[:, column], MISSING_ID)
+                outputs[name] = ids[:, column]
                 _set_id_range(outputs[name], kept[column])
         outputs[LABEL_KEY] = inputs[LABEL_KEY]
         return {name: outputs[name] for name in [*spec.field_names, LABEL_KEY]}
