@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="tune: epochs per trial (default: the config's train.epochs)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory to write")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"),
+                        help="tf.distribute strategy (config train.strategy, default: default); multi_worker reads "
+                        "TF_CONFIG, its chief writes --out and the other workers .OUT.worker-K beside it")
     return parser
 
 
@@ -136,7 +139,16 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         extra = [*implied, *entry.overrides, *extra]
     if args.epochs is not None:
         extra = [*extra, f"train.epochs={args.epochs}"]
+    if args.strategy is not None:
+        extra = [*extra, f"train.strategy={args.strategy}"]
     config = load_config(_resolve_config_path(args, info.dataset), extra)
+    from trainer.distribute import use_strategy, worker_out
+
+    try:
+        use_strategy(config.train.strategy)  # before any other op: a collective runtime is set up once
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    args.out = worker_out(args.out)
     check_data(info)
     if args.stage == "tune":
         return _tune(args, config, info)

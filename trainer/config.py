@@ -42,6 +42,7 @@ class TrainConfig:
     jit_compile: bool = False  # XLA-compile the train step
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
     log_every: int = 50  # steps between TensorBoard loss points
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"  # tf.distribute; see trainer/distribute.py
 
 
 @dataclasses.dataclass

@@ -65,7 +65,11 @@ def make_dataset(
         return parsed, labels
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Under a multi-worker strategy each worker reads its own files (the
+    # pipeline writes several shards per split), not every file filtered.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def check_data(info: DatasetInfo) -> None:

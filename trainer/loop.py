@@ -26,14 +26,17 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import DatasetInfo
 from trainer.config import Config
 from trainer.data import make_dataset
+from trainer.distribute import active, chief_dir
 from trainer.metrics import log_loss, roc_auc
 
 log = logging.getLogger("trainer")
 
 STATE_FILE = "state.json"
+BEST_DIR = "best"
 
 
 class TrainingFailed(RuntimeError):
@@ -75,6 +78,16 @@ def _l2(variables: list[Any]) -> tf.Tensor:
     return tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables]) if variables else tf.constant(0.0)
 
 
+def _by_path(variables: list[Any], strip_owner: bool = False) -> dict[str, Any]:
+    """Variables keyed by their unique Keras path: tf.train.Checkpoint does not
+    see Keras 3 layers held in lists and dicts, so the model is not passed whole.
+    `strip_owner` drops the first path part (an optimizer's numbered name, "adam_3")."""
+    keyed = {v.path.split("/", 1)[-1] if strip_owner else v.path: v for v in variables}
+    if len(keyed) != len(variables):
+        raise ValueError("two variables share a path; checkpoints need unique variable paths")
+    return keyed
+
+
 class Phase:
     """Fits one model on one dataset with early stopping on validation AUC.
 
@@ -102,43 +115,52 @@ class Phase:
         self.info = info
         self.ckpt_dir = ckpt_dir
         self.on_improve = on_improve
-        model(dummy_features(info), training=False)  # builds every weight
+        self.strategy = active()
         t = config.train
-        self.groups: list[tuple[str, keras.optimizers.Optimizer, list[Any]]] = [
-            ("embedding", _adam(t.emb_lr), list(model.embedding_variables)),
-            ("dense", _adam(t.lr), list(model.dense_variables)),
-        ]
-        if train_arch:
-            self.groups.append(("arch", _adam(config.search.arch_lr), list(model.arch_variables)))
-        self.groups = [g for g in self.groups if g[2]]
-        for _, opt, variables in self.groups:
-            opt.build(variables)
+        with self.strategy.scope():  # optimizer slots and the step live where the model's variables do
+            model(dummy_features(info), training=False)  # builds every weight
+            self.groups: list[tuple[str, keras.optimizers.Optimizer, list[Any]]] = [
+                ("embedding", _adam(t.emb_lr), list(model.embedding_variables)),
+                ("dense", _adam(t.lr), list(model.dense_variables)),
+            ]
+            if train_arch:
+                self.groups.append(("arch", _adam(config.search.arch_lr), list(model.arch_variables)))
+            self.groups = [g for g in self.groups if g[2]]
+            for _, opt, variables in self.groups:
+                opt.build(variables)
         # One trace for every batch size (the last batch of a split is smaller).
         features = {name: tf.TensorSpec([None], tf.int64) for name in info.field_names}
+        replica_step = tf.function(self._step, jit_compile=t.jit_compile)
         self.train_step = tf.function(
-            self._step, jit_compile=t.jit_compile, input_signature=[features, tf.TensorSpec([None], tf.float32)]
+            lambda f, y: self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(replica_step, (f, y)), None),
+            reduce_retracing=True,
         )
         self._predict_step = tf.function(
             lambda f: model(f, training=False), jit_compile=t.jit_compile, input_signature=[features]
         )
         self.writer = tf.summary.create_file_writer(str(tb_dir / name))
         self.state = LoopState()
+        self._state_var = tf.Variable("", dtype=tf.string, trainable=False)  # LoopState as JSON
 
     # ---- one step -----------------------------------------------------
 
     def _step(self, features: dict[str, tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
+        """One replica's step; returns its share of the global mean loss (the
+        replicas' shares sum to it, and the optimizers sum their gradients)."""
         t = self.config.train
         variables = [v for _, _, vs in self.groups for v in vs]
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
-            loss = bce_loss(labels, logits)
+            # Equal per-replica batches (rebatched from one global batch): the mean of the
+            # replicas' means is the global mean.
+            loss = bce_loss(labels, logits) / self.strategy.num_replicas_in_sync
             total = loss
             # l2 / 2 * sum(w^2): gradient l2 * w, the reference's Adam weight_decay
             # (decided at trace time: a zero L2 costs nothing).
             if t.l2 > 0:
-                total += 0.5 * t.l2 * _l2(self.model.dense_variables)
+                total += tf.nn.scale_regularization_loss(0.5 * t.l2 * _l2(self.model.dense_variables))
             if t.emb_l2 > 0:
-                total += 0.5 * t.emb_l2 * _l2(self.model.embedding_variables)
+                total += tf.nn.scale_regularization_loss(0.5 * t.emb_l2 * _l2(self.model.embedding_variables))
         grads = tape.gradient(total, variables)
         start = 0
         for _, opt, vs in self.groups:
@@ -170,53 +192,47 @@ class Phase:
 
     # ---- checkpoints --------------------------------------------------
 
-    def _variables(self) -> list[Any]:
-        return list(self.model.weights) + [v for _, opt, _ in self.groups for v in opt.variables]
-
-    def _save_npz(self, filename: str) -> None:
-        tmp = self.ckpt_dir / f".{filename}.tmp.npz"
-        np.savez(tmp, *[np.asarray(v.numpy()) for v in self._variables()])
-        tmp.replace(self.ckpt_dir / filename)
-
-    def _load_npz(self, filename: str, variables: list[Any]) -> None:
-        with np.load(self.ckpt_dir / filename) as data:
-            if len(data.files) < len(variables):
-                raise ValueError(f"{self.ckpt_dir / filename} holds {len(data.files)} arrays, expected {len(variables)}")
-            for i, v in enumerate(variables):
-                v.assign(data[f"arr_{i}"])
-
-    def _save_state(self) -> None:
-        tmp = self.ckpt_dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(self.state), indent=1))
-        tmp.replace(self.ckpt_dir / STATE_FILE)
+    def _checkpoint_objects(self) -> dict[str, Any]:
+        """Everything a resume needs, keyed by name (not by position), so a
+        checkpoint survives a change of strategy or of variable order."""
+        return {"model": _by_path(self.model.weights), "loop_state": self._state_var,
+                **{f"optimizer_{name}": _by_path(opt.variables, strip_owner=True) for name, opt, _ in self.groups}}
 
     def checkpoint(self, improved: bool) -> None:
-        """Epoch-end checkpoint; state.json is renamed last, so a kill leaves a consistent pair."""
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        """Epoch-end checkpoint (tf.train.CheckpointManager: data files, then the
+        `checkpoint` index renamed into place); state.json, a readable copy of
+        the loop state, is written last. Every worker saves (a save of
+        distributed variables may need all of them); the others into their own
+        run dir (distribute.worker_out)."""
+        target = self.ckpt_dir
+        target.mkdir(parents=True, exist_ok=True)
+        self._state_var.assign(json.dumps(dataclasses.asdict(self.state)))
+        ckpt = tf.train.Checkpoint(**self._checkpoint_objects())
         epoch = self.state.epochs_done
-        self._save_npz(f"epoch-{epoch:04d}.npz")
+        tf.train.CheckpointManager(ckpt, target, max_to_keep=1, checkpoint_name="epoch").save(checkpoint_number=epoch)
         if improved:
-            self._save_npz(f"best-{epoch:04d}.npz")
-        self._save_state()
-        keep = {f"epoch-{epoch:04d}.npz", f"best-{self.state.best_epoch:04d}.npz"}
-        for old in self.ckpt_dir.glob("*.npz"):
-            if old.name not in keep:
-                old.unlink()
+            tf.train.CheckpointManager(ckpt, target / BEST_DIR, max_to_keep=1, checkpoint_name="best").save(
+                checkpoint_number=epoch)
+        write_text_atomic(target / STATE_FILE, json.dumps(dataclasses.asdict(self.state), indent=1))
 
     def restore(self) -> bool:
-        """Loads the last checkpoint of this phase if one exists."""
-        state_path = self.ckpt_dir / STATE_FILE
-        if not state_path.is_file():
+        """Loads the last checkpoint of this phase if one exists (every worker
+        reads the chief's)."""
+        latest = tf.train.latest_checkpoint(chief_dir(self.ckpt_dir))
+        if latest is None:
             return False
-        self.state = LoopState(**json.loads(state_path.read_text()))
-        if self.state.epochs_done:
-            self._load_npz(f"epoch-{self.state.epochs_done:04d}.npz", self._variables())
+        tf.train.Checkpoint(**self._checkpoint_objects()).restore(latest).assert_existing_objects_matched()
+        self.state = LoopState(**json.loads(self._state_var.numpy().decode()))
         return True
 
     def restore_best(self) -> None:
         """Puts the best epoch's model weights back (optimizer state untouched)."""
         if self.state.best_epoch:
-            self._load_npz(f"best-{self.state.best_epoch:04d}.npz", list(self.model.weights))
+            best = tf.train.latest_checkpoint(chief_dir(self.ckpt_dir) / BEST_DIR)
+            if best is None:
+                raise FileNotFoundError(f"no best checkpoint in {self.ckpt_dir / BEST_DIR} "
+                                        f"(epoch {self.state.best_epoch}); rerun the phase without --resume")
+            tf.train.Checkpoint(model=_by_path(self.model.weights)).restore(best).expect_partial()
 
     # ---- the loop -----------------------------------------------------
 
@@ -264,6 +280,8 @@ class Phase:
         )
         if t.max_steps_per_epoch is not None:
             ds = ds.take(t.max_steps_per_epoch)
+        if self.strategy.num_replicas_in_sync > 1:  # each worker reads its own files, batches split per replica
+            ds = self.strategy.experimental_distribute_dataset(ds)
         total_loss, steps, examples = 0.0, 0, 0
         start = time.perf_counter()
         bar = tqdm(ds, total=self.state.steps_per_epoch, desc=f"{self.name} epoch {epoch}", unit="batch",
@@ -279,7 +297,7 @@ class Phase:
                     "(lower train.lr / train.emb_lr / search.arch_lr, then rerun with --resume and --key=value)"
                 )
             total_loss += loss
-            examples += int(labels.shape[0])
+            examples += sum(int(y.shape[0]) for y in self.strategy.experimental_local_results(labels))
             if steps % t.log_every == 0:
                 with self.writer.as_default():
                     tf.summary.scalar("train/loss", loss, step=(epoch - 1) * (self.state.steps_per_epoch or 0) + steps)

@@ -1,4 +1,4 @@
-"""Building, saving and loading a run's model (contract 3 of the project).
+"""Building, saving and loading a run's model (the run-directory contract, docs/DESIGN.md §1 Architecture).
 
 A run directory is self-describing: `run.json` (stage, mode, fields and vocab
 sizes), the resolved `config.yaml`, `architecture.json` and the best epoch's
@@ -17,8 +17,10 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from pipeline.atomic import atomic_path
 from trainer.architecture import Architecture
 from trainer.config import Config, ConfigError, load_config
+from trainer.distribute import active
 from trainer.model.supernet import Supernet
 from trainer.zoo import KERAS_MODELS, ZOO
 
@@ -30,7 +32,13 @@ SEARCH_WEIGHTS_FILE = "search.weights.npz"
 _SOURCES_KEY = "__component_inputs__"
 
 
-def build_model(
+def build_model(config: Config, fields: list[dict[str, Any]], **kwargs: Any) -> keras.Model:
+    """`_build_model` with its variables created under the active tf.distribute strategy."""
+    with active().scope():
+        return _build_model(config, fields, **kwargs)
+
+
+def _build_model(
     config: Config,
     fields: list[dict[str, Any]],
     *,
@@ -68,9 +76,8 @@ def build_model(
 
 def save_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
     """Writes the model weights temp-then-rename."""
-    tmp = run_dir / f".tmp.{WEIGHTS_FILE}"
-    model.save_weights(str(tmp))
-    tmp.replace(run_dir / WEIGHTS_FILE)
+    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+        model.save_weights(str(tmp))
 
 
 def save_search_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
@@ -78,10 +85,8 @@ def save_search_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
     inputs (the row blocks of its CONCAT kernel), for `--init=search`."""
     arrays: dict[str, Any] = {v.path: np.asarray(v.numpy()) for v in model.weights}
     arrays[_SOURCES_KEY] = np.array(json.dumps(model.component_inputs))
-    tmp = run_dir / f".tmp.{SEARCH_WEIGHTS_FILE}"
-    with tmp.open("wb") as f:
+    with atomic_path(run_dir / SEARCH_WEIGHTS_FILE) as tmp, tmp.open("wb") as f:
         np.savez(f, **arrays)
-    tmp.replace(run_dir / SEARCH_WEIGHTS_FILE)
 
 
 def warm_start(model: keras.Model, path: pathlib.Path) -> list[str]:

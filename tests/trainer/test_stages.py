@@ -152,7 +152,7 @@ def test_nan_loss_stops_with_exit_1_and_keeps_last_good_checkpoint(
     out = tmp_path / "nan"
     args = _train_args(synthetic_dir, search_run, out) + ["--train.epochs=1", "--train.batch_size=256"]
     _trainer(*args)
-    good = (out / "checkpoints/train/epoch-0001.npz").read_bytes()
+    good = (out / "checkpoints/train/epoch-1.index").read_bytes()
     import trainer.loop
 
     original = trainer.loop.bce_loss
@@ -163,7 +163,7 @@ def test_nan_loss_stops_with_exit_1_and_keeps_last_good_checkpoint(
     assert err.startswith("trainer: error: loss is nan at train epoch 2 step 1")
     assert "last good checkpoint (epoch 1)" in err
     assert json.loads((out / "checkpoints/train/state.json").read_text())["epochs_done"] == 1
-    assert (out / "checkpoints/train/epoch-0001.npz").read_bytes() == good
+    assert (out / "checkpoints/train/epoch-1.index").read_bytes() == good
 
 
 def _fewer_fields_dir(synthetic_dir, tmp_path):
