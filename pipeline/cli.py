@@ -35,7 +35,8 @@ def _job_parser() -> argparse.ArgumentParser:
                         help="categorical values seen fewer times in train map to OOV (default 2)")
     parser.add_argument("--max_bad_fraction", type=float, default=0.01,
                         help="fail if an input has more rejected rows than this fraction (default 0.01)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in DIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished run in DIR (one holding DONE.json); other non-empty DIRs are refused")
     parser.add_argument("--batch_lines", type=int, default=20000, help="lines parsed per batch")
     parser.add_argument("--output_shards", type=int, default=2, help="TFRecord shards per split (default 2)")
     parser.add_argument("--range_mb", type=int, default=32, help="plain files are split into ranges of this size")

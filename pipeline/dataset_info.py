@@ -4,6 +4,10 @@ This is the one contract between the preprocessing job and everything
 downstream: the transformed field names in model order, each field's id range
 and the label key. Downstream code never hard-codes feature counts; it reads
 them here, from `stats.json` written by the job next to `transform_fn/`.
+
+A run is finished when its `DONE.json` marker (written last) is there. Outputs
+written before the marker existed hold `stats.json` only; they were published
+by a local rename, so a `stats.json` in place also marks them finished.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import pathlib
 
 from pipeline.errors import UsageError
-from pipeline.features import SPLIT_NAMES
+from pipeline.features import DONE_FILE, SPLIT_NAMES
 
 STATS_FILE = "stats.json"
 
@@ -59,14 +63,26 @@ class DatasetInfo:
         return self.data_dir
 
 
+def is_finished_output(data_dir: str | pathlib.Path) -> bool:
+    """True if `data_dir` holds a finished run: its marker, or a pre-marker run's stats.json."""
+    data_dir = pathlib.Path(data_dir)
+    return (data_dir / DONE_FILE).is_file() or (data_dir / STATS_FILE).is_file()
+
+
 def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
     """Reads `stats.json` of a finished pipeline run, with a readable error."""
     data_dir = pathlib.Path(data_dir)
     stats_path = data_dir / STATS_FILE
+    if not is_finished_output(data_dir):
+        raise DatasetInfoError(
+            f"{data_dir} is not a finished pipeline output: {STATS_FILE} is missing and so is the "
+            f"{DONE_FILE} marker written last (an interrupted or foreign directory; "
+            "run `pipeline --dataset ... --output DIR` to completion first)"
+        )
     if not stats_path.is_file():
         raise DatasetInfoError(
-            f"{data_dir} is not a finished pipeline output: {STATS_FILE} is missing "
-            "(run `pipeline --dataset ... --output DIR` first)"
+            f"{data_dir} has {DONE_FILE} but no {STATS_FILE}: the output was altered after the run; "
+            "rerun `pipeline ... --output DIR --overwrite`"
         )
     try:
         stats = json.loads(stats_path.read_text())

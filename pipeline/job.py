@@ -1,23 +1,28 @@
 """One preprocessing run end to end: checks, scratch dir, Beam graph, stats.json, rename.
 
-Output is built in a hidden sibling scratch directory and renamed onto DIR
-only when complete, so a killed job never leaves a DIR that looks finished
-(stats.json is what marks a finished run, see pipeline.dataset_info).
+Output is built in a hidden sibling scratch directory `.DIR.partial-<pid>-<hex>`,
+finished with the DONE.json marker written last, and renamed onto DIR only
+when complete, so a killed job never leaves a DIR that looks finished (see
+pipeline.dataset_info). A later run on the same DIR removes the scratch
+directories whose process is gone. Rejected rows of a job that fails over
+--max_bad_fraction are kept beside DIR as `DIR.rejected-<UTC time>`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import re
 import shutil
 import time
 import uuid
 
 from pipeline.atomic import write_text_atomic
-from pipeline.dataset_info import STATS_FILE
+from pipeline.dataset_info import STATS_FILE, is_finished_output
 from pipeline.errors import UsageError
-from pipeline.features import LABEL_KEY, SPLIT_NAMES, id_layout
+from pipeline.features import DONE_FILE, LABEL_KEY, SPLIT_NAMES, id_layout
 from pipeline.file_layout import detect_layout
 from pipeline.job_spec import (
     INPUT_COUNTS_FILE,
@@ -60,11 +65,50 @@ class RunConfig:
 
 
 def _check_output(output: pathlib.Path, overwrite: bool) -> None:
+    """UsageError unless DIR is absent, empty, or (with --overwrite) a finished run."""
     if output.exists() and not output.is_dir():
         raise UsageError(f"output {output} exists and is not a directory; choose another --output")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        what = "holds a finished run" if (output / STATS_FILE).exists() else "is not empty"
-        raise UsageError(f"output {output} {what}; pass --overwrite to replace it or choose another --output")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not is_finished_output(output):
+        raise UsageError(
+            f"output {output} is not empty and holds no finished pipeline run (no {DONE_FILE}); "
+            "--overwrite only replaces a finished run: move its files away or choose another --output"
+        )
+    if not overwrite:
+        raise UsageError(
+            f"output {output} holds a finished run; pass --overwrite to replace it or choose another --output"
+        )
+
+
+def _partial_pattern(output: pathlib.Path) -> re.Pattern[str]:
+    """Names of this output's scratch dirs: `.NAME.partial-<pid>-<hex8>` (and `.NAME.partial-<hex8>`, pid-less)."""
+    return re.compile(rf"\.{re.escape(output.name)}\.partial-(?:(?P<pid>\d+)-)?[0-9a-f]{{8}}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(output: pathlib.Path) -> list[pathlib.Path]:
+    """Deletes scratch dirs of `output` left by killed runs (only this output's naming, owner gone)."""
+    pattern = _partial_pattern(output)
+    removed = []
+    if not output.parent.is_dir():
+        return removed
+    for path in sorted(output.parent.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if not match or not path.is_dir() or (match["pid"] and _alive(int(match["pid"]))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def prepare(config: RunConfig) -> JobSpec:
@@ -80,7 +124,7 @@ def prepare(config: RunConfig) -> JobSpec:
         path: detect_layout(first_line(path).decode("utf-8", "replace"), config.spec, path)
         for path, _ in files
     }
-    work_dir = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    work_dir = output.parent / f".{output.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     ranges = plan_ranges(files, config.range_bytes)
     return JobSpec(
         spec=config.spec,
@@ -180,8 +224,32 @@ def check_bad_fraction(stats: dict, limit: float) -> None:
     if over:
         raise TooManyBadRows(
             f"rejected fraction over --max_bad_fraction={limit}: " + "; ".join(over)
-            + " (see the rejected/ rows; raise --max_bad_fraction to accept them)"
+            + " (raise --max_bad_fraction to accept them)"
         )
+
+
+def keep_rejected(work_dir: pathlib.Path, output: pathlib.Path) -> pathlib.Path | None:
+    """Moves a failed job's rejected/ rows beside DIR as `DIR.rejected-<UTC time>`; its path."""
+    rejected = work_dir / "rejected"
+    if not rejected.is_dir():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = output.parent / f"{output.name}.rejected-{stamp}"
+    if kept.exists():
+        kept = kept.with_name(f"{kept.name}-{uuid.uuid4().hex[:4]}")
+    rejected.rename(kept)
+    return kept
+
+
+def done_summary(stats: dict) -> dict:
+    """DONE.json: what a reader may check without parsing stats.json."""
+    return {
+        "dataset": stats["dataset"],
+        "rows": stats["rows"],
+        "splits": {split: s["rows"] for split, s in stats["splits"].items()},
+        "rejected": stats["rejected"]["total"],
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _publish(work_dir: pathlib.Path, output: pathlib.Path) -> None:
@@ -199,19 +267,28 @@ def run(config: RunConfig) -> dict:
     job = prepare(config)
     from pipeline.beam_graph import build_and_run
 
+    output = pathlib.Path(config.output)
+    remove_stale_partials(output)
     work_dir = pathlib.Path(job.work_dir)
     start = time.perf_counter()
     try:
         build_and_run(job)
         stats = collect_stats(job, config, time.perf_counter() - start)
-        if stats["splits"]["train"]["rows"] == 0:
-            raise UsageError(f"no valid training rows in {', '.join(config.inputs)}; check --dataset/--schema")
-        check_bad_fraction(stats, config.max_bad_fraction)
+        try:
+            if stats["splits"]["train"]["rows"] == 0:
+                raise UsageError(f"no valid training rows in {', '.join(config.inputs)}; check --dataset/--schema")
+            check_bad_fraction(stats, config.max_bad_fraction)
+        except (UsageError, TooManyBadRows) as err:
+            kept = keep_rejected(work_dir, output)
+            if kept is None:
+                raise
+            raise type(err)(f"{err}; the rejected rows are kept in {kept}") from None
         # Scratch of the Beam job: partial stats, TFT temp, fileio's .temp* dirs.
         for scratch in [work_dir / STATS_TMP, work_dir / TFT_TMP, *work_dir.glob(".temp*")]:
             shutil.rmtree(scratch, ignore_errors=True)
         write_text_atomic(work_dir / STATS_FILE, json.dumps(stats, indent=1) + "\n")
-        _publish(work_dir, pathlib.Path(config.output))
+        write_text_atomic(work_dir / DONE_FILE, json.dumps(done_summary(stats), indent=1) + "\n")
+        _publish(work_dir, output)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return stats

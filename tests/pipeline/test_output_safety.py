@@ -1,0 +1,141 @@
+"""The output protocol: the DONE.json marker, --overwrite refusals, kept rejected rows, stale scratch dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.dataset_info import DatasetInfoError, read_dataset_info
+from pipeline.errors import UsageError
+from pipeline.features import DONE_FILE
+from tests.conftest import GENERATED_ROWS, ROOT, run_pipeline
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
+def _partials(out: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in out.parent.glob(f".{out.name}.partial-*"))
+
+
+class TestMarker:
+    def test_reader_refuses_a_directory_without_marker_or_stats(self, tmp_path):
+        (tmp_path / "train-00000-of-00001.tfrecord.gz").write_bytes(b"")
+        with pytest.raises(DatasetInfoError, match=f"not a finished pipeline output.*{DONE_FILE}.*to completion"):
+            read_dataset_info(tmp_path)
+
+    def test_reader_refuses_a_marker_without_stats(self, tmp_path):
+        (tmp_path / DONE_FILE).write_text("{}")
+        with pytest.raises(DatasetInfoError, match="has DONE.json but no stats.json.*--overwrite"):
+            read_dataset_info(tmp_path)
+
+
+class TestOverwrite:
+    def test_overwrite_refuses_a_folder_that_is_not_a_run(self, tmp_path):
+        from pipeline.job import _check_output
+
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        for overwrite in (False, True):
+            with pytest.raises(UsageError, match="holds no finished pipeline run.*move its files away"):
+                _check_output(out, overwrite=overwrite)
+        (out / DONE_FILE).write_text("{}")
+        _check_output(out, overwrite=True)
+        with pytest.raises(UsageError, match="holds a finished run; pass --overwrite"):
+            _check_output(out, overwrite=False)
+
+    def test_cli_exits_2_and_keeps_the_users_files(self, tmp_path, criteo_generated_file):
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        result = run_pipeline("--dataset", "criteo", "--input", str(criteo_generated_file),
+                              "--output", str(out), "--overwrite", check=False)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "holds no finished pipeline run" in result.stderr
+        assert (out / "notes.txt").read_text() == "mine" and not _partials(out)
+
+
+class TestStalePartials:
+    def test_removes_only_dead_scratch_dirs_of_its_own_output(self, tmp_path):
+        from pipeline.job import remove_stale_partials
+
+        dead = _dead_pid()
+        names = {
+            f".out.partial-{dead}-0123abcd": True,   # killed run of this output
+            ".out.partial-0123abcd": True,           # pid-less scratch (older runs)
+            f".out.partial-{os.getpid()}-0123abcd": False,  # a live run
+            f".other.partial-{dead}-0123abcd": False,       # another output
+            ".out.partial-notes": False,             # not this job's naming
+            "out.partial-0123abcd": False,           # not hidden
+        }
+        for name in names:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "f").write_text("x")
+        removed = remove_stale_partials(tmp_path / "out")
+        assert sorted(p.name for p in removed) == sorted(n for n, gone in names.items() if gone)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, gone in names.items() if not gone)
+
+
+def test_keep_rejected_moves_the_rows_beside_the_output(tmp_path):
+    from pipeline.job import keep_rejected
+
+    work = tmp_path / ".out.partial-1-0123abcd"
+    (work / "rejected").mkdir(parents=True)
+    (work / "rejected" / "bad_label-00000").write_text("2\tx\n")
+    first = keep_rejected(work, tmp_path / "out")
+    (work / "rejected").mkdir()
+    second = keep_rejected(work, tmp_path / "out")
+    assert first.parent == tmp_path and first.name.startswith("out.rejected-")
+    assert (first / "bad_label-00000").read_text() == "2\tx\n"
+    assert second != first and second.is_dir()
+    assert keep_rejected(work, tmp_path / "out") is None
+
+
+@pytest.mark.slow
+class TestJobs:
+    def test_failed_job_keeps_rejected_rows_and_names_them(self, tmp_path, injected_file):
+        out = tmp_path / "out"
+        result = run_pipeline("--dataset", "criteo", "--input", str(injected_file), "--output", str(out),
+                              "--max_bad_fraction", "0", check=False)
+        assert result.returncode == 1, result.stderr[-2000:]
+        kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.rejected-")]
+        assert len(kept) == 1 and f"rejected rows are kept in {kept[0]}" in result.stderr
+        assert b"yes\t1" in b"".join(p.read_bytes() for p in kept[0].rglob("*") if p.is_file())
+        assert not out.exists() and not _partials(out)
+
+    def test_kill_9_then_rerun_leaves_no_partial_dir(self, tmp_path, criteo_generated_file):
+        out = tmp_path / "out"
+        args = ["--dataset", "criteo", "--input", str(criteo_generated_file), "--output", str(out)]
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not _partials(out) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert proc.poll() is None and _partials(out), "the job ended before it could be killed"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert _partials(out) and not out.exists()
+        run_pipeline(*args)
+        assert not _partials(out)
+        done = json.loads((out / DONE_FILE).read_text())
+        assert done["rows"] == GENERATED_ROWS == json.loads((out / "stats.json").read_text())["rows"]
+        assert read_dataset_info(out).fields
+        first = (out / DONE_FILE).read_text()
+        time.sleep(1.1)
+        run_pipeline(*args, "--overwrite")
+        assert (out / DONE_FILE).read_text() != first and not _partials(out)
+        assert not [p for p in tmp_path.iterdir() if p.name != "out"]
