@@ -5,7 +5,7 @@ and train stages read one, fixed designs (parallel DCN, stacked DCN-v2, every
 ablation) are just architecture files, and serving never needs the model code.
 So the topology rules and the JSON format live here, free of Keras.
 
-Topology for n cells (DESIGN.md section 3), levels in brackets:
+Topology for n cells (docs/DESIGN.md §3 Supernet), levels in brackets:
 
     E [0] -> S0 [1] -> S_i, D_i [i + 1] for i = 1..n -> H [n + 2]
 
@@ -109,7 +109,7 @@ class Architecture:
 
     def __post_init__(self) -> None:
         _check_n(self.n)
-        # DESIGN.md feeds S0 from E; a file without S0's switch keeps it on.
+        # docs/DESIGN.md §3 Supernet feeds S0 from E; a file without S0's switch keeps it on.
         self.alpha.setdefault("S0", {"E": 1.0})
         connectable, fusing = connectable_components(self.n), fusing_components(self.n)
         if set(self.alpha) != set(connectable) or set(self.beta) != set(fusing):
@@ -294,7 +294,7 @@ class Architecture:
                 lines.append(f"  S0  <- {', '.join(self.inputs('S0')) or '(none: zero input)'}")
             else:
                 srcs = ", ".join(self.inputs(comp)) or "(none: zero input)"
-                mix = " ".join(f"{o} {w:.2f}" for o, w in zip(OPS, soft[comp]))
+                mix = " ".join(f"{o} {w:.2f}" for o, w in zip(OPS, soft[comp], strict=True))
                 lines.append(f"  {comp:<3} <- {hard[comp].upper()}({srcs})   soft: {mix}")
         pruned = [c for c in components(self.n) if c not in keep and c != "E"]
         lines.append("  pruned (no path to H): " + (", ".join(pruned) if pruned else "none"))

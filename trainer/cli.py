@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         "dataset's CPU preset trainer/configs/<dataset>_cpu.yaml",
     )
     parser.add_argument("--architecture", type=pathlib.Path, help="architecture JSON (retrain, train)")
-    parser.add_argument("--mode", choices=("hard", "soft"), help="retrain/train: one op per component or the softmax(beta) mix")
+    parser.add_argument("--mode", choices=("hard", "soft"),
+                        help="retrain/train: one op per component or the softmax(beta) mix")
     parser.add_argument("--init", choices=("fresh", "search"), help=INIT_HELP)
     parser.add_argument("--fixed_op", choices=("add", "prod", "concat", "att"),
                         help="retrain/train: keep the architecture's connections, use this one operation in "
@@ -224,12 +225,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
         lines.append(f"  best config: {summary['best_config']} (pass it to other stages with --config)")
     elif summary["stage"] == "search":
         for name, p in summary["phases"].items():
-            lines.append(f"  {name}: best valid AUC {p['best_valid_auc']:.4f} at epoch {p['best_epoch']} of {p['epochs']}")
+            lines.append(f"  {name}: best valid AUC {p['best_valid_auc']:.4f} "
+                         f"at epoch {p['best_epoch']} of {p['epochs']}")
         lines.append(summary["rendering"])
         lines.append(f"  architecture: {summary['architecture']}")
     else:
         lines.append(
-            f"  {summary['model'] or summary['mode']}: test AUC {summary['test_auc']:.4f}, LogLoss {summary['test_logloss']:.4f} "
+            f"  {summary['model'] or summary['mode']}: test AUC {summary['test_auc']:.4f}, "
+            f"LogLoss {summary['test_logloss']:.4f} "
             f"({summary['test_rows']} rows); best valid AUC {summary['best_valid_auc']:.4f} at epoch "
             f"{summary['best_epoch']} of {summary['epochs']}; {summary['params']:,} parameters"
         )

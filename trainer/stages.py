@@ -11,6 +11,7 @@ epoch kept, a constant predictor refused, test metrics in metrics.json.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import pathlib
@@ -76,7 +77,7 @@ def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resu
 
 def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: bool = False) -> dict[str, Any]:
     """Searches connections and operations; writes architecture.json/.txt."""
-    run = {"stage": "search", "mode": "search", "dataset": info.dataset, "data_dir": str(info.data_dir),
+    run: dict[str, Any] = {"stage": "search", "mode": "search", "dataset": info.dataset, "data_dir": str(info.data_dir),
            "fields": _fields(info), "seed": config.seed}
     prepare_run_dir(out, run, config, resume)
     s = config.search
@@ -94,7 +95,7 @@ def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: 
         model = build_model(config, run["fields"], mode="search", architecture=architecture, **kwargs)
         phase = Phase(
             name, model, config, info, out / "checkpoints" / name, out / "tensorboard", train_arch=True,
-            on_improve=lambda m, p=arch_path: m.architecture().save(p),
+            on_improve=functools.partial(_save_architecture, path=arch_path),
         )
         if resume:
             phase.restore()
@@ -108,6 +109,10 @@ def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: 
     summary.update(seconds=time.perf_counter() - start, architecture=str(out / ARCH_FILE),
                    rendering=architecture.render())
     return summary
+
+
+def _save_architecture(model: keras.Model, path: pathlib.Path) -> None:
+    model.architecture().save(path)
 
 
 def run_fixed(
@@ -129,7 +134,7 @@ def run_fixed(
     init "search" starts from the weights of the search run that wrote
     `architecture_source` (its search.weights.npz), "fresh" from scratch.
     """
-    run = {"stage": stage, "mode": mode, "model": zoo_model, "dataset": info.dataset,
+    run: dict[str, Any] = {"stage": stage, "mode": mode, "model": zoo_model, "dataset": info.dataset,
            "data_dir": str(info.data_dir), "fields": _fields(info), "seed": config.seed,
            "architecture_source": architecture_source, "init": init}
     search_weights = pathlib.Path(architecture_source).parent / SEARCH_WEIGHTS_FILE

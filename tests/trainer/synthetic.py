@@ -1,7 +1,7 @@
 """A small learnable pipeline-output directory, written without Beam.
 
 Fast tests of the trainer need TFRecords + stats.json in the pipeline's
-layout (contract 1) but not the minute of fixed cost of a TFT run. The label
+layout (docs/DESIGN.md §2 Preprocessing, outputs) but not the minute of fixed cost of a TFT run. The label
 depends on the ids through a fixed random logistic model, so a working
 trainer clearly beats AUC 0.5.
 """

@@ -47,7 +47,8 @@ def test_every_zoo_model_trains_above_chance_and_reloads(name, synthetic_dir, tm
         section, field = key.split(".")
         assert str(getattr(getattr(load_config(out / "config.yaml"), section), field)) == value
     info = read_dataset_info(synthetic_dir)
-    predict = tf.function(lambda f, m=load_model(out): m(f, training=False))  # graph, as the stage scores
+    model = load_model(out)
+    predict = tf.function(lambda f: model(f, training=False))  # graph mode, as the stage scores
     labels, scores = [], []
     batch = load_config(out / "config.yaml").train.eval_batch_size  # few distinct scores: ties need equal sums
     for features, batch_labels in make_dataset(info, "test", batch):

@@ -66,10 +66,14 @@ class ZooModel(keras.Model):
         """{field: [B]} -> int [B, F] in model order."""
         return ops.stack([ops.reshape(features[f], (-1,)) for f in self.field_names], axis=1)
 
+    def flat_embeddings(self, ids: Any) -> Any:
+        """int [B, F] -> float [B, F * emb_dim], fields in order."""
+        assert self.embedding is not None
+        return self.embedding(ids)
+
     def field_embeddings(self, ids: Any) -> Any:
         """int [B, F] -> float [B, F, emb_dim]."""
-        assert self.embedding is not None
-        return ops.reshape(self.embedding(ids), (-1, self.num_fields, self.config.emb_dim))
+        return ops.reshape(self.flat_embeddings(ids), (-1, self.num_fields, self.config.emb_dim))
 
     def linear_logit(self, ids: Any) -> Any:
         """First-order term sum_f w[id_f] + b -> [B, 1]."""

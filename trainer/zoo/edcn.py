@@ -67,7 +67,7 @@ class EDCN(ZooModel):
         self.build_now()
 
     def call(self, features: dict[str, Any], training: bool = False) -> Any:
-        shared = self.embedding(self.ids(features))
+        shared = self.flat_embeddings(self.ids(features))
         x0 = None
         for cross_gate, deep_gate, cross, deep in zip(
             self.cross_gates, self.deep_gates, self.cross, self.deep, strict=True

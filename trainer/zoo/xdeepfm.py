@@ -1,4 +1,5 @@
-"""xDeepFM: Lian et al., "xDeepFM: Combining Explicit and Implicit Feature Interactions for Recommender Systems", KDD 2018."""
+"""xDeepFM: Lian et al., "xDeepFM: Combining Explicit and Implicit Feature Interactions for
+Recommender Systems", KDD 2018."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ class CompressedInteraction(keras.layers.Layer):
         self.layer_maps = [int(h) for h in layer_maps]
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        fields, previous = input_shape[1], input_shape[1]
+        fields = input_shape[1]
+        if fields is None:
+            raise ValueError(f"CIN needs a known number of fields. Received: input_shape={input_shape}")
+        previous = fields
         self.kernels = []
         for k, maps in enumerate(self.layer_maps):
             self.kernels.append(self.add_weight(

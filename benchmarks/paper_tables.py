@@ -1,0 +1,198 @@
+"""The paper's experiments in miniature on one dataset: tables 3-7, figures 2 and 3.
+
+  python benchmarks/paper_tables.py --data DATA_DIR --seeds 3 --out reports/NAME \
+      [--config PRESET.yaml] [--tables table3 table4 ...] [--models lr deepfm ...] [--quick] \
+      [--section.key=value ...]
+
+Every run is an ordinary `trainer` command in its own process (the path users
+take), writing to OUT/runs/<run>/s<seed>/; its result goes to
+OUT/records/<table>__<variant>__s<seed>.json. A rerun skips finished records
+and resumes unfinished trainer runs (`--resume`), so a killed report
+continues where it stopped. The report (report.md, report.html, figures) is
+redrawn from all records at the end. Training seconds are wall time of the
+trainer processes (search + retrain for OptFusion), TF start-up included;
+inference is ms per 1,000 test rows in this process, batch 8192.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.atomic import write_text_atomic  # noqa: E402
+
+TABLES = ("table3", "table4", "table5", "table6", "table7")
+OPS = ("add", "prod", "concat", "att")
+QUICK = ("--train.epochs=1", "--train.max_steps_per_epoch=3", "--train.batch_size=64")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One trainer command; `search` names the search run whose architecture it retrains."""
+
+    key: str
+    args: tuple[str, ...]
+    search: str | None = None
+
+
+def searches() -> dict[str, tuple[str, ...]]:
+    """Search runs by key: the main one-shot search and the ablations' own searches."""
+    return {
+        "main": (),
+        "sequential": ("--search.sequential=true",),
+        "crossnetv2": ("--model.shallow=crossnetv2",),
+        "cin": ("--model.shallow=cin",),
+        "n2": ("--model.n=2",),
+        "n4": ("--model.n=4",),
+    }
+
+
+def plan(tables: list[str], models: list[str]) -> list[tuple[str, str, Run]]:
+    """(table, variant, run) for every cell of the requested tables."""
+    hard = lambda search, *extra: Run(f"{search}-hard" + "".join(extra), (  # noqa: E731
+        "--stage=retrain", "--mode=hard", *extra), search)
+    cells: list[tuple[str, str, Run]] = []
+    if "table3" in tables:
+        cells += [("table3", m, Run(m, ("--stage=train", f"--model={m}"))) for m in models]
+        cells += [("table3", "optfusion_hard", hard("main")),
+                  ("table3", "optfusion_soft", Run("main-soft", ("--stage=retrain", "--mode=soft"), "main"))]
+    if "table4" in tables:
+        cells += [("table4", op, Run(f"main-{op}", ("--stage=retrain", f"--fixed_op={op}"), "main")) for op in OPS]
+    if "table5" in tables:
+        cells += [("table5", "one-shot", hard("main")), ("table5", "sequential", hard("sequential"))]
+    if "table6" in tables:
+        cells += [("table6", "crossnet", hard("main")), ("table6", "crossnetv2", hard("crossnetv2")),
+                  ("table6", "cin", hard("cin"))]
+    if "table7" in tables:
+        cells += [("table7", "n=2", hard("n2")), ("table7", "n=3", hard("main")), ("table7", "n=4", hard("n4"))]
+    return cells
+
+
+class Runner:
+    """Runs trainer commands once per (run, seed), resumably, and times them."""
+
+    def __init__(self, data: pathlib.Path, out: pathlib.Path, base_args: list[str]) -> None:
+        self.data, self.out, self.base = data, out, base_args
+
+    def _trainer(self, run_dir: pathlib.Path, args: list[str]) -> float:
+        """Runs one trainer command to completion; its wall seconds (0 if it had finished before)."""
+        done = run_dir / "done.json"
+        if done.is_file():
+            return float(json.loads(done.read_text())["seconds"])
+        resume = ["--resume"] if (run_dir / "run.json").is_file() else []
+        cmd = [sys.executable, "-c", "from trainer.cli import main; raise SystemExit(main())",
+               f"--data={self.data}", f"--out={run_dir}", *args, *self.base, *resume]
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        log = run_dir.parent / f"{run_dir.name}.log"
+        with log.open("a") as sink:
+            code = subprocess.call(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+        if code != 0:
+            raise RuntimeError(f"trainer failed (exit {code}) for {run_dir}; see {log}")
+        seconds = time.perf_counter() - start
+        write_text_atomic(done, json.dumps({"seconds": seconds}))
+        return seconds
+
+    def search(self, key: str, seed: int) -> tuple[pathlib.Path, float]:
+        run_dir = self.out / "runs" / f"search-{key}" / f"s{seed}"
+        seconds = self._trainer(run_dir, ["--stage=search", f"--seed={seed}", *searches()[key]])
+        return run_dir, seconds
+
+    def cell(self, run: Run, seed: int) -> tuple[pathlib.Path, float]:
+        run_dir = self.out / "runs" / run.key / f"s{seed}"
+        args, seconds = [*run.args, f"--seed={seed}"], 0.0
+        if run.search is not None:
+            search_dir, seconds = self.search(run.search, seed)
+            args += [f"--architecture={search_dir / 'architecture.json'}", *searches()[run.search]]
+        return run_dir, seconds + self._trainer(run_dir, args)
+
+
+def inference_seconds(run_dir: pathlib.Path, data: pathlib.Path) -> float:
+    """Seconds per 1,000 test rows of the trained model, in process (best of 3 passes)."""
+    from pipeline.dataset_info import read_dataset_info
+    from trainer.data import make_dataset
+    from trainer.model_io import load_model
+
+    model = load_model(run_dir)
+    batches = list(make_dataset(read_dataset_info(data), "test", 8192))
+    rows = sum(int(labels.shape[0]) for _, labels in batches)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for features, _ in batches:
+            model(features, training=False)
+        best = min(best, time.perf_counter() - start)
+    return best / rows * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.zoo import ZOO
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=pathlib.Path, help="output DIR of a `pipeline` run")
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="report directory (resumable)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N per model")
+    parser.add_argument("--config", type=pathlib.Path, help="trainer preset (default: the dataset's CPU preset)")
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
+    parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO), help="table 3 baselines")
+    parser.add_argument("--quick", action="store_true", help="1 epoch of 3 steps per run (tests, smoke runs)")
+    parser.add_argument("--title", default=None, help="report title (default: the data dir's name)")
+    args, extra = parser.parse_known_args(argv)
+    base = ([f"--config={args.config}"] if args.config else []) + (list(QUICK) if args.quick else []) + extra
+    runner = Runner(args.data.resolve(), args.out.resolve(), base)
+    records_dir = args.out / "records"
+    records_dir.mkdir(parents=True, exist_ok=True)
+    cells = plan(args.tables, args.models)
+    total, finished = len(cells) * args.seeds, 0
+    for seed in range(1, args.seeds + 1):
+        for table, variant, run in cells:
+            path = records_dir / f"{table}__{variant.replace('=', '')}__s{seed}.json"
+            finished += 1
+            if path.is_file():
+                continue
+            run_dir, seconds = runner.cell(run, seed)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            record = {"table": table, "variant": variant, "seed": seed, "run_dir": str(run_dir),
+                      "test_auc": metrics["test_auc"], "test_logloss": metrics["test_logloss"],
+                      "train_seconds": seconds, "infer_seconds": inference_seconds(run_dir, args.data)}
+            write_text_atomic(path, json.dumps(record, indent=1))
+            print(f"[{finished}/{total}] {table} {variant} seed {seed}: test AUC {record['test_auc']:.4f} "
+                  f"({seconds:.0f}s)", flush=True)
+    write_report(args.out, args.title or args.data.name, base, args.seeds)
+    return 0
+
+
+def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int) -> None:
+    """Redraws report.md, report.html and the figures from every record in OUT/records."""
+    from benchmarks import report
+    from benchmarks.results import header
+    from trainer.architecture import Architecture
+
+    records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+    summary = report.summarize(records)
+    figures = []
+    if "table3" in summary:
+        figures.append(report.draw_times(summary["table3"], out / "figure2_times.png").name)
+    arch_path = out / "runs" / "search-main" / "s1" / "architecture.json"
+    if arch_path.is_file():
+        paths = report.draw_architecture(Architecture.load(arch_path), f"{title}: searched architecture (seed 1)",
+                                         out / "figure3_architecture")
+        figures += [p.name for p in paths]
+    setup = header() + f"- trainer arguments: `{' '.join(base) or '(preset defaults)'}`, seeds 1..{seeds}\n"
+    md = report.markdown(f"OptFusion vs baselines: {title}", setup, summary,
+                         report.best_comparison(summary.get("table3", {})), figures)
+    for name, text in (("report.md", md), ("report.html", report.to_html(md))):
+        write_text_atomic(out / name, text)
+    print(f"report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
