@@ -18,13 +18,13 @@ import time
 from collections.abc import Sequence
 
 from pipeline.atomic import write_text_atomic
+from pipeline.errors import EXIT_USAGE, UsageError
 
-EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 DEFAULT_MAX_ROWS = 8192  # = servable.DEFAULT_MAX_ROWS (not imported: TF loads lazily)
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"serving: error: {message}", file=sys.stderr)
     return code
 
@@ -146,7 +146,7 @@ def run_export(args: argparse.Namespace) -> int:
                         tolerance=args.tolerance)
     except ExportError as err:
         return _fail(str(err), EXIT_FAILED)
-    except (FileNotFoundError, ValueError) as err:
+    except UsageError as err:
         return _fail(f"cannot export {args.run} with {args.data}: {err}")
     v = result.verification
     print(f"exported {result.version_dir} (version {result.version}) in "
@@ -162,13 +162,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _serve_options(args: argparse.Namespace, metrics_path: str):
-    """ServerOptions from the `serve` flags; ValueError names the bad flag."""
+    """ServerOptions from the `serve` flags; a UsageError names the bad flag."""
     from serving.manager import LoadPolicy
     from serving.server import DEFAULT_THREADS, ServerOptions, parse_channel_arguments
 
     for flag in ("max_num_load_retries", "max_rows_per_request", "rest_api_timeout_in_ms"):
         if getattr(args, flag) < (1 if flag != "max_num_load_retries" else 0):
-            raise ValueError(f"--{flag} must be positive. Received: {getattr(args, flag)}")
+            raise UsageError(f"--{flag} must be positive. Received: {getattr(args, flag)}")
     return ServerOptions(
         host=args.host, port=args.port, rest_api_port=args.rest_api_port or None,
         metrics_path=metrics_path, poll_seconds=args.file_system_poll_wait_seconds,
@@ -208,7 +208,7 @@ def run_serve(args: argparse.Namespace) -> int:
             monitoring = configs.read_monitoring_config(monitoring_file)
             metrics_path = monitoring.prometheus_config.path or metrics_path
         options = _serve_options(args, metrics_path)
-    except ValueError as err:  # ConfigFileError is a ValueError
+    except UsageError as err:  # ConfigFileError included
         return _fail(str(err))
     server = ModelServer(model_config, batching, options)
     stop = threading.Event()
@@ -262,7 +262,7 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         spec = raw_rows.load_spec(dataset=None if args.schema else args.format,
                                   schema_path=args.schema)
-    except (ValueError, FileNotFoundError) as err:
+    except UsageError as err:
         return _fail(f"--format {args.format!r} / --schema {args.schema!r}: {err}")
     start = time.perf_counter()
     lines: list[str] = []
@@ -281,7 +281,7 @@ def run_predict(args: argparse.Namespace) -> int:
             return _fail(f"{args.target}: {err.code().name}: {err.details()}", EXIT_FAILED)
         except TimeoutError as err:
             return _fail(str(err), EXIT_FAILED)
-        except ValueError as err:
+        except UsageError as err:
             return _fail(f"{args.input}: {err}")
     text = "\n".join(lines) + ("\n" if lines else "")
     if args.output:

@@ -19,6 +19,7 @@ from google.protobuf import message, text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline.atomic import write_text_atomic
+from pipeline.errors import UsageError
 from serving.protos import BatchingParameters, MonitoringConfig
 
 MODELS_CONFIG = "models.config"
@@ -31,7 +32,7 @@ PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(UsageError):
     """A TF Serving config file is missing or does not parse."""
 
 

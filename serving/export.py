@@ -40,6 +40,7 @@ from tensorflow_serving.apis import (
     prediction_log_pb2,
 )
 
+from pipeline.errors import UsageError
 from serving import configs, examples, module, session_loader
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -50,7 +51,7 @@ class ExportError(RuntimeError):
     """The export fails verification; nothing was published."""
 
 
-class ExportUsageError(ValueError):
+class ExportUsageError(UsageError):
     """Bad export arguments (name, version, verification input); nothing was written."""
 
 

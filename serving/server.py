@@ -39,6 +39,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from pipeline.errors import UsageError
 from serving import configs, handlers, rest
 from serving.configs import PROMETHEUS_PATH, BatchingSettings
 from serving.manager import LoadPolicy, ModelManager
@@ -76,7 +77,7 @@ def parse_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+            raise UsageError(f"--grpc_channel_arguments: {item!r} is not key=value")
         pairs.append((key, int(value) if value.lstrip("-").isdigit() else value))
     return tuple(pairs)
 

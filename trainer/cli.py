@@ -26,12 +26,12 @@ import sys
 import time
 from typing import Any
 
-from pipeline.dataset_info import DatasetInfoError, read_dataset_info
+from pipeline.dataset_info import read_dataset_info
+from pipeline.errors import EXIT_USAGE, UsageError
 from trainer.zoo import OPTFUSION, ZOO, describe
 
 log = logging.getLogger("trainer")
 
-EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 1
 DEFAULT_INIT = "fresh"
 INIT_HELP = (
@@ -40,10 +40,6 @@ INIT_HELP = (
     "Default fresh: on the Criteo and Frappe samples (5 seeds, benchmarks/RESULTS.md) a Hard retrain from "
     "the search weights was no better (Criteo mean test AUC 0.707 vs 0.713 fresh; Frappe 0.945 vs 0.946)"
 )
-
-
-class UsageError(ValueError):
-    """Arguments that do not fit together, or an unreadable architecture file."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -243,15 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parsed = _parser().parse_known_args(sys.argv[1:] if argv is None else argv)  # --help before TF loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from trainer.config import ConfigError
     from trainer.loop import TrainingFailed
-    from trainer.stages import RunDirError
 
     try:
         summary = _run(*parsed)
-    except (UsageError, ConfigError, DatasetInfoError, RunDirError) as err:
+    except UsageError as err:  # ConfigError, DatasetInfoError, RunDirError included
         print(f"trainer: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_USAGE
     except TrainingFailed as err:
         print(f"trainer: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED

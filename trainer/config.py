@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.errors import UsageError
 from trainer.model.supernet import SupernetConfig
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
-OPS = ("add", "prod", "concat", "att")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config file or override is missing, malformed or inconsistent."""
 
 
@@ -179,7 +179,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     """Converts one YAML value to the field type `hint`, or says why not."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{key}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

@@ -18,6 +18,7 @@ import tensorflow as tf
 import yaml
 
 from pipeline.atomic import atomic_path
+from pipeline.errors import UsageError
 from trainer.architecture import Architecture
 from trainer.config import Config, ConfigError, load_config
 from trainer.distribute import active
@@ -98,7 +99,7 @@ def warm_start(model: keras.Model, path: pathlib.Path) -> list[str]:
     try:
         return copy_weights_by_path(model, saved, searched)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise UsageError(f"{path}: {err}") from err
 
 
 def copy_weights_by_path(model: Any, saved: dict[str, np.ndarray], saved_inputs: dict[str, list[str]]) -> list[str]:
@@ -140,15 +141,15 @@ def load_model(run_dir: str | pathlib.Path) -> keras.Model:
     run_dir = pathlib.Path(run_dir)
     run_path = run_dir / RUN_FILE
     if not run_path.is_file():
-        raise ValueError(f"{run_dir} is not a trainer run directory: {RUN_FILE} is missing")
+        raise UsageError(f"{run_dir} is not a trainer run directory: {RUN_FILE} is missing")
     run = json.loads(run_path.read_text())
     if run.get("stage") not in ("retrain", "train"):
-        raise ValueError(
+        raise UsageError(
             f"{run_dir} is a {run.get('stage')!r} run; load_model needs a retrain or train run "
             "(run `trainer --stage=retrain --architecture RUN/architecture.json ...` first)"
         )
     if not (run_dir / WEIGHTS_FILE).is_file():
-        raise ValueError(f"{run_dir / WEIGHTS_FILE} is missing: the run did not finish (rerun it with --resume)")
+        raise UsageError(f"{run_dir / WEIGHTS_FILE} is missing: the run did not finish (rerun it with --resume)")
     # Runs written before model.prod_norm existed used the paper's raw PROD.
     model_section = (yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}).get("model") or {}
     legacy = [] if "prod_norm" in model_section else ["--model.prod_norm=false"]

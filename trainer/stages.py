@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import DatasetInfo
+from pipeline.errors import UsageError
 from trainer.architecture import Architecture
 from trainer.config import Config, dump_config
 from trainer.data import make_dataset
@@ -44,7 +45,7 @@ METRICS_FILE = "metrics.json"
 ARCH_TEXT_FILE = "architecture.txt"
 
 
-class RunDirError(ValueError):
+class RunDirError(UsageError):
     """The output directory cannot be used (exists, or does not match on resume)."""
 
 
