@@ -228,7 +228,10 @@ class Phase:
     def restore_best(self) -> None:
         """Puts the best epoch's model weights back (optimizer state untouched)."""
         if self.state.best_epoch:
-            best = tf.train.latest_checkpoint(chief_dir(self.ckpt_dir) / BEST_DIR)
+            # Its own copy first: the chief may be replacing its files right now (a
+            # worker killed before saving its copy falls back to the chief's).
+            best = (tf.train.latest_checkpoint(self.ckpt_dir / BEST_DIR)
+                    or tf.train.latest_checkpoint(chief_dir(self.ckpt_dir) / BEST_DIR))
             if best is None:
                 raise FileNotFoundError(f"no best checkpoint in {self.ckpt_dir / BEST_DIR} "
                                         f"(epoch {self.state.best_epoch}); rerun the phase without --resume")
