@@ -106,7 +106,8 @@ def write_savedmodel(
 
     def predict_raw(raw: Mapping[str, Any]) -> dict[str, tf.Tensor]:
         transformed = transform_layer(dict(raw))
-        features = {n: tf.reshape(tf.cast(transformed[n], tf.int64), [-1]) for n in names}
+        # The TFT outputs are [B] already; no per-field reshape (a graph op each, at every request).
+        features = {n: tf.cast(transformed[n], tf.int64) for n in names}
         logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
         return {"probabilities": tf.sigmoid(logits), "logits": logits}
 
