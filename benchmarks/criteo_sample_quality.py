@@ -59,28 +59,13 @@ def logistic_regression_auc(data: pathlib.Path, dataset: str, seed: int) -> tupl
     """Test AUC of sum-of-id-weights + bias, trained by the same loop (early stopped),
     at the L2 of LOGREG_L2 with the best validation AUC (a tuned floor); returns (AUC, L2)."""
     import keras
-    from keras import ops
 
     from pipeline.dataset_info import read_dataset_info
     from trainer.config import load_config, preset_path
     from trainer.loop import Phase
+    from trainer.zoo.lr import LR
 
     info = read_dataset_info(data)
-
-    class LogReg(keras.Model):
-        def __init__(self) -> None:
-            super().__init__()
-            self.table = self.add_weight(shape=(sum(info.vocab_sizes), 1), initializer="zeros", name="w")
-            self.bias = self.add_weight(shape=(1,), initializer="zeros", name="b")
-            self.offsets = [sum(info.vocab_sizes[:i]) for i in range(len(info.fields))]
-
-        def call(self, features, training=False):
-            ids = ops.stack([features[f] + o for f, o in zip(info.field_names, self.offsets)], axis=1)
-            return ops.sum(ops.take(self.table, ids, axis=0), axis=1) + self.bias
-
-        embedding_variables = property(lambda self: [self.table])
-        dense_variables = property(lambda self: [self.bias])
-        arch_variables = property(lambda self: [])
 
     best = (-1.0, 0.0, 0.0)  # valid AUC, test AUC, L2
     for l2 in LOGREG_L2:
@@ -88,7 +73,8 @@ def logistic_regression_auc(data: pathlib.Path, dataset: str, seed: int) -> tupl
                                                            f"--train.emb_l2={l2}", "--train.l2=0"])
         keras.utils.set_random_seed(seed)
         with tempfile.TemporaryDirectory() as tmp:
-            phase = Phase("logreg", LogReg(), config, info, pathlib.Path(tmp) / "c", pathlib.Path(tmp) / "t",
+            model = LR(config.model, info.field_names, info.vocab_sizes)  # the zoo's `--model lr`
+            phase = Phase("logreg", model, config, info, pathlib.Path(tmp) / "c", pathlib.Path(tmp) / "t",
                           train_arch=False)
             state = phase.fit()
             if state.best_auc > best[0]:
