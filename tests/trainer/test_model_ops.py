@@ -263,6 +263,6 @@ def test_stacked_inference_path_equals_the_training_loops(op_names, prod_norm, k
             grads = tape.gradient(loss, sources)
             results[training] = [out] + [g for g in grads if g is not None]
         assert len(results[True]) == len(results[False]), f"on={on}"
-        for looped, stacked in zip(results[True], results[False]):
+        for looped, stacked in zip(results[True], results[False], strict=True):
             np.testing.assert_allclose(stacked.numpy(), looped.numpy(), rtol=1e-6, atol=1e-6,
                                        err_msg=f"on={on}")

@@ -107,7 +107,7 @@ class Fusion(keras.layers.Layer):
     def _looped(self, inputs, connected, op_weights):
         k = len(inputs)
         on = [None] * k if connected is None else [connected[i] for i in range(k)]
-        masked = list(inputs) if connected is None else [x * m for x, m in zip(inputs, on)]
+        masked = list(inputs) if connected is None else [x * m for x, m in zip(inputs, on, strict=True)]
         flat = ops.concatenate(masked, axis=-1) if k > 1 else masked[0]  # [B, k * d]
         results = [getattr(self, f"_{name}")(masked, flat, on) for name in self.op_names]
         if len(results) == 1:
@@ -123,7 +123,7 @@ class Fusion(keras.layers.Layer):
         if self.prod_norm:
             return self._prod_scaled(masked, on)
         result = None
-        for x, m in zip(masked, on):
+        for x, m in zip(masked, on, strict=True):
             term = x if m is None else x + (1.0 - m)  # a disconnected input counts as 1
             result = term if result is None else result * term
         if on[0] is None:
@@ -134,7 +134,7 @@ class Fusion(keras.layers.Layer):
     def _prod_scaled(self, masked, on):
         """Scale-preserving PROD (module docstring)."""
         result, log_g, count, any_on = None, 0.0, 0.0, 0.0
-        for x, m in zip(masked, on):
+        for x, m in zip(masked, on, strict=True):
             square = ops.stop_gradient(ops.mean(ops.square(x), axis=-1, keepdims=True))  # [B, 1]
             live = ops.cast(square > 0, x.dtype)  # a disconnected input is all zeros too
             log_r = 0.5 * ops.log(square + _PROD_EPS)

@@ -268,7 +268,7 @@ class Supernet(keras.Model):
         n, given = self.config.n, self._given
         if self.alpha:
             alpha = {
-                c: dict(zip(candidate_inputs(c, n), (float(v) for v in var.numpy())))
+                c: dict(zip(candidate_inputs(c, n), (float(v) for v in var.numpy()), strict=True))
                 for c, var in self.alpha.items()
             }
         else:
