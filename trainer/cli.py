@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=pathlib.Path,
         help="YAML config; default: for retrain, the config.yaml beside --architecture, else the "
-        "dataset's CPU preset trainer/configs/<dataset>_cpu.yaml",
+        "dataset's CPU preset trainer/configs/<dataset>_cpu.yaml, else the CPU base trainer/configs/cpu.yaml",
     )
     parser.add_argument("--architecture", type=pathlib.Path, help="architecture JSON (retrain, train)")
     parser.add_argument("--mode", choices=("hard", "soft"),
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resolve_config_path(args: argparse.Namespace, dataset: str) -> pathlib.Path:
-    from trainer.config import ConfigError, preset_path
+    from trainer.config import CONFIG_DIR, preset_path
     from trainer.model_io import CONFIG_FILE
 
     if args.resume and (args.out / CONFIG_FILE).is_file():
@@ -101,8 +101,8 @@ def _resolve_config_path(args: argparse.Namespace, dataset: str) -> pathlib.Path
             log.info("config: %s (the search run's, same lr/L2)", beside)
             return beside
     preset = preset_path(dataset, "cpu")
-    if not preset.is_file():
-        raise ConfigError(f"no CPU preset for dataset {dataset!r} ({preset} missing); pass --config FILE")
+    if not preset.is_file():  # a schema-described dataset: the CPU base
+        preset = CONFIG_DIR / "cpu.yaml"
     log.info("config: %s (CPU preset for %s: smaller than the paper's GPU setting)", preset, dataset)
     return preset
 

@@ -95,19 +95,41 @@ def preset_path(dataset: str, scale: str = "cpu") -> pathlib.Path:
     return CONFIG_DIR / f"{dataset}_{scale}.yaml"
 
 
-def load_config(path: str | pathlib.Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Reads a YAML config, applies `key=value` overrides, validates."""
-    path = pathlib.Path(path)
+BASE_KEY = "base"
+"""A config's optional parent file (relative to it): its values first, this file's on top."""
+
+
+def _read_mapping(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of `path` merged over its `base:` chain (one source of truth per default)."""
     if not path.is_file():
-        raise ConfigError(
-            f"config file {path} does not exist (shipped presets: {sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))})"
-        )
+        shipped = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"config file {path} does not exist (shipped presets: {shipped})")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `{BASE_KEY}:` chain loops back to itself")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `{BASE_KEY}:` must be a file name. Received: {base!r}")
+    merged = _read_mapping(path.parent / base, (*seen, path.resolve()))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def load_config(path: str | pathlib.Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads a YAML config (and its `base:` chain), applies `key=value` overrides, validates."""
+    path = pathlib.Path(path)
+    data = _read_mapping(path)
     for override in overrides:
         _apply_override(data, override)
     try:

@@ -75,3 +75,27 @@ def test_ablations_are_config_keys():
         "cin", 4, True, "att")
     with pytest.raises(ConfigError, match="shallow"):
         load_config(preset_path("criteo", "cpu"), ["--model.shallow=fm"])
+
+
+def test_base_chain_merges_sections_and_the_file_wins(tmp_path):
+    (tmp_path / "parent.yaml").write_text("seed: 1\nmodel:\n  emb_dim: 8\n  n: 2\ntrain:\n  lr: 1.0e-3\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nmodel:\n  emb_dim: 16\n")
+    config = load_config(tmp_path / "child.yaml", ["--train.lr=5e-4"])
+    assert (config.seed, config.model.emb_dim, config.model.n, config.train.lr) == (1, 16, 2, 5e-4)
+
+
+def test_base_chain_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_cpu_presets_differ_from_the_base_only_where_they_say_so():
+    base = load_config(CONFIG_DIR / "cpu.yaml")
+    for name in ("criteo", "avazu", "kdd12"):
+        assert load_config(preset_path(name, "cpu")) == base
+    assert load_config(preset_path("frappe", "cpu")).train.emb_l2 != base.train.emb_l2

@@ -187,7 +187,6 @@ def _fewer_fields_dir(synthetic_dir, tmp_path):
         ("no_mode", "--stage=retrain needs --architecture FILE and --mode"),
         ("bad_arch", "Architecture file"),
         ("out_exists", "exists and is not empty; pass --resume"),
-        ("no_preset", "no CPU preset for dataset 'synthetic'"),
         ("fewer_fields", "does not match"),
         ("init_no_search", "--init=search needs the search run's search.weights.npz"),
         ("fixed_op_soft", "--fixed_op uses one operation per component: it needs --mode=hard"),
@@ -205,7 +204,6 @@ def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_ru
         "bad_arch": ["--stage=train", *base, "--config", CONFIG, "--architecture", tmp_path / "x.json",
                      "--mode", "hard"],
         "out_exists": ["--stage=search", "--data", synthetic_dir, "--out", search_run, "--config", CONFIG],
-        "no_preset": ["--stage=search", *base],
         "fewer_fields": ["--stage=search", "--data", _fewer_fields_dir(synthetic_dir, tmp_path), "--out",
                          tmp_path / "out", "--config", CONFIG],
         "init_no_search": ["--stage=retrain", *base, "--config", CONFIG, "--architecture",
@@ -328,3 +326,9 @@ def test_load_model_reads_a_run_from_before_prod_norm_with_the_raw_product(retra
     (old / "config.yaml").write_text(yaml.safe_dump(config))
     assert all(not f.prod_norm for f in load_model(old).fusions.values())
     assert all(f.prod_norm for f in load_model(retrain_run).fusions.values())
+
+
+def test_a_dataset_without_a_preset_gets_the_cpu_base(tmp_path):
+    args = cli._parser().parse_args(["--stage=search", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert cli._resolve_config_path(args, "criteo") == preset_path("criteo", "cpu")
+    assert cli._resolve_config_path(args, "my_logs") == CONFIG_DIR / "cpu.yaml"
