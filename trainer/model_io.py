@@ -14,7 +14,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 import yaml
 
 from pipeline.atomic import atomic_path
@@ -71,8 +70,7 @@ def _build_model(
             )
     except ValueError as err:  # the model's own argument checks
         raise ConfigError(f"the model section does not fit this run: {err}") from err
-    model({name: tf.zeros([1], tf.int64) for name in names}, training=False)
-    return model
+    return model  # both kinds build their weights in __init__
 
 
 def save_weights(model: keras.Model, run_dir: pathlib.Path) -> None:
