@@ -8,6 +8,9 @@ them here, from `stats.json` written by the job next to `transform_fn/`.
 A run is finished when its `DONE.json` marker (written last) is there. Outputs
 written before the marker existed hold `stats.json` only; they were published
 by a local rename, so a `stats.json` in place also marks them finished.
+A URI (`gs://...`, any `tf.io.gfile` filesystem) has no atomic rename: there
+only the marker counts, and files are read through `tf.io.gfile` (TensorFlow
+loads only then, so the CLIs stay fast for local paths).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 
 from pipeline.errors import UsageError
 from pipeline.features import DONE_FILE, SPLIT_NAMES
@@ -38,7 +42,7 @@ class FieldInfo:
 class DatasetInfo:
     """Fields (in model order), label key and file patterns of one run."""
 
-    data_dir: pathlib.Path
+    data_dir: pathlib.Path | str  # str for a URI (pathlib would fold `gs://` into `gs:/`)
     dataset: str
     label_key: str
     fields: tuple[FieldInfo, ...]
@@ -55,37 +59,70 @@ class DatasetInfo:
         """Glob of the gzipped TFRecord shards of `split`."""
         if split not in SPLIT_NAMES:
             raise DatasetInfoError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
-        return str(self.data_dir / f"{split}-*.tfrecord.gz")
+        return join(self.data_dir, f"{split}-*.tfrecord.gz")
 
     @property
-    def transform_output_dir(self) -> pathlib.Path:
+    def transform_output_dir(self) -> pathlib.Path | str:
         """Directory loadable by `tft.TFTransformOutput`."""
         return self.data_dir
 
 
+def is_uri(path: str | pathlib.Path) -> bool:
+    """True for `scheme://...` paths (object stores and other non-local filesystems)."""
+    return isinstance(path, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
+
+
+def join(base: str | pathlib.Path, name: str) -> str:
+    """`base/name` for a local path or a URI alike."""
+    return f"{str(base).rstrip('/')}/{name}"
+
+
+def _is_file(path: str) -> bool:
+    if is_uri(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+    return pathlib.Path(path).is_file()
+
+
+def _read_text(path: str) -> str:
+    if is_uri(path):
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "r") as handle:
+            return handle.read()
+    return pathlib.Path(path).read_text()
+
+
 def is_finished_output(data_dir: str | pathlib.Path) -> bool:
-    """True if `data_dir` holds a finished run: its marker, or a pre-marker run's stats.json."""
-    data_dir = pathlib.Path(data_dir)
-    return (data_dir / DONE_FILE).is_file() or (data_dir / STATS_FILE).is_file()
+    """True if `data_dir` holds a finished run: its marker, or (local only) a pre-marker run's stats.json."""
+    if _is_file(join(data_dir, DONE_FILE)):
+        return True
+    return not is_uri(data_dir) and _is_file(join(data_dir, STATS_FILE))
 
 
 def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
-    """Reads `stats.json` of a finished pipeline run, with a readable error."""
-    data_dir = pathlib.Path(data_dir)
-    stats_path = data_dir / STATS_FILE
+    """Reads `stats.json` of a finished pipeline run (a local path or a URI), with a readable error."""
+    data_dir = data_dir.rstrip("/") if is_uri(data_dir) else pathlib.Path(data_dir)
+    stats_path = join(data_dir, STATS_FILE)
+    if is_uri(data_dir) and not is_finished_output(data_dir):
+        raise DatasetInfoError(
+            f"{data_dir} is not a finished pipeline output: its {DONE_FILE} marker, written last, is missing "
+            "(an interrupted run or another prefix; run `pipeline ... --output URI` to completion first)"
+        )
     if not is_finished_output(data_dir):
         raise DatasetInfoError(
             f"{data_dir} is not a finished pipeline output: {STATS_FILE} is missing and so is the "
             f"{DONE_FILE} marker written last (an interrupted or foreign directory; "
             "run `pipeline --dataset ... --output DIR` to completion first)"
         )
-    if not stats_path.is_file():
+    if not _is_file(stats_path):
         raise DatasetInfoError(
             f"{data_dir} has {DONE_FILE} but no {STATS_FILE}: the output was altered after the run; "
             "rerun `pipeline ... --output DIR --overwrite`"
         )
     try:
-        stats = json.loads(stats_path.read_text())
+        stats = json.loads(_read_text(stats_path))
         fields = tuple(
             FieldInfo(name=f["name"], vocab_size=int(f["vocab_size"])) for f in stats["fields"]
         )

@@ -139,3 +139,45 @@ class TestJobs:
         run_pipeline(*args, "--overwrite")
         assert (out / DONE_FILE).read_text() != first and not _partials(out)
         assert not [p for p in tmp_path.iterdir() if p.name != "out"]
+
+
+def _copy_tree_to(src: pathlib.Path, uri: str, skip: tuple[str, ...] = ()) -> None:
+    """Copies a local directory to a `tf.io.gfile` URI (a stand-in for an object store)."""
+    import tensorflow as tf
+
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and path.name not in skip:
+            target = f"{uri}/{path.relative_to(src).as_posix()}"
+            tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+            tf.io.gfile.copy(str(path), target, overwrite=True)
+
+
+class TestUriReader:
+    """`ram://` (TensorFlow's in-memory filesystem) stands in for gs://: no rename, marker required."""
+
+    def test_uri_needs_the_marker_even_with_stats(self, tmp_path):
+        stats = {"dataset": "x", "label_key": "label", "fields": [{"name": "f", "vocab_size": 3}]}
+        (tmp_path / "stats.json").write_text(json.dumps(stats))
+        uri = f"ram://reader-{os.getpid()}/data"
+        _copy_tree_to(tmp_path, uri)
+        with pytest.raises(DatasetInfoError, match=f"{uri} is not a finished pipeline output: its DONE.json marker"):
+            read_dataset_info(uri + "/")
+        (tmp_path / DONE_FILE).write_text("{}")
+        _copy_tree_to(tmp_path, uri, skip=("stats.json",))  # ram:// copies append rather than replace
+        info = read_dataset_info(uri)
+        assert info.data_dir == uri and info.field_names == ["f"]
+        assert info.split_pattern("train") == f"{uri}/train-*.tfrecord.gz"
+
+    @pytest.mark.slow
+    def test_a_finished_run_is_read_through_the_uri(self, criteo_preprocessed_dir):
+        import tensorflow as tf
+        import tensorflow_transform as tft
+
+        uri = f"ram://run-{os.getpid()}/data"
+        _copy_tree_to(criteo_preprocessed_dir, uri)
+        info = read_dataset_info(uri)
+        assert info.vocab_sizes == read_dataset_info(criteo_preprocessed_dir).vocab_sizes
+        local = sorted(p.name for p in criteo_preprocessed_dir.glob("train-*.tfrecord.gz"))
+        assert [f.rsplit("/", 1)[1] for f in sorted(tf.io.gfile.glob(info.split_pattern("train")))] == local
+        output = tft.TFTransformOutput(str(info.transform_output_dir))
+        assert sorted(output.transformed_feature_spec()) == sorted([*info.field_names, info.label_key])
