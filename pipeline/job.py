@@ -20,7 +20,7 @@ import time
 import uuid
 
 from pipeline.atomic import write_text_atomic
-from pipeline.dataset_info import STATS_FILE, is_finished_output
+from pipeline.dataset_info import STATS_FILE, is_finished_output, is_uri
 from pipeline.errors import UsageError
 from pipeline.features import DONE_FILE, LABEL_KEY, SPLIT_NAMES, id_layout
 from pipeline.file_layout import detect_layout
@@ -113,6 +113,13 @@ def remove_stale_partials(output: pathlib.Path) -> list[pathlib.Path]:
 
 def prepare(config: RunConfig) -> JobSpec:
     """Validates inputs and output before anything is written; UsageError on bad input."""
+    if is_uri(config.output):
+        # pathlib would fold `gs://b/x` into a local `gs:/b/x`; publishing to object stores
+        # (temporary prefix, marker last) is not implemented yet.
+        raise UsageError(
+            f"--output {config.output}: only local or mounted paths are supported as output; "
+            "write to a local DIR and copy it (gsutil -m cp -r DIR URI), readers accept the URI"
+        )
     output = pathlib.Path(config.output)
     _check_output(output, config.overwrite)
     if config.min_count < 1:

@@ -181,3 +181,15 @@ class TestUriReader:
         assert [f.rsplit("/", 1)[1] for f in sorted(tf.io.gfile.glob(info.split_pattern("train")))] == local
         output = tft.TFTransformOutput(str(info.transform_output_dir))
         assert sorted(output.transformed_feature_spec()) == sorted([*info.field_names, info.label_key])
+
+
+def test_uri_output_is_refused_not_written_locally(tmp_path, criteo_generated_file):
+    """`--output gs://b/x` must not become a local `gs:/b/x` directory."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--dataset", "criteo", "--input", str(criteo_generated_file),
+         "--output", "gs://bucket/out"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--output gs://bucket/out: only local or mounted paths" in result.stderr
+    assert not list(tmp_path.iterdir())
