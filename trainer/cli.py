@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                         "warm-started, --init); train: any architecture file (fixed designs, ablations) or a "
                         "baseline (--model); tune: keras-tuner over lr and L2 for --model (writes best.yaml "
                         "for --config)")
-    parser.add_argument("--data", required=True, type=pathlib.Path, help="output DIR of a `pipeline` run")
+    parser.add_argument("--data", required=True,
+                        help="output DIR of a `pipeline` run (a local path or any tf.io.gfile URI)")
     parser.add_argument(
         "--config", type=pathlib.Path,
         help="YAML config; default: for retrain, the config.yaml beside --architecture, else the "
