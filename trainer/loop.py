@@ -78,11 +78,15 @@ def _l2(variables: list[Any]) -> tf.Tensor:
     return tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables]) if variables else tf.constant(0.0)
 
 
-def _by_path(variables: list[Any], strip_owner: bool = False) -> dict[str, Any]:
-    """Variables keyed by their unique Keras path: tf.train.Checkpoint does not
-    see Keras 3 layers held in lists and dicts, so the model is not passed whole.
-    `strip_owner` drops the first path part (an optimizer's numbered name, "adam_3")."""
-    keyed = {v.path.split("/", 1)[-1] if strip_owner else v.path: v for v in variables}
+def _by_path(variables: list[Any], model_name: str, optimizer: bool = False) -> dict[str, Any]:
+    """Variables keyed by their Keras path without the process-dependent parts
+    (the model's and optimizer's numbered names, "supernet_1", "adam_3"), so the
+    keys are the same in a resumed process. tf.train.Checkpoint does not see
+    Keras 3 layers held in lists and dicts, so the model is not passed whole."""
+    keyed = {}
+    for v in variables:
+        key = v.path.split("/", 1)[-1] if optimizer else v.path  # optimizer slots: "adam_3/supernet_S0_kernel_momentum"
+        keyed[key.removeprefix(f"{model_name}/" if not optimizer else f"{model_name}_")] = v
     if len(keyed) != len(variables):
         raise ValueError("two variables share a path; checkpoints need unique variable paths")
     return keyed
@@ -195,8 +199,9 @@ class Phase:
     def _checkpoint_objects(self) -> dict[str, Any]:
         """Everything a resume needs, keyed by name (not by position), so a
         checkpoint survives a change of strategy or of variable order."""
-        return {"model": _by_path(self.model.weights), "loop_state": self._state_var,
-                **{f"optimizer_{name}": _by_path(opt.variables, strip_owner=True) for name, opt, _ in self.groups}}
+        return {"model": _by_path(self.model.weights, self.model.name), "loop_state": self._state_var,
+                **{f"optimizer_{name}": _by_path(opt.variables, self.model.name, optimizer=True)
+                   for name, opt, _ in self.groups}}
 
     def checkpoint(self, improved: bool) -> None:
         """Epoch-end checkpoint (tf.train.CheckpointManager: data files, then the
@@ -235,7 +240,7 @@ class Phase:
             if best is None:
                 raise FileNotFoundError(f"no best checkpoint in {self.ckpt_dir / BEST_DIR} "
                                         f"(epoch {self.state.best_epoch}); rerun the phase without --resume")
-            tf.train.Checkpoint(model=_by_path(self.model.weights)).restore(best).expect_partial()
+            tf.train.Checkpoint(model=_by_path(self.model.weights, self.model.name)).restore(best).expect_partial()
 
     # ---- the loop -----------------------------------------------------
 

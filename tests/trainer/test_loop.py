@@ -58,3 +58,36 @@ def test_first_adam_step_moves_each_group_by_its_own_lr(synthetic_dir, tmp_path,
     np.testing.assert_allclose(table[looked_up], expected_rows, rtol=1e-4)
     # Rows not in the batch move only through the L2 term.
     np.testing.assert_allclose(table[others], 0.5 if emb_l2 == 0 else 0.4, rtol=1e-4)
+
+
+def test_checkpoint_is_keyed_by_name_and_restores_under_another_strategy(synthetic_dir, tmp_path):
+    """A checkpoint written by one process (default strategy) restores into a
+    model and optimizers built under MirroredStrategy, the loop state included."""
+    from trainer import distribute
+
+    info = read_dataset_info(synthetic_dir)
+    config = load_config(preset_path("criteo", "cpu"), ["--train.emb_lr=0.1", "--train.lr=0.01"])
+    writer = Phase("t", LogReg(info.field_names, info.vocab_sizes), config, info, tmp_path / "c", tmp_path / "tb",
+                   train_arch=False)
+    features = {name: tf.constant([0, 1], tf.int64) for name in info.field_names}
+    writer.train_step(features, tf.constant([1.0, 0.0]))
+    writer.state.epochs_done, writer.state.best_epoch, writer.state.best_auc = 1, 1, 0.75
+    writer.checkpoint(improved=True)
+    names = {name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(tmp_path / "c"))}
+    assert any(n.startswith("model/table") for n in names) and any("optimizer_embedding/" in n for n in names)
+
+    strategy = distribute.use_strategy("mirrored")
+    try:
+        with strategy.scope():
+            model = LogReg(info.field_names, info.vocab_sizes)
+        reader = Phase("t", model, config, info, tmp_path / "c", tmp_path / "tb2", train_arch=False)
+        assert reader.strategy is strategy
+        assert reader.restore()
+    finally:
+        distribute.use_strategy("default")
+    assert (reader.state.epochs_done, reader.state.best_auc) == (1, 0.75)
+    np.testing.assert_array_equal(model.table.numpy(), writer.model.table.numpy())
+    for (_, want, _), (_, got, _) in zip(writer.groups, reader.groups):
+        np.testing.assert_array_equal(got.iterations.numpy(), want.iterations.numpy())
+        for w, g in zip(want.variables, got.variables):
+            np.testing.assert_array_equal(g.numpy(), w.numpy())
