@@ -102,21 +102,21 @@ def test_two_workers_match_one_process(four_shard_dir, tmp_path):
 
 def test_killed_worker_job_resumes_from_last_checkpoint(four_shard_dir, tmp_path):
     out = tmp_path / "killed"
-    procs = _start_workers(four_shard_dir, out, "--train.epochs=3", "--train.batch_size=16")
+    procs = _start_workers(four_shard_dir, out, "--train.epochs=3", "--train.batch_size=32")
     state = out / "checkpoints/search/state.json"
     deadline = time.monotonic() + DEADLINE_S
     try:
         while not state.exists() and all(p.poll() is None for p in procs) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert state.exists(), (tmp_path / "worker0.log").read_text()[-3000:]
-        time.sleep(0.5)  # into epoch 2
+        time.sleep(0.2)  # into epoch 2
         procs[1].send_signal(signal.SIGKILL)  # the worker dies; the chief cannot step without it
     finally:
         _kill(procs)
     first = _history(out)
     assert 1 <= len(first) < 3
 
-    codes = _wait(_start_workers(four_shard_dir, out, "--train.epochs=3", "--train.batch_size=16", "--resume"),
+    codes = _wait(_start_workers(four_shard_dir, out, "--train.epochs=3", "--train.batch_size=32", "--resume"),
                   DEADLINE_S)
     assert codes == [0, 0], (tmp_path / "worker0.log").read_text()[-3000:]
     resumed = _history(out)
