@@ -135,8 +135,9 @@ class Phase:
         # One trace for every batch size (the last batch of a split is smaller).
         features = {name: tf.TensorSpec([None], tf.int64) for name in info.field_names}
         replica_step = tf.function(self._step, jit_compile=t.jit_compile)
+        sum_ = tf.distribute.ReduceOp.SUM  # the replicas' loss shares add up to the global mean
         self.train_step = tf.function(
-            lambda f, y: self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(replica_step, (f, y)), None),
+            lambda f, y: self.strategy.reduce(sum_, self.strategy.run(replica_step, (f, y)), None),
             reduce_retracing=True,
         )
         self._predict_step = tf.function(
@@ -168,7 +169,7 @@ class Phase:
         grads = tape.gradient(total, variables)
         start = 0
         for _, opt, vs in self.groups:
-            opt.apply_gradients(zip(grads[start : start + len(vs)], vs))
+            opt.apply_gradients(zip(grads[start : start + len(vs)], vs, strict=True))
             start += len(vs)
         return loss
 

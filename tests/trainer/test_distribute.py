@@ -89,7 +89,7 @@ def test_two_workers_match_one_process(four_shard_dir, tmp_path):
     assert codes == [0, 0], (tmp_path / "worker0.log").read_text()[-3000:]
     got, want = _history(out), _history(single)
     assert [h["epoch"] for h in got] == [1, 2]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g["valid_auc"] == pytest.approx(w["valid_auc"], abs=0.02)
         assert g["train_loss"] == pytest.approx(w["train_loss"], abs=0.02)
     assert (out / "architecture.json").is_file()

@@ -23,7 +23,7 @@ class LogReg(keras.Model):
         self.bias = self.add_weight(shape=(1,), initializer="zeros", name="bias")
 
     def call(self, features, training=False):
-        ids = tf.stack([features[f] + o for f, o in zip(self.field_names, self.offsets)], axis=1)
+        ids = tf.stack([features[f] + o for f, o in zip(self.field_names, self.offsets, strict=True)], axis=1)
         return tf.reduce_sum(tf.gather(self.table, ids), axis=1) + self.bias
 
     embedding_variables = property(lambda self: [self.table])
@@ -87,7 +87,7 @@ def test_checkpoint_is_keyed_by_name_and_restores_under_another_strategy(synthet
         distribute.use_strategy("default")
     assert (reader.state.epochs_done, reader.state.best_auc) == (1, 0.75)
     np.testing.assert_array_equal(model.table.numpy(), writer.model.table.numpy())
-    for (_, want, _), (_, got, _) in zip(writer.groups, reader.groups):
+    for (_, want, _), (_, got, _) in zip(writer.groups, reader.groups, strict=True):
         np.testing.assert_array_equal(got.iterations.numpy(), want.iterations.numpy())
-        for w, g in zip(want.variables, got.variables):
+        for w, g in zip(want.variables, got.variables, strict=True):
             np.testing.assert_array_equal(g.numpy(), w.numpy())
