@@ -113,6 +113,7 @@ def main() -> int:
     if (args.run is None) != (args.data is None):
         parser.error("give both --run and --data, or neither")
 
+    started = header()  # its load average is the one before the build and measurements
     import grpc
     import numpy as np
     import tensorflow as tf
@@ -242,7 +243,7 @@ def main() -> int:
                   "Model: built by the benchmark in the CPU preset's shape (criteo_cpu.yaml: "
                   "emb 8, n = 3), Soft retrain with every edge and all four ops mixed, 20 steps.")
     body = "\n\n".join([
-        header(),
+        started,
         f"{model_note} Inputs: serialized raw tf.Examples of the test split (REST: as "
         '{"instances": [{"b64": ...}]}). Server: '
         "`serving serve` in its own process, default batching.config (max 512 rows, 1000 us). "
