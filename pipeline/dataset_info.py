@@ -103,7 +103,7 @@ def is_finished_output(data_dir: str | pathlib.Path) -> bool:
 
 def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
     """Reads `stats.json` of a finished pipeline run (a local path or a URI), with a readable error."""
-    data_dir = data_dir.rstrip("/") if is_uri(data_dir) else pathlib.Path(data_dir)
+    data_dir = str(data_dir).rstrip("/") if is_uri(data_dir) else pathlib.Path(data_dir)
     stats_path = join(data_dir, STATS_FILE)
     if is_uri(data_dir) and not is_finished_output(data_dir):
         raise DatasetInfoError(

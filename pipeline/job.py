@@ -99,7 +99,7 @@ def _alive(pid: int) -> bool:
 def remove_stale_partials(output: pathlib.Path) -> list[pathlib.Path]:
     """Deletes scratch dirs of `output` left by killed runs (only this output's naming, owner gone)."""
     pattern = _partial_pattern(output)
-    removed = []
+    removed: list[pathlib.Path] = []
     if not output.parent.is_dir():
         return removed
     for path in sorted(output.parent.iterdir()):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from pipeline.dataset_info import DatasetInfo, DatasetInfoError
+from pipeline.features import SPLIT_NAMES
 
 Features = dict[str, tf.Tensor]
 
@@ -79,7 +80,7 @@ def check_data(info: DatasetInfo) -> None:
     listed fields plus the label, and every id must lie in [0, vocab_size).
     """
     expected = set(info.field_names) | {info.label_key}
-    for split in ("train", "valid", "test"):
+    for split in SPLIT_NAMES:
         path = split_files(info, split)[0]
         try:
             record = next(iter(tf.data.TFRecordDataset(path, compression_type="GZIP").take(1)))

@@ -3,7 +3,7 @@
 One optimizer step per batch updates the model weights (Adam, embeddings and
 the rest with their own lr and L2) and, in search, the architecture weights
 (their own Adam, `arch_lr`) from the same gradient tape: one-shot, not
-bi-level (DESIGN.md section 3). After each epoch: exact validation AUC, a
+bi-level (docs/DESIGN.md §3 Supernet). After each epoch: exact validation AUC, a
 checkpoint (weights + optimizer state + loop state) written temp-then-rename,
 and the best epoch's weights kept, so `--resume` after a kill restarts the
 interrupted epoch from the end of the previous one, reproducibly.

@@ -13,7 +13,7 @@ from pipeline.specs import BUILTIN, DATASET_NAMES, SpecError, load_spec
 from tests.conftest import ROOT
 
 # Packages whose code must take split names from pipeline.features, not spell them out.
-SPLIT_NAME_USERS = ("pipeline", "serving")
+SPLIT_NAME_USERS = ("pipeline", "trainer", "serving")
 
 
 def test_dataset_names_are_the_cli_choices():
