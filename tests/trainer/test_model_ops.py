@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.architecture import OPS
 from trainer.model.components import CIN, CrossNet, CrossNetV2, DeepBlock, make_shallow
 from trainer.model.embedding import FieldEmbedding
 from trainer.model.fusion import Fusion
@@ -234,35 +233,3 @@ def test_scale_preserving_prod_skips_an_all_zero_input():
     np.testing.assert_allclose(out[0], [2.5**0.5] * 2, rtol=1e-6)  # as with x2 disconnected
     np.testing.assert_allclose(out[1], X1[0], rtol=1e-6)  # only x1 is live in row 2
     np.testing.assert_array_equal(Fusion(("prod",), prod_norm=True)([zero, zero]).numpy(), zero.numpy())
-
-
-@pytest.mark.parametrize("prod_norm", [False, True], ids=["raw_prod", "prod_norm"])
-@pytest.mark.parametrize("op_names", [("add",), ("prod",), ("concat",), ("att",), OPS], ids="-".join)
-@pytest.mark.parametrize("k", [1, 3, 5])
-def test_stacked_inference_path_equals_the_training_loops(op_names, prod_norm, k):
-    # Serving runs the stacked form (few graph ops), training the per-input loops:
-    # same values and same gradients (to alpha and to every weight), with all
-    # inputs on, some disconnected, none connected, and an all-zero input.
-    rng = np.random.default_rng(k)
-    inputs = [tf.constant(rng.normal(size=(4, 6)), tf.float32) for _ in range(k)]
-    if k > 1:
-        inputs[1] = tf.zeros_like(inputs[1])  # a dead ReLU
-    layer = Fusion(op_names, att_dim=3, prod_norm=prod_norm)
-    weights = tf.constant(rng.dirichlet(np.ones(len(op_names))), tf.float32)
-    layer(inputs, op_weights=weights)
-    switches = [None, [1.0] * k, [float(i % 2 == 0) for i in range(k)], [0.0] * k]
-    for on in switches:
-        alpha = None if on is None else keras.Variable(np.array(on) - 0.5, dtype="float32")
-        results = {}
-        for training in (True, False):
-            with tf.GradientTape() as tape:
-                connected = None if alpha is None else ste(alpha)
-                out = layer(inputs, connected=connected, op_weights=weights, training=training)
-                loss = tf.reduce_sum(out * tf.range(1.0, 7.0))
-            sources = layer.trainable_variables + ([] if alpha is None else [alpha])
-            grads = tape.gradient(loss, sources)
-            results[training] = [out] + [g for g in grads if g is not None]
-        assert len(results[True]) == len(results[False]), f"on={on}"
-        for looped, stacked in zip(results[True], results[False], strict=True):
-            np.testing.assert_allclose(stacked.numpy(), looped.numpy(), rtol=1e-6, atol=1e-6,
-                                       err_msg=f"on={on}")

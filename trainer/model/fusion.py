@@ -86,25 +86,10 @@ class Fusion(keras.layers.Layer):
                 name="att_w2", shape=(hidden, 1), initializer=self.kernel_initializer
             )
 
-    def call(self, inputs, connected=None, op_weights=None, training=False):
+    def call(self, inputs, connected=None, op_weights=None):
         """inputs: k tensors [B, d]; connected: [k] of 0/1 (STE output) or
         None (all on); op_weights: [len(op_names)] mixture weights (needed for
-        several ops); training: the per-input loops (gradient-friendly) instead
-        of the stacked form (few graph ops, for serving); both give the same
-        numbers and gradients."""
-        if len(self.op_names) > 1 and op_weights is None:
-            raise ValueError(f"Fusion of several ops {self.op_names} needs op_weights. Received: None")
-        if training:
-            return self._looped(inputs, connected, op_weights)
-        return self._stacked(inputs, connected, op_weights)
-
-    # Training loops over the inputs instead of reducing a stacked [B, k, d]
-    # tensor: in an interleaved A/B of the n = 3, d = 624 search step this took
-    # ~1.9x fewer CPU-seconds with XLA off (reduce_prod's gradient is costly)
-    # and was no slower with XLA on. Inference uses the stacked form: at batch 1
-    # the cost is per graph op, and the loops cost ~5x more ops per component.
-
-    def _looped(self, inputs, connected, op_weights):
+        several ops)."""
         k = len(inputs)
         on = [None] * k if connected is None else [connected[i] for i in range(k)]
         masked = list(inputs) if connected is None else [x * m for x, m in zip(inputs, on, strict=True)]
@@ -112,9 +97,19 @@ class Fusion(keras.layers.Layer):
         results = [getattr(self, f"_{name}")(masked, flat, on) for name in self.op_names]
         if len(results) == 1:
             return results[0]
+        if op_weights is None:
+            raise ValueError(f"Fusion of several ops {self.op_names} needs op_weights. Received: None")
         return sum(op_weights[i] * r for i, r in enumerate(results))
 
-    # Each looped op gets the masked inputs, their concatenation and the per-input switches.
+    # Each op gets the masked inputs, their concatenation and the per-input
+    # switches. Loops over inputs instead of reductions over a stacked
+    # [B, k, d] tensor: in an interleaved A/B of the n = 3, d = 624 search
+    # step this took ~1.9x fewer CPU-seconds with XLA off (reduce_prod's
+    # gradient is costly) and was no slower with XLA on. Nor does a stacked form
+    # serve faster: used at inference only, it cut the Soft serving benchmark
+    # model from 1,523 to 654 graph ops, yet was 3-5% slower at batch 1 in an
+    # interleaved A/B (eager and session loader): the CONCAT matmuls, not the
+    # op count, dominate there.
 
     def _add(self, masked, flat, on):
         return sum(masked[1:], masked[0])
@@ -144,75 +139,23 @@ class Fusion(keras.layers.Layer):
                 live = live * m
             result = term if result is None else result * term
             log_g, count, any_on = log_g + live * log_r, count + live, ops.maximum(any_on, live)
-        return self._prod_rescale(result, log_g, count, any_on)
-
-    def _prod_rescale(self, result, log_g, count, any_on):
-        """g / rms(p) times p: zero if no input is live."""
         rms = ops.sqrt(ops.stop_gradient(ops.mean(ops.square(result), axis=-1, keepdims=True)) + _PROD_EPS)
+        # g / rms(p): zero if no input is live
         return result * (ops.exp(log_g / ops.maximum(count, 1.0)) / rms * ops.stop_gradient(any_on))
 
     def _concat(self, masked, flat, on):
         return ops.matmul(flat, self.concat_kernel)
 
     def _att(self, masked, flat, on):
-        k = len(masked)
+        k, d = len(masked), masked[0].shape[-1]
         if k == 1:
             return masked[0]
-        weights = self._att_weights(flat, k, None if on[0] is None else ops.stack(on))
-        return sum(weights[:, i : i + 1] * x for i, x in enumerate(masked))
-
-    def _att_weights(self, flat, k, on):
-        """softmax over the k inputs of the shared scorer; on: [k] switches or None."""
-        d = flat.shape[-1] // k
         hidden = ops.relu(ops.matmul(ops.reshape(flat, (-1, d)), self.att_w1) + self.att_b1)
         scores = ops.reshape(ops.matmul(hidden, self.att_w2), (-1, k))  # [B, k]
-        if on is not None:
-            scores = ops.where(ops.reshape(on, (1, k)) > 0, scores, _MASKED_SCORE)
-        return ops.softmax(scores, axis=1)
-
-    def _stacked(self, inputs, connected, op_weights):
-        """The same ops on one [B, k, d] tensor: a few graph ops whatever k."""
-        k, d = len(inputs), inputs[0].shape[-1]
-        flat = ops.concatenate(list(inputs), axis=-1) if k > 1 else inputs[0]
-        x = ops.reshape(flat, (-1, k, d))
-        on = None
-        if connected is not None:
-            on = ops.reshape(connected, (1, k, 1))
-            x = x * on
-            flat = ops.reshape(x, (-1, k * d))
-        results = []
-        for name in self.op_names:
-            if name == "add":
-                results.append(ops.sum(x, axis=1))
-            elif name == "concat":
-                results.append(ops.matmul(flat, self.concat_kernel))
-            elif name == "att":
-                if k == 1:
-                    results.append(x[:, 0])
-                    continue
-                weights = self._att_weights(flat, k, None if on is None else ops.reshape(on, (k,)))
-                results.append(ops.sum(ops.expand_dims(weights, -1) * x, axis=1))
-            elif self.prod_norm:
-                results.append(self._prod_scaled_stacked(x, on))
-            else:
-                term = x if on is None else x + (1.0 - on)  # a disconnected input counts as 1
-                product = ops.prod(term, axis=1)
-                results.append(product if on is None else product * ops.stop_gradient(ops.max(on)))
-        if len(results) == 1:
-            return results[0]
-        return ops.sum(ops.stack(results, axis=-1) * ops.convert_to_tensor(op_weights, x.dtype), axis=-1)
-
-    def _prod_scaled_stacked(self, x, on):
-        """Scale-preserving PROD over [B, k, d]; on: [1, k, 1] switches or None."""
-        square = ops.stop_gradient(ops.mean(ops.square(x), axis=-1, keepdims=True))  # [B, k, 1]
-        live = ops.cast(square > 0, x.dtype)
-        log_r = 0.5 * ops.log(square + _PROD_EPS)
-        term = x * ops.exp(-log_r) + (1.0 - live)
-        if on is not None:
-            term = term * on + (1.0 - on)
-            live = live * on
-        return self._prod_rescale(ops.prod(term, axis=1), ops.sum(live * log_r, axis=1),
-                                  ops.sum(live, axis=1), ops.max(live, axis=1))
+        if on[0] is not None:
+            scores = ops.where(ops.reshape(ops.stack(on), (1, k)) > 0, scores, _MASKED_SCORE)
+        weights = ops.softmax(scores, axis=1)
+        return sum(weights[:, i : i + 1] * x for i, x in enumerate(masked))
 
     def get_config(self) -> dict:
         return {

@@ -208,7 +208,7 @@ class Supernet(keras.Model):
         emb = self.embedding(ids)
         outputs = {"E": emb}
         for comp in self._order:
-            fused = self._fused_input(comp, outputs, training)
+            fused = self._fused_input(comp, outputs)
             block = self.blocks[comp]
             if comp == "H":
                 out = block(fused)
@@ -224,7 +224,7 @@ class Supernet(keras.Model):
                 return out
         raise AssertionError("H is always built")  # pragma: no cover
 
-    def _fused_input(self, comp: str, outputs: dict, training=False):
+    def _fused_input(self, comp: str, outputs: dict):
         """The component's input: the op mixture over its (connected) sources."""
         sources = self._sources[comp]
         if not sources:
@@ -238,8 +238,7 @@ class Supernet(keras.Model):
             weights = ops.convert_to_tensor(self._soft[comp])
         else:
             weights = None
-        return self.fusions[comp]([outputs[s] for s in sources], connected=connected, op_weights=weights,
-                                  training=training)
+        return self.fusions[comp]([outputs[s] for s in sources], connected=connected, op_weights=weights)
 
     @property
     def component_inputs(self) -> dict[str, list[str]]:
