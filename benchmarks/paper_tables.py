@@ -186,7 +186,8 @@ def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int) -> 
         paths = report.draw_architecture(Architecture.load(arch_path), f"{title}: searched architecture (seed 1)",
                                          out / "figure3_architecture")
         figures += [p.name for p in paths]
-    setup = header() + f"- trainer arguments: `{' '.join(base) or '(preset defaults)'}`, seeds 1..{seeds}\n"
+    setup = header() + (f"- trainer arguments: `{' '.join(base) or '(preset defaults)'}`; seeds 1..{seeds} "
+                        "requested, the `seeds` column says how many each row holds\n")
     md = report.markdown(f"OptFusion vs baselines: {title}", setup, summary,
                          report.best_comparison(summary.get("table3", {})), figures)
     for name, text in (("report.md", md), ("report.html", report.to_html(md))):

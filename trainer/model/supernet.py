@@ -150,18 +150,21 @@ class Supernet(keras.Model):
         n = config.n
         frozen_edges = mode != "search" or search_ops_only
         if frozen_edges:
+            assert architecture is not None  # _validate: frozen edges come from an architecture
             keep = architecture.reachable()
             self._sources = {c: architecture.inputs(c) for c in connectable_components(n) if c in keep}
         else:
             self._sources = {c: candidate_inputs(c, n) for c in connectable_components(n)}
         self._order = list(self._sources)
+        op_names: dict[str, tuple[str, ...]]
         if mode == "hard":
+            assert architecture is not None
             op_names = {c: (op,) for c, op in architecture.hard_ops().items()}
         elif fixed_op is not None:
             op_names = {c: (fixed_op,) for c in fusing_components(n)}
         else:
             op_names = {c: OPS for c in fusing_components(n)}
-        self._soft = architecture.soft_weights() if mode == "soft" else {}
+        self._soft = architecture.soft_weights() if mode == "soft" and architecture is not None else {}
 
         self.embedding = FieldEmbedding(
             self.vocab_sizes, config.emb_dim, std=config.emb_std, name="embedding"
@@ -271,13 +274,15 @@ class Supernet(keras.Model):
                 for c, var in self.alpha.items()
             }
         else:
+            assert given is not None  # connections are frozen only from a given architecture
             alpha = given.alpha
         if self.fixed_op is not None:
             one_hot = [ONE_HOT_LOGIT if o == self.fixed_op else 0.0 for o in OPS]
             beta = {c: list(one_hot) for c in fusing_components(n)}
         else:
             beta = {
-                c: [float(v) for v in self.beta[c].numpy()] if c in self.beta else given.beta[c]
+                c: [float(v) for v in self.beta[c].numpy()] if c in self.beta or given is None
+                else given.beta[c]
                 for c in fusing_components(n)
             }
         return Architecture(n=n, alpha=alpha, beta=beta,
