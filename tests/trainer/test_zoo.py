@@ -69,9 +69,9 @@ def test_cin_one_layer_by_hand():
     np.testing.assert_allclose(layer(tf.constant([[[2.0], [3.0]]])).numpy(), [[25.0]])
 
 
-def test_regulation_gate_starts_as_an_even_split_over_fields():
+def test_regulation_gate_starts_as_the_identity_and_reweights_fields():
     layer = Regulation(num_fields=2)
     x = tf.constant([[2.0, 4.0, 6.0, 8.0]])  # fields (2, 4) and (6, 8)
-    np.testing.assert_allclose(layer(x).numpy(), [[1.0, 2.0, 3.0, 4.0]])
-    layer.gate.assign([np.log(3.0), 0.0])  # softmax -> (3/4, 1/4)
-    np.testing.assert_allclose(layer(x).numpy(), [[1.5, 3.0, 1.5, 2.0]], rtol=1e-6)
+    np.testing.assert_allclose(layer(x).numpy(), [[2.0, 4.0, 6.0, 8.0]])
+    layer.gate.assign([np.log(3.0), 0.0])  # 2 * softmax -> (3/2, 1/2)
+    np.testing.assert_allclose(layer(x).numpy(), [[3.0, 6.0, 3.0, 4.0]], rtol=1e-6)
