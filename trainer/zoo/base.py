@@ -85,6 +85,17 @@ class ZooModel(keras.Model):
         c = self.config
         return [DeepBlock(c.deep_batchnorm, c.dropout, name=f"{prefix}{i + 1}") for i in range(c.n)]
 
+    def add_mlp_tower(self) -> None:
+        """The deep tower of DeepFM, xDeepFM and IPNN: `mlp("D")` then Dense(1) (`mlp_logit`)."""
+        self.deep = self.mlp("D")
+        self.head = keras.layers.Dense(1, name="head")
+
+    def mlp_logit(self, x: Any, training: bool) -> Any:
+        """[B, width] -> [B, 1] through the tower of `add_mlp_tower`."""
+        for block in self.deep:
+            x = block(x, training=training)
+        return self.head(x)
+
     def build_now(self) -> None:
         """Builds every weight with a one-row dummy batch, so the variable lists are complete."""
         self({name: ops.zeros((1,), dtype="int64") for name in self.field_names}, training=False)

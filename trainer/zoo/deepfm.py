@@ -27,14 +27,11 @@ class DeepFM(ZooModel):
                  vocab_sizes: Sequence[int], **kwargs: Any) -> None:
         kwargs.setdefault("name", "deepfm")
         super().__init__(config, field_names, vocab_sizes, linear=True, **kwargs)
-        self.deep = self.mlp("D")
-        self.head = keras.layers.Dense(1, name="head")
+        self.add_mlp_tower()
         self.build_now()
 
     def call(self, features: dict[str, Any], training: bool = False) -> Any:
         ids = self.ids(features)
         emb = self.field_embeddings(ids)
-        x = ops.reshape(emb, (-1, self.width))
-        for block in self.deep:
-            x = block(x, training=training)
-        return self.linear_logit(ids) + fm_second_order(emb) + self.head(x)
+        deep = self.mlp_logit(ops.reshape(emb, (-1, self.width)), training)
+        return self.linear_logit(ids) + fm_second_order(emb) + deep

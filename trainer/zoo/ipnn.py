@@ -34,8 +34,7 @@ class IPNN(ZooModel):
                  vocab_sizes: Sequence[int], **kwargs: Any) -> None:
         kwargs.setdefault("name", "ipnn")
         super().__init__(config, field_names, vocab_sizes, **kwargs)
-        self.deep = self.mlp("D")
-        self.head = keras.layers.Dense(1, name="head")
+        self.add_mlp_tower()
         self.build_now()
 
     def call(self, features: dict[str, Any], training: bool = False) -> Any:
@@ -43,6 +42,4 @@ class IPNN(ZooModel):
         x = ops.concatenate(
             [ops.reshape(emb, (-1, self.width)), pairwise_inner_products(emb)], axis=1
         )
-        for block in self.deep:
-            x = block(x, training=training)
-        return self.head(x)
+        return self.mlp_logit(x, training)
