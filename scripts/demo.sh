@@ -29,7 +29,7 @@ step "5/6 export for TF Serving"
 serving export --run "$OUT/retrain" --data "$OUT/data" --model_base_path "$OUT/models" --model_name ctr
 
 step "6/6 serve over gRPC and predict raw rows"
-serving serve --model_config_file "$OUT/models/models.config" --port "$PORT" &
+serving serve --model_config_file "$OUT/models/models.config" --port "$PORT" --host 127.0.0.1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 serving predict --target "localhost:$PORT" --model_name ctr --input "$OUT/raw/new_rows.tsv" \
