@@ -23,6 +23,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -151,14 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     records_dir = args.out / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
     cells = plan(args.tables, args.models)
-    total, finished = len(cells) * args.seeds, 0
+    total, finished, failed = len(cells) * args.seeds, 0, []
     for seed in range(1, args.seeds + 1):
         for table, variant, run in cells:
             path = records_dir / f"{table}__{variant.replace('=', '')}__s{seed}.json"
             finished += 1
             if path.is_file():
                 continue
-            run_dir, seconds = runner.cell(run, seed)
+            try:
+                run_dir, seconds = runner.cell(run, seed)
+            except RuntimeError as err:  # one failed run (e.g. a constant predictor) does not stop the rest
+                failed.append(f"{table} {variant} seed {seed}: {err}")
+                print(f"[{finished}/{total}] {table} {variant} seed {seed}: FAILED ({err})", flush=True)
+                continue
             metrics = json.loads((run_dir / "metrics.json").read_text())
             record = {"table": table, "variant": variant, "seed": seed, "run_dir": str(run_dir),
                       "test_auc": metrics["test_auc"], "test_logloss": metrics["test_logloss"],
@@ -166,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomic(path, json.dumps(record, indent=1))
             print(f"[{finished}/{total}] {table} {variant} seed {seed}: test AUC {record['test_auc']:.4f} "
                   f"({seconds:.0f}s)", flush=True)
-    write_report(args.out, args.title or args.data.name, base, args.seeds)
-    return 0
+    write_report(args.out, args.title or args.data.name, base, args.seeds, failed)
+    return 1 if failed else 0
 
 
-def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int) -> None:
+def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, failed: Sequence[str] = ()) -> None:
     """Redraws report.md, report.html and the figures from every record in OUT/records."""
     from benchmarks import report
     from benchmarks.results import header
@@ -190,6 +196,8 @@ def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int) -> 
                         "requested, the `seeds` column says how many each row holds\n")
     md = report.markdown(f"OptFusion vs baselines: {title}", setup, summary,
                          report.best_comparison(summary.get("table3", {})), figures)
+    if failed:  # rerun the script to retry them (their trainer runs resume)
+        md += "\n## Failed runs\n\n" + "".join(f"- {line}\n" for line in failed)
     for name, text in (("report.md", md), ("report.html", report.to_html(md))):
         write_text_atomic(out / name, text)
     print(f"report: {out / 'report.md'}")

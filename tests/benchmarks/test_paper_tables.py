@@ -45,3 +45,19 @@ def test_plan_shares_the_searches_between_tables():
     one_shot = {run for t, v, run in cells if (t, v) in {("table3", "optfusion_hard"), ("table5", "one-shot")}}
     assert len(one_shot) == 1  # the same run dir answers both cells
 
+
+
+def test_a_failed_run_is_reported_and_the_rest_goes_on(tmp_path, monkeypatch):
+    attempts = []
+
+    def fails(self, run, seed):
+        attempts.append(run.key)
+        raise RuntimeError(f"trainer failed (exit 1) for {run.key}")
+
+    monkeypatch.setattr(paper_tables.Runner, "cell", fails)
+    data = write_synthetic_run(tmp_path / "data")
+    code = paper_tables.main(["--data", str(data), "--out", str(tmp_path / "r"), "--seeds", "1",
+                              "--tables", "table3", "--models", "lr", "fnn"])
+    assert code == 1 and attempts == ["lr", "fnn", "main-hard", "main-soft"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Failed runs" in md and "table3 fnn seed 1: trainer failed (exit 1) for fnn" in md
