@@ -24,6 +24,8 @@ from pipeline.errors import UsageError
 from pipeline.features import DONE_FILE, SPLIT_NAMES
 
 STATS_FILE = "stats.json"
+# Padding id of multi-valued fields (never a real id: those are >= 0).
+PAD_ID = -1
 
 
 class DatasetInfoError(UsageError):
@@ -32,10 +34,15 @@ class DatasetInfoError(UsageError):
 
 @dataclasses.dataclass(frozen=True)
 class FieldInfo:
-    """One transformed field: ids are int64 in [0, vocab_size)."""
+    """One transformed field: ids are int64 in [0, vocab_size).
+
+    A multi-valued field (`max_len` > 1) holds exactly `max_len` ids per
+    example, padded at the end with `PAD_ID`; a single-valued one holds one id.
+    """
 
     name: str
     vocab_size: int
+    max_len: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +131,8 @@ def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
     try:
         stats = json.loads(_read_text(stats_path))
         fields = tuple(
-            FieldInfo(name=f["name"], vocab_size=int(f["vocab_size"])) for f in stats["fields"]
+            FieldInfo(name=f["name"], vocab_size=int(f["vocab_size"]), max_len=int(f.get("max_len", 1)))
+            for f in stats["fields"]
         )
         info = DatasetInfo(
             data_dir=data_dir,
@@ -134,6 +142,6 @@ def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise DatasetInfoError(f"{stats_path} is malformed: {err!r}") from err
-    if not fields or any(f.vocab_size < 1 for f in fields):
-        raise DatasetInfoError(f"{stats_path} lists no fields or a field with vocab_size < 1")
+    if not fields or any(f.vocab_size < 1 or f.max_len < 1 for f in fields):
+        raise DatasetInfoError(f"{stats_path} lists no fields or a field with vocab_size or max_len < 1")
     return info

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipeline.dataset_info import DatasetInfo, DatasetInfoError
+from pipeline.dataset_info import DatasetInfo, DatasetInfoError, FieldInfo
 from pipeline.features import SPLIT_NAMES
 
 Features = dict[str, tf.Tensor]
@@ -26,11 +26,26 @@ def split_files(info: DatasetInfo, split: str) -> list[str]:
     return files
 
 
+def _field_shape(field: FieldInfo) -> list[int]:
+    """[] for a single-valued field, [max_len] for a multi-valued one."""
+    return [field.max_len] if field.max_len > 1 else []
+
+
 def feature_spec(info: DatasetInfo) -> dict[str, tf.io.FixedLenFeature]:
-    """One int64 scalar per field, plus the label."""
-    spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in info.field_names}
+    """One int64 scalar (or `max_len` padded ids) per field, plus the label."""
+    spec = {f.name: tf.io.FixedLenFeature(_field_shape(f), tf.int64) for f in info.fields}
     spec[info.label_key] = tf.io.FixedLenFeature([], tf.int64)
     return spec
+
+
+def input_signature(info: DatasetInfo) -> dict[str, tf.TensorSpec]:
+    """The model's input: int64 [B] per field, [B, max_len] for a multi-valued one."""
+    return {f.name: tf.TensorSpec([None, *_field_shape(f)], tf.int64, f.name) for f in info.fields}
+
+
+def dummy_features(info: DatasetInfo) -> dict[str, tf.Tensor]:
+    """A one-row batch of id 0 per field, to build a model's weights."""
+    return {f.name: tf.zeros([1, *_field_shape(f)], tf.int64) for f in info.fields}
 
 
 def make_dataset(

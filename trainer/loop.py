@@ -29,7 +29,7 @@ from tqdm import tqdm
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import DatasetInfo
 from trainer.config import Config
-from trainer.data import make_dataset
+from trainer.data import dummy_features, input_signature, make_dataset
 from trainer.distribute import active, chief_dir
 from trainer.metrics import log_loss, roc_auc
 
@@ -62,11 +62,6 @@ class LoopState:
 def bce_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Mean binary cross-entropy of [B] labels and [B, 1] logits."""
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=tf.reshape(logits, [-1])))
-
-
-def dummy_features(info: DatasetInfo) -> dict[str, tf.Tensor]:
-    """A one-row batch of id 0 per field, to build a model's weights."""
-    return {name: tf.zeros([1], tf.int64) for name in info.field_names}
 
 
 def _adam(lr: float) -> keras.optimizers.Optimizer:
@@ -133,7 +128,7 @@ class Phase:
             for _, opt, variables in self.groups:
                 opt.build(variables)
         # One trace for every batch size (the last batch of a split is smaller).
-        features = {name: tf.TensorSpec([None], tf.int64) for name in info.field_names}
+        features = input_signature(info)
         replica_step = tf.function(self._step, jit_compile=t.jit_compile)
         sum_ = tf.distribute.ReduceOp.SUM  # the replicas' loss shares add up to the global mean
         self.train_step = tf.function(
