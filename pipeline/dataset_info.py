@@ -53,6 +53,10 @@ class DatasetInfo:
     dataset: str
     label_key: str
     fields: tuple[FieldInfo, ...]
+    # A `pipeline transform` output holds one split, "data", and may be unlabeled
+    # (its records then have no label feature).
+    splits: tuple[str, ...] = SPLIT_NAMES
+    labeled: bool = True
 
     @property
     def field_names(self) -> list[str]:
@@ -64,8 +68,8 @@ class DatasetInfo:
 
     def split_pattern(self, split: str) -> str:
         """Glob of the gzipped TFRecord shards of `split`."""
-        if split not in SPLIT_NAMES:
-            raise DatasetInfoError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
+        if split not in self.splits:
+            raise DatasetInfoError(f"{self.data_dir} has no split {split!r}; it holds {list(self.splits)}")
         return join(self.data_dir, f"{split}-*.tfrecord.gz")
 
     @property
@@ -139,6 +143,8 @@ def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
             dataset=str(stats["dataset"]),
             label_key=str(stats["label_key"]),
             fields=fields,
+            splits=tuple(str(s) for s in stats.get("splits", SPLIT_NAMES)),
+            labeled=bool(stats.get("labeled", True)),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise DatasetInfoError(f"{stats_path} is malformed: {err!r}") from err

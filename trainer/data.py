@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipeline.dataset_info import DatasetInfo, DatasetInfoError, FieldInfo
-from pipeline.features import SPLIT_NAMES
+from pipeline.dataset_info import PAD_ID, DatasetInfo, DatasetInfoError, FieldInfo
 
 Features = dict[str, tf.Tensor]
 
@@ -34,7 +33,8 @@ def _field_shape(field: FieldInfo) -> list[int]:
 def feature_spec(info: DatasetInfo) -> dict[str, tf.io.FixedLenFeature]:
     """One int64 scalar (or `max_len` padded ids) per field, plus the label."""
     spec = {f.name: tf.io.FixedLenFeature(_field_shape(f), tf.int64) for f in info.fields}
-    spec[info.label_key] = tf.io.FixedLenFeature([], tf.int64)
+    if info.labeled:
+        spec[info.label_key] = tf.io.FixedLenFeature([], tf.int64)
     return spec
 
 
@@ -92,10 +92,11 @@ def check_data(info: DatasetInfo) -> None:
     """Fails before training if the shards disagree with stats.json.
 
     Reads the first record of each split: its features must be exactly the
-    listed fields plus the label, and every id must lie in [0, vocab_size).
+    listed fields (plus the label if labeled), each with `max_len` ids in
+    [0, vocab_size) (multi-valued: padded at the end with PAD_ID).
     """
-    expected = set(info.field_names) | {info.label_key}
-    for split in SPLIT_NAMES:
+    expected = set(info.field_names) | ({info.label_key} if info.labeled else set())
+    for split in info.splits:
         path = split_files(info, split)[0]
         try:
             record = next(iter(tf.data.TFRecordDataset(path, compression_type="GZIP").take(1)))
@@ -113,9 +114,10 @@ def check_data(info: DatasetInfo) -> None:
                 f"missing {missing[:5]}, unexpected {extra[:5]}"
             )
         for field in info.fields:
-            ids = example.features.feature[field.name].int64_list.value
-            if len(ids) != 1 or not 0 <= ids[0] < field.vocab_size:
+            ids = list(example.features.feature[field.name].int64_list.value)
+            real = [i for i in ids if i != PAD_ID] if field.max_len > 1 else ids
+            if len(ids) != field.max_len or not real or not all(0 <= i < field.vocab_size for i in real):
                 raise DatasetInfoError(
-                    f"{path}: field {field.name} holds {list(ids)[:3]}, outside [0, {field.vocab_size}) "
-                    "from stats.json (were the shards written by another pipeline run?)"
+                    f"{path}: field {field.name} holds {ids[:3]}, not {field.max_len} id(s) in "
+                    f"[0, {field.vocab_size}) as stats.json says (were the shards written by another pipeline run?)"
                 )

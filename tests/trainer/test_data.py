@@ -53,5 +53,5 @@ def test_check_data_rejects_field_count_and_vocab_mismatch(synthetic_dir, tmp_pa
 
     stats_small = dict(stats, fields=[dict(f, vocab_size=1) for f in stats["fields"]])
     (bad / "stats.json").write_text(json.dumps(stats_small))
-    with pytest.raises(DatasetInfoError, match=r"outside \[0, 1\)"):
+    with pytest.raises(DatasetInfoError, match=r"not 1 id\(s\) in \[0, 1\)"):
         check_data(read_dataset_info(bad))
