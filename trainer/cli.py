@@ -79,9 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="tune: epochs per trial (default: the config's train.epochs)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory to write")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"),
-                        help="tf.distribute strategy (config train.strategy, default: default); multi_worker reads "
-                        "TF_CONFIG, its chief writes --out and the other workers .OUT.worker-K beside it")
+    parser.add_argument("--strategy", choices=("default", "mirrored", "multi_worker", "parameter_server"),
+                        help="tf.distribute strategy (config train.strategy, default: default); multi_worker and "
+                        "parameter_server read TF_CONFIG, the chief writes --out (multi_worker: the other workers "
+                        "write .OUT.worker-K beside it)")
     return parser
 
 

@@ -42,7 +42,8 @@ class TrainConfig:
     jit_compile: bool = False  # XLA-compile the train step
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
     log_every: int = 50  # steps between TensorBoard loss points
-    strategy: Literal["default", "mirrored", "multi_worker"] = "default"  # tf.distribute; see trainer/distribute.py
+    # tf.distribute; see trainer/distribute.py
+    strategy: Literal["default", "mirrored", "multi_worker", "parameter_server"] = "default"
 
 
 @dataclasses.dataclass
