@@ -56,13 +56,16 @@ def searches() -> dict[str, tuple[str, ...]]:
     }
 
 
-def plan(tables: list[str], models: list[str]) -> list[tuple[str, str, Run]]:
-    """(table, variant, run) for every cell of the requested tables."""
+def plan(tables: list[str], models: list[str], optfusion: bool = True) -> list[tuple[str, str, Run]]:
+    """(table, variant, run) for every cell of the requested tables (`optfusion` False: baselines only)."""
     hard = lambda search, *extra: Run(f"{search}-hard" + "".join(extra), (  # noqa: E731
         "--stage=retrain", "--mode=hard", *extra), search)
     cells: list[tuple[str, str, Run]] = []
     if "table3" in tables:
         cells += [("table3", m, Run(m, ("--stage=train", f"--model={m}"))) for m in models]
+    if not optfusion:
+        return cells
+    if "table3" in tables:
         cells += [("table3", "optfusion_hard", hard("main")),
                   ("table3", "optfusion_soft", Run("main-soft", ("--stage=retrain", "--mode=soft"), "main"))]
     if "table4" in tables:
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=pathlib.Path, help="trainer preset (default: the dataset's CPU preset)")
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
     parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO), help="table 3 baselines")
+    parser.add_argument("--no-optfusion", dest="optfusion", action="store_false",
+                        help="run table 3's baselines only (OptFusion's runs follow in a later rerun)")
     parser.add_argument("--quick", action="store_true", help="1 epoch of 3 steps per run (tests, smoke runs)")
     parser.add_argument("--title", default=None, help="report title (default: the data dir's name)")
     args, extra = parser.parse_known_args(argv)
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args.data.resolve(), args.out.resolve(), base)
     records_dir = args.out / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
-    cells = plan(args.tables, args.models)
+    cells = plan(args.tables, args.models, args.optfusion)
     total, finished, failed = len(cells) * args.seeds, 0, []
     for seed in range(1, args.seeds + 1):
         for table, variant, run in cells:
