@@ -53,6 +53,9 @@ class SearchConfig:
     arch_lr: float = 3e-4  # Adam lr of alpha and beta
     fixed_op: Literal["add", "prod", "concat", "att"] | None = None  # search connections only
     sequential: bool = False  # connections first (with fixed_op or add), then ops, edges frozen
+    # Hard op per component: "beta" = argmax(beta), the paper; "alone" / "remove" = the valid AUC of
+    # the trained supernet with each op alone / without it (trainer/selection.py, docs/DESIGN.md §3)
+    hard_select: Literal["beta", "alone", "remove"] = "alone"
 
 
 @dataclasses.dataclass
