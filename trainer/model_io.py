@@ -48,16 +48,17 @@ def _build_model(
     search_ops_only: bool = False,
     zoo_model: str | None = None,
 ) -> keras.Model:
-    """The supernet of `config` over `fields` ([{name, vocab_size}]), weights built;
+    """The supernet of `config` over `fields` ([{name, vocab_size, max_len (default 1)}]), weights built;
     with `zoo_model`, that baseline of trainer/zoo instead (sized by the same config)."""
     names = [f["name"] for f in fields]
     sizes = [int(f["vocab_size"]) for f in fields]
+    max_lens = [int(f.get("max_len", 1)) for f in fields]
     try:
         if zoo_model is not None:
             model_class = ZOO[zoo_model].model_class
             if model_class is None:
                 raise ValueError(f"{zoo_model!r} is an architecture file, not a zoo model class")
-            model = model_class(config.model, names, sizes)
+            model = model_class(config.model, names, sizes, max_lens=max_lens)
         else:
             model = Supernet(
                 config.model,
@@ -67,6 +68,7 @@ def _build_model(
                 mode=mode,
                 fixed_op=fixed_op,
                 search_ops_only=search_ops_only,
+                max_lens=max_lens,
             )
     except ValueError as err:  # the model's own argument checks
         raise ConfigError(f"the model section does not fit this run: {err}") from err

@@ -38,6 +38,7 @@ from trainer.model_io import (
     save_weights,
     warm_start,
 )
+from trainer.selection import select_ops
 
 log = logging.getLogger("trainer")
 
@@ -54,7 +55,9 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
 
 
 def _fields(info: DatasetInfo) -> list[dict[str, Any]]:
-    return [{"name": f.name, "vocab_size": f.vocab_size} for f in info.fields]
+    """run.json's fields; max_len only where > 1, so single-valued runs read as before."""
+    return [{"name": f.name, "vocab_size": f.vocab_size, **({"max_len": f.max_len} if f.max_len > 1 else {})}
+            for f in info.fields]
 
 
 def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resume: bool) -> None:
@@ -105,6 +108,8 @@ def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: 
                                    "epochs": state.epochs_done}
         architecture = Architecture.load(arch_path)
     assert architecture is not None
+    architecture = select_ops(model, lambda: phase.evaluate("valid")["auc"], architecture, s.hard_select)
+    architecture.save(out / ARCH_FILE)
     save_search_weights(model, out)
     write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")
     summary.update(seconds=time.perf_counter() - start, architecture=str(out / ARCH_FILE),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal
 
 import keras
 from keras import ops
@@ -40,7 +41,7 @@ from trainer.architecture import (
     fusing_components,
 )
 from trainer.model.components import SHALLOW, DeepBlock, make_shallow
-from trainer.model.embedding import FieldEmbedding
+from trainer.model.embedding import POOLINGS, FieldEmbedding, dummy_ids, stack_ids
 from trainer.model.fusion import Fusion
 from trainer.model.ste import ste
 
@@ -68,6 +69,9 @@ class SupernetConfig:
         prod_norm: scale-preserving PROD (trainer/model/fusion.py), a
             documented deviation from the paper; False = the paper's raw
             product, which acts as a zero op over small inputs.
+        pooling: "mean" or "sum" of the embeddings of a multi-valued
+            field's ids (trainer/model/embedding.py); single-valued fields
+            are unaffected.
     """
 
     n: int = 3
@@ -79,6 +83,7 @@ class SupernetConfig:
     dropout: float = 0.0
     emb_std: float = 1e-2
     prod_norm: bool = True
+    pooling: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:
         for key in ("n", "emb_dim", "att_dim"):
@@ -93,6 +98,8 @@ class SupernetConfig:
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={self.dropout}")
         if self.emb_std <= 0:
             raise ValueError(f"`emb_std` must be > 0. Received: emb_std={self.emb_std}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={self.pooling!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,8 +129,10 @@ class Supernet(keras.Model):
         mode: one of MODES.
         search_ops_only: search ops with the architecture's connections frozen.
         fixed_op: search connections with this op fixed everywhere.
+        max_lens: ids per field (default 1 each); a multi-valued field is
+            pooled by `config.pooling`.
 
-    Call: features {field: int [B]} -> logits [B, 1].
+    Call: features {field: int [B], multi-valued: [B, max_len]} -> logits [B, 1].
     """
 
     def __init__(
@@ -135,6 +144,7 @@ class Supernet(keras.Model):
         mode: str = "search",
         search_ops_only: bool = False,
         fixed_op: str | None = None,
+        max_lens: Sequence[int] | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("name", "supernet")
@@ -143,6 +153,7 @@ class Supernet(keras.Model):
         self.config = config
         self.field_names = list(field_names)
         self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.max_lens = [1] * len(self.field_names) if max_lens is None else [int(m) for m in max_lens]
         self.mode = mode
         self.search_ops_only = bool(search_ops_only)
         self.fixed_op = fixed_op
@@ -167,7 +178,8 @@ class Supernet(keras.Model):
         self._soft = architecture.soft_weights() if mode == "soft" and architecture is not None else {}
 
         self.embedding = FieldEmbedding(
-            self.vocab_sizes, config.emb_dim, std=config.emb_std, name="embedding"
+            self.vocab_sizes, config.emb_dim, std=config.emb_std, max_lens=self.max_lens,
+            pooling=config.pooling, name="embedding"
         )
         self.blocks: dict[str, keras.layers.Layer] = {}
         self.fusions: dict[str, Fusion] = {}
@@ -195,8 +207,8 @@ class Supernet(keras.Model):
                     shape=(len(OPS),),
                     initializer=keras.initializers.RandomNormal(stddev=BETA_STD),
                 )
-        dummy = {name: ops.zeros((1,), dtype="int64") for name in self.field_names}
-        self(dummy, training=False)  # builds every weight now, so the variable lists are complete
+        # Build every weight now, so that the variable lists are complete.
+        self(dummy_ids(self.field_names, self.max_lens), training=False)
 
     def call(self, features, training=False):
         return self._forward(features, training)
@@ -204,11 +216,7 @@ class Supernet(keras.Model):
     def _forward(self, features, training=False, trace: dict | None = None):
         """Logits; `trace`, if given, receives each component's fused input
         under its name and each component's output under ("out", name)."""
-        # One stack and one reshape for all fields (ids given as [B] or [B, 1]): at
-        # batch 1 the serving cost is per graph op, not per value.
-        ids = ops.reshape(ops.stack([features[f] for f in self.field_names], axis=1),
-                          (-1, len(self.field_names)))
-        emb = self.embedding(ids)
+        emb = self.embedding(stack_ids(features, self.field_names, self.max_lens))
         outputs = {"E": emb}
         for comp in self._order:
             fused = self._fused_input(comp, outputs)
@@ -285,8 +293,8 @@ class Supernet(keras.Model):
                 else given.beta[c]
                 for c in fusing_components(n)
             }
-        return Architecture(n=n, alpha=alpha, beta=beta,
-                            description=given.description if given else "")
+        return Architecture(n=n, alpha=alpha, beta=beta, description=given.description if given else "",
+                            selection=given.selection if given and not self.beta else None)  # frozen: its Hard ops
 
     def fusion_spread(self, features) -> list[tuple[str, str, float]]:
         """Per built fusing component: (name, op, spread ratio), smallest ratio
@@ -321,6 +329,7 @@ class Supernet(keras.Model):
             "mode": self.mode,
             "search_ops_only": self.search_ops_only,
             "fixed_op": self.fixed_op,
+            "max_lens": self.max_lens,
         }
 
     @classmethod

@@ -1,9 +1,9 @@
 """What every baseline of the zoo shares with the supernet's training loop.
 
-The loop (trainer/loop.py) trains any model that maps {field: int64 [B]} to
-logits [B, 1] and sorts its weights into `embedding_variables` (own learning
-rate and L2), `dense_variables` and `arch_variables` (empty: nothing is
-searched). The baselines are built from the supernet's own parts
+The loop (trainer/loop.py) trains any model that maps {field: int64 [B]
+(multi-valued: [B, max_len])} to logits [B, 1] and sorts its weights into
+`embedding_variables` (own learning rate and L2), `dense_variables` and
+`arch_variables` (empty: nothing is searched). The baselines are built from the supernet's own parts
 (`FieldEmbedding`, `CrossNet`, `CIN`, `DeepBlock`) and sized by the same
 `SupernetConfig` (emb_dim, n, emb_std, deep_batchnorm, dropout), so that a
 comparison with OptFusion changes the wiring, not the capacity.
@@ -18,7 +18,7 @@ import keras
 from keras import ops
 
 from trainer.model.components import DeepBlock
-from trainer.model.embedding import FieldEmbedding
+from trainer.model.embedding import FieldEmbedding, dummy_ids, stack_ids
 from trainer.model.supernet import SupernetConfig
 
 
@@ -31,6 +31,8 @@ class ZooModel(keras.Model):
         vocab_sizes: ids of field f lie in [0, vocab_sizes[f]).
         linear: also build a first-order term (one weight per id, plus a bias).
         embedding: build the emb_dim-wide field embedding (False for LR).
+        max_lens: ids per field (default 1 each); multi-valued fields are
+            pooled by `config.pooling` in the embedding and the linear term.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class ZooModel(keras.Model):
         vocab_sizes: Sequence[int],
         linear: bool = False,
         embedding: bool = True,
+        max_lens: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -51,32 +54,33 @@ class ZooModel(keras.Model):
         self.config = config
         self.field_names = list(field_names)
         self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.max_lens = [1] * len(self.field_names) if max_lens is None else [int(m) for m in max_lens]
         self.num_fields = len(self.field_names)
         self.width = self.num_fields * config.emb_dim
-        self.embedding = (
-            FieldEmbedding(self.vocab_sizes, config.emb_dim, std=config.emb_std, name="embedding")
-            if embedding else None
-        )
-        self.linear = (
-            FieldEmbedding(self.vocab_sizes, 1, std=config.emb_std, name="linear") if linear else None
-        )
+        self.embedding = self._table(config.emb_dim, "embedding") if embedding else None
+        self.linear = self._table(1, "linear") if linear else None
         self.linear_bias = self.add_weight(name="linear_bias", shape=(1,), initializer="zeros") if linear else None
 
+    def _table(self, width: int, name: str) -> FieldEmbedding:
+        c = self.config
+        return FieldEmbedding(self.vocab_sizes, width, std=c.emb_std, max_lens=self.max_lens, pooling=c.pooling,
+                              name=name)
+
     def ids(self, features: dict[str, Any]) -> Any:
-        """{field: [B]} -> int [B, F] in model order."""
-        return ops.stack([ops.reshape(features[f], (-1,)) for f in self.field_names], axis=1)
+        """{field: [B] or [B, max_len]} -> int [B, sum(max_lens)] in model order."""
+        return stack_ids(features, self.field_names, self.max_lens)
 
     def flat_embeddings(self, ids: Any) -> Any:
-        """int [B, F] -> float [B, F * emb_dim], fields in order."""
+        """`ids` -> float [B, F * emb_dim], fields in order (multi-valued ones pooled)."""
         assert self.embedding is not None
         return self.embedding(ids)
 
     def field_embeddings(self, ids: Any) -> Any:
-        """int [B, F] -> float [B, F, emb_dim]."""
+        """`ids` -> float [B, F, emb_dim]."""
         return ops.reshape(self.flat_embeddings(ids), (-1, self.num_fields, self.config.emb_dim))
 
     def linear_logit(self, ids: Any) -> Any:
-        """First-order term sum_f w[id_f] + b -> [B, 1]."""
+        """First-order term sum_f w[id_f] + b -> [B, 1] (a multi-valued field's w pooled)."""
         assert self.linear is not None and self.linear_bias is not None
         return ops.sum(self.linear(ids), axis=1, keepdims=True) + self.linear_bias
 
@@ -98,7 +102,7 @@ class ZooModel(keras.Model):
 
     def build_now(self) -> None:
         """Builds every weight with a one-row dummy batch, so the variable lists are complete."""
-        self({name: ops.zeros((1,), dtype="int64") for name in self.field_names}, training=False)
+        self(dummy_ids(self.field_names, self.max_lens), training=False)
 
     @property
     def embedding_variables(self) -> list[keras.Variable]:
@@ -122,6 +126,7 @@ class ZooModel(keras.Model):
             "config": self.config.to_dict(),
             "field_names": self.field_names,
             "vocab_sizes": self.vocab_sizes,
+            "max_lens": self.max_lens,
         }
 
     @classmethod
