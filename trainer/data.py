@@ -56,8 +56,18 @@ def make_dataset(
     shuffle: bool = False,
     seed: int = 0,
     shuffle_buffer: int = 100_000,
+    in_file_order: bool = False,
 ) -> tf.data.Dataset:
-    """Yields (features {field: int64[B]}, labels float32[B]) batches of `split`."""
+    """Batches of `split` (any name in `info.splits`).
+
+    Labeled data yields (features {field: int64 [B] or [B, max_len]},
+    labels float32 [B]); unlabeled data (`info.labeled` False, e.g. a
+    `pipeline transform` output of scoring logs) yields the features alone:
+    no made-up label that a metric could be computed on.
+    `in_file_order` reads the shards one after the other in name order (each
+    in file order) instead of interleaving them, so that batch rows follow
+    the stored record order (batch scoring numbers its output rows so).
+    """
     files = split_files(info, split)
     spec = feature_spec(info)
     label_key = info.label_key
@@ -67,7 +77,7 @@ def make_dataset(
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     ds = ds.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=min(len(files), 4),
+        cycle_length=1 if in_file_order else min(len(files), 4),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -80,7 +90,11 @@ def make_dataset(
         labels = tf.cast(parsed.pop(label_key), tf.float32)
         return parsed, labels
 
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def parse_features(serialized: tf.Tensor) -> Features:
+        return tf.io.parse_example(serialized, spec)
+
+    ds = ds.map(parse if info.labeled else parse_features, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     # Under a multi-worker strategy each worker reads its own files (the
     # pipeline writes several shards per split), not every file filtered.
     options = tf.data.Options()

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from pipeline.dataset_info import DatasetInfoError, read_dataset_info
-from tests.trainer.synthetic import SPLIT_ROWS, VOCAB_SIZES
+from pipeline.dataset_info import PAD_ID, DatasetInfoError, read_dataset_info
+from tests.trainer.synthetic import SEQ_FIELD, SEQ_VOCAB, SPLIT_ROWS, VOCAB_SIZES, write_synthetic_run
 from trainer.data import check_data, make_dataset
 
 
@@ -18,7 +19,7 @@ def test_batches_hold_every_row_with_int64_ids(synthetic_dir):
     assert sorted(features) == sorted(info.field_names)
     assert features["f0"].dtype.name == "int64" and features["f0"].shape == (256,)
     assert labels.dtype.name == "float32"
-    for name, vocab in zip(info.field_names, VOCAB_SIZES):
+    for name, vocab in zip(info.field_names, VOCAB_SIZES, strict=True):
         assert 0 <= int(np.min(features[name])) and int(np.max(features[name])) < vocab
 
 
@@ -55,3 +56,27 @@ def test_check_data_rejects_field_count_and_vocab_mismatch(synthetic_dir, tmp_pa
     (bad / "stats.json").write_text(json.dumps(stats_small))
     with pytest.raises(DatasetInfoError, match=r"not 1 id\(s\) in \[0, 1\)"):
         check_data(read_dataset_info(bad))
+
+
+@pytest.fixture(scope="module")
+def unlabeled_dir(tmp_path_factory):
+    """A `pipeline transform`-like output: one split "data", no label, a multi-valued field."""
+    return write_synthetic_run(tmp_path_factory.mktemp("unlabeled"), shards=3, seq_len=4, labeled=False,
+                               splits={"data": 500})
+
+
+def test_unlabeled_split_yields_features_only_in_file_order(unlabeled_dir):
+    info = read_dataset_info(unlabeled_dir)
+    check_data(info)
+    assert info.splits == ("data",) and not info.labeled
+    batches = list(make_dataset(info, "data", batch_size=128, in_file_order=True))
+    assert all(isinstance(b, dict) for b in batches)  # no label, real or made up
+    assert sorted(batches[0]) == sorted(info.field_names)
+    seq = np.concatenate([b[SEQ_FIELD].numpy() for b in batches])
+    assert seq.shape == (500, 4) and seq.min() == PAD_ID and seq.max() < SEQ_VOCAB
+    # In file order: shard 0's records first (rows 0, 3, 6, ... of the writer), then shard 1's.
+    first = [tf.train.Example.FromString(r.numpy()).features.feature["f0"].int64_list.value[0]
+             for r in tf.data.TFRecordDataset(sorted(unlabeled_dir.glob("data-*")), compression_type="GZIP")]
+    np.testing.assert_array_equal(np.concatenate([b["f0"].numpy() for b in batches]), first)
+    with pytest.raises(DatasetInfoError, match=r"has no split 'test'; it holds \['data'\]"):
+        make_dataset(info, "test", 128)
