@@ -1,0 +1,245 @@
+"""Pipeline outputs on object stores: published with the marker last, read through a local view.
+
+Two I/O paths, because TensorFlow's own clients cannot serve every URI here:
+its `gs://` client has the Google endpoints compiled in (it cannot be pointed
+at an emulator such as the tests' `STORAGE_EMULATOR_HOST`), and `s3://` or
+`hdfs://` need tensorflow-io, whose filesystem plugin does not load with
+TF 2.21 (`undefined symbol: TF_VLog`). Beam's FileSystems serve every scheme
+the pipeline reads and writes, and honour the emulator.
+
+- Writing (`run_to_uri`, `publish`): the Beam job writes its output locally as
+  always (scratch dir, DONE.json last, rename); the finished tree is then copied
+  to the URI through Beam's FileSystems, every object first and DONE.json last.
+  Object stores have no atomic rename: the marker is what makes the prefix a
+  finished run, so a reader never trusts a prefix without it
+  (`pipeline.dataset_info`). Replacing a run deletes its marker first.
+- Reading (`local_view`): a local path, or a URI that tf.io.gfile serves in this
+  process, is returned unchanged (tf.data streams it natively). Any other URI
+  is staged once to a local cache keyed by the URI and its DONE.json content
+  (`OPTFUSION_CACHE`, default ~/.cache/optfusion/outputs): a re-published run
+  has a new marker and so a new cache entry, a finished entry is reused as is.
+  Staging (one sequential copy) rather than streaming records through a Python
+  generator, because the trainer reads every split once per epoch and the
+  generator path is GIL-bound; docs/SCALING.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pipeline.dataset_info import DatasetInfoError, is_uri
+from pipeline.errors import UsageError
+from pipeline.features import DONE_FILE
+
+if TYPE_CHECKING:
+    from pipeline.job import RunConfig
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+CACHE_ENV = "OPTFUSION_CACHE"
+_CHUNK = 8 << 20
+
+
+def scheme(path: str | pathlib.Path) -> str:
+    """`gs` for `gs://b/x`; "" for a local path."""
+    return str(path).split("://", 1)[0].lower() if is_uri(path) else ""
+
+
+@functools.cache
+def _tf_schemes() -> frozenset[str]:
+    import tensorflow as tf
+
+    return frozenset(tf.io.gfile.get_registered_schemes())
+
+
+def tf_can_read(path: str | pathlib.Path) -> bool:
+    """False where tf.io.gfile cannot serve `path` here: an unregistered scheme, or gs:// under an emulator."""
+    if not is_uri(path):
+        return True
+    name = scheme(path)
+    if name == "gs" and os.environ.get(EMULATOR_ENV):
+        return False
+    return name in _tf_schemes()
+
+
+def _filesystems():
+    """Beam's FileSystems; under the GCS emulator, without the credential lookup that cannot succeed there.
+
+    Beam asks google.auth for default credentials with 4 retries (~20 s of
+    backoff) before it connects anonymously; an emulator needs none, so the
+    anonymous result is recorded up front (Beam's process-wide credential cache).
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    if os.environ.get(EMULATOR_ENV):
+        from apache_beam.internal.gcp import auth
+
+        creds = getattr(auth, "_Credentials", None)
+        if creds is not None and not getattr(creds, "_credentials_init", True):
+            creds._credentials = None
+            creds._credentials_init = True
+    return FileSystems
+
+
+def _uncompressed():
+    # AUTO (Beam's default) would gzip a `.gz` object on write and inflate it on read.
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return CompressionTypes.UNCOMPRESSED
+
+
+def list_objects(uri: str) -> dict[str, int]:
+    """Relative name -> size of every object under the prefix `uri/`."""
+    prefix = uri.rstrip("/") + "/"
+    result = _filesystems().match([prefix + "**"])[0]
+    return {m.path[len(prefix):]: m.size_in_bytes for m in result.metadata_list if m.path.startswith(prefix)}
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object at `uri` (used for the small marker and stats files)."""
+    with _filesystems().open(uri, compression_type=_uncompressed()) as handle:
+        return handle.read()
+
+
+def _copy_stream(src, dst) -> int:
+    copied = 0
+    while chunk := src.read(_CHUNK):
+        dst.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
+def _upload(local: pathlib.Path, uri: str) -> None:
+    fs = _filesystems()
+    with local.open("rb") as src, fs.create(uri, mime_type="application/octet-stream",
+                                            compression_type=_uncompressed()) as dst:
+        _copy_stream(src, dst)
+
+
+def _download(uri: str, local: pathlib.Path, size: int) -> None:
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with _filesystems().open(uri, compression_type=_uncompressed()) as src, local.open("wb") as dst:
+        copied = _copy_stream(src, dst)
+    if copied != size:
+        raise OSError(f"staging {uri}: read {copied} bytes, the store lists {size}; retry")
+
+
+def check_target(uri: str, overwrite: bool) -> dict[str, int]:
+    """UsageError unless the prefix is empty or (with --overwrite) a finished run; its objects."""
+    objects = list_objects(uri)
+    if not objects:
+        return objects
+    if DONE_FILE not in objects:
+        raise UsageError(
+            f"output {uri} holds {len(objects)} objects but no finished pipeline run (no {DONE_FILE}); "
+            "--overwrite only replaces a finished run: delete the prefix or choose another --output"
+        )
+    if not overwrite:
+        raise UsageError(
+            f"output {uri} holds a finished run; pass --overwrite to replace it or choose another --output"
+        )
+    return objects
+
+
+def publish(local_dir: str | pathlib.Path, uri: str, overwrite: bool = False) -> None:
+    """Copies a finished local output to `uri`: every file, then DONE.json last.
+
+    A replaced run loses its marker before anything else changes, so readers
+    refuse the prefix from the first deleted object to the new marker.
+    """
+    local = pathlib.Path(local_dir)
+    uri = uri.rstrip("/")
+    if not (local / DONE_FILE).is_file():
+        raise UsageError(f"{local} is not a finished pipeline output (no {DONE_FILE}); nothing published to {uri}")
+    old = check_target(uri, overwrite)
+    fs = _filesystems()
+    if old:
+        fs.delete([f"{uri}/{DONE_FILE}"])
+        rest = [f"{uri}/{name}" for name in old if name != DONE_FILE]
+        if rest:
+            fs.delete(rest)
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != DONE_FILE)
+    for path in files:
+        _upload(path, f"{uri}/{path.relative_to(local).as_posix()}")
+    _upload(local / DONE_FILE, f"{uri}/{DONE_FILE}")
+
+
+def run_to_uri(config: RunConfig, run_local: Callable[[RunConfig], dict]) -> dict:
+    """`pipeline --output URI`: the job into a local temp dir (TMPDIR), then `publish`; its stats.
+
+    The target is checked before the job runs. On failure the temp dir is kept
+    (its rejected rows are there, named by the job's error) and nothing is published.
+    """
+    import dataclasses
+
+    uri = config.output.rstrip("/")
+    check_target(uri, config.overwrite)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="optfusion-publish-"))
+    local = tmp / "output"
+    stats = run_local(dataclasses.replace(config, output=str(local), overwrite=False))
+    publish(local, uri, overwrite=config.overwrite)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def default_cache_root() -> pathlib.Path:
+    return pathlib.Path(os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "optfusion" / "outputs")
+
+
+def _marker(uri: str, objects: dict[str, int]) -> bytes:
+    if DONE_FILE not in objects:
+        raise DatasetInfoError(
+            f"{uri} is not a finished pipeline output: its {DONE_FILE} marker, written last, is missing "
+            "(an interrupted run or another prefix; run `pipeline ... --output URI` to completion first)"
+        )
+    return read_bytes(f"{uri}/{DONE_FILE}")
+
+
+def stage(uri: str, cache_root: str | pathlib.Path | None = None) -> pathlib.Path:
+    """A local copy of the finished output at `uri`, reused while its DONE.json is unchanged.
+
+    DatasetInfoError without the marker; OSError if the run was replaced while it was copied.
+    Several processes may stage the same run at once: each copies into its own
+    scratch dir and the first rename wins.
+    """
+    uri = uri.rstrip("/")
+    objects = list_objects(uri)
+    marker = _marker(uri, objects)
+    root = pathlib.Path(cache_root) if cache_root is not None else default_cache_root()
+    key = hashlib.sha256(uri.encode() + b"\n" + marker).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", uri.split("://", 1)[-1])[-80:]
+    target = root / f"{label}-{key}"
+    if (target / DONE_FILE).is_file() and (target / DONE_FILE).read_bytes() == marker:
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = root / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        for name, size in sorted(objects.items()):
+            if name != DONE_FILE:
+                _download(f"{uri}/{name}", scratch / name, size)
+        if read_bytes(f"{uri}/{DONE_FILE}") != marker:
+            raise OSError(f"{uri} was replaced while it was staged to {target}; retry")
+        (scratch / DONE_FILE).write_bytes(marker)
+        try:
+            scratch.rename(target)
+        except OSError:
+            if not (target / DONE_FILE).is_file():  # not a concurrent stager's finished copy
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def local_view(data_dir: str | pathlib.Path, cache_root: str | pathlib.Path | None = None) -> str | pathlib.Path:
+    """`data_dir` as the trainer and export should open it: unchanged if TF reads it here, else staged."""
+    if tf_can_read(data_dir):
+        return data_dir
+    return stage(str(data_dir), cache_root)
