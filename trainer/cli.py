@@ -1,4 +1,4 @@
-"""Search a fusion architecture, retrain it, or train a fixed design.
+"""Search a fusion architecture, retrain it, or train a fixed design; evaluate a finished run or score new data.
 
   trainer --stage=search  --data DIR [--config FILE] [--section.key=value ...] --out RUN [--resume]
   trainer --stage=retrain --data DIR --architecture RUN/architecture.json --mode {hard,soft}
@@ -8,6 +8,13 @@
   trainer --stage=train   --data DIR --architecture FILE --mode {hard,soft} --out RUN
   trainer --stage=train   --data DIR --model {lr,fnn,ipnn,deepfm,dcn,dcnv2_s,dcnv2_p,xdeepfm,edcn} --out RUN
   trainer --stage=tune    --data DIR --model {optfusion,NAME} [--grid FILE] [--max_trials N] [--epochs E] --out TUNE
+  trainer --stage=evaluate --data DIR --run_dir RUN [--split NAME] [--output FILE.json]
+  trainer --stage=predict  --data DIR --run_dir RUN [--split NAME] --output FILE.tsv|FILE.csv
+
+evaluate and predict take a finished retrain/train run and any transformed data
+made with that run's transform graph (a `pipeline` run, or a `pipeline transform`
+output of new files: split "data", labeled or not); predict writes
+`row<TAB>probability[<TAB>label]` per record (see trainer/scoring.py).
 
 Bad input (config, data dir, architecture, run dir) fails before training with
 one line and exit code 2; a diverging loss stops with exit code 1, keeping the
@@ -28,11 +35,14 @@ from typing import Any
 
 from pipeline.dataset_info import read_dataset_info
 from pipeline.errors import EXIT_USAGE, UsageError
+from pipeline.features import SPLIT_NAMES
 from trainer.zoo import OPTFUSION, ZOO, describe
 
 log = logging.getLogger("trainer")
 
 EXIT_DIVERGED = 1
+TRAINING_STAGES = ("search", "retrain", "train", "tune")
+SCORING_STAGES = ("evaluate", "predict")
 DEFAULT_INIT = "fresh"
 INIT_HELP = (
     "retrain: weights to start from: fresh (random) or search (the search run's weights beside "
@@ -50,13 +60,16 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Any further --section.key=value overrides the config, e.g. --train.lr=3e-4 --model.n=2 "
         "--search.fixed_op=add --search.sequential=true --train.jit_compile=true.",
     )
-    parser.add_argument("--stage", required=True, choices=("search", "retrain", "train", "tune"),
+    parser.add_argument("--stage", required=True, choices=(*TRAINING_STAGES, *SCORING_STAGES),
                         help="search: one-shot supernet search; retrain: a searched architecture (fresh or "
                         "warm-started, --init); train: any architecture file (fixed designs, ablations) or a "
                         "baseline (--model); tune: keras-tuner over lr and L2 for --model (writes best.yaml "
-                        "for --config)")
+                        "for --config); evaluate: AUC and LogLoss of a finished run (--run_dir) on a labeled "
+                        "split of --data, printed and written as JSON; predict: one probability per record of "
+                        "--data into --output (labeled or unlabeled data)")
     parser.add_argument("--data", required=True,
-                        help="output DIR of a `pipeline` run (a local path or any tf.io.gfile URI)")
+                        help="output DIR of a `pipeline` run (a local path or any tf.io.gfile URI); evaluate and "
+                        "predict also take a `pipeline transform` output")
     parser.add_argument(
         "--config", type=pathlib.Path,
         help="YAML config; default: for retrain, the config.yaml beside --architecture, else the "
@@ -77,7 +90,16 @@ def _parser() -> argparse.ArgumentParser:
                         "trainer/configs/tune_grid.yaml)")
     parser.add_argument("--max_trials", type=int, help="tune: trials at most (default: the whole grid)")
     parser.add_argument("--epochs", type=int, help="tune: epochs per trial (default: the config's train.epochs)")
-    parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory to write")
+    parser.add_argument("--out", type=pathlib.Path, help="run directory to write (search, retrain, train, tune)")
+    parser.add_argument("--run_dir", type=pathlib.Path,
+                        help="evaluate/predict: a finished retrain or train run (its --out)")
+    parser.add_argument("--split",
+                        help="evaluate/predict: split of --data (default: test, or the only split of a "
+                        "`pipeline transform` output)")
+    parser.add_argument("--output", type=pathlib.Path,
+                        help="predict: file to write, tab-separated (comma-separated if it ends in .csv); "
+                        "evaluate: JSON file (default: evaluation.SPLIT.json in --run_dir, replaced by the next "
+                        "evaluation of that split); a given --output is never overwritten")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--strategy", choices=("default", "mirrored", "multi_worker", "parameter_server"),
                         help="tf.distribute strategy (config train.strategy, default: default); multi_worker and "
@@ -125,6 +147,18 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     from trainer.stages import run_fixed, run_search
 
     info = read_dataset_info(args.data)
+    if args.stage in SCORING_STAGES:
+        return _score(args, info)
+    if any(v is not None for v in (args.run_dir, args.split, args.output)):
+        raise UsageError("--run_dir, --split and --output belong to --stage=evaluate|predict")
+    if args.out is None:
+        raise UsageError(f"--stage={args.stage} needs --out RUN (the run directory to write)")
+    missing = [s for s in SPLIT_NAMES if s not in info.splits]
+    if missing or not info.labeled:
+        raise UsageError(
+            f"{args.data} holds {'unlabeled ' if not info.labeled else ''}splits {list(info.splits)}: training "
+            f"needs a labeled `pipeline` run with {list(SPLIT_NAMES)} (score new data with --stage=predict)"
+        )
     entry = ZOO.get(args.model) if args.model else None
     if args.model is not None and args.stage not in ("train", "tune"):
         raise UsageError(f"--model belongs to --stage=train|tune, not {args.stage}")
@@ -183,6 +217,27 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
                      resume=args.resume, init=args.init or DEFAULT_INIT)
 
 
+def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
+    """evaluate / predict: a finished run's model on --data (trainer/scoring.py)."""
+    from trainer import scoring
+    from trainer.data import check_data
+
+    training_only = {"--out": args.out, "--architecture": args.architecture, "--mode": args.mode,
+                     "--init": args.init, "--fixed_op": args.fixed_op, "--model": args.model, "--grid": args.grid,
+                     "--max_trials": args.max_trials, "--epochs": args.epochs, "--strategy": args.strategy}
+    given = [flag for flag, value in training_only.items() if value is not None]
+    if given or args.resume:
+        raise UsageError(f"{(given or ['--resume'])[0]} belongs to the training stages, not --stage={args.stage}")
+    if args.run_dir is None:
+        raise UsageError(f"--stage={args.stage} needs --run_dir RUN (a finished retrain or train run)")
+    check_data(info)
+    if args.stage == "evaluate":
+        return scoring.evaluate(args.run_dir, info, args.split, args.output)
+    if args.output is None:
+        raise UsageError("--stage=predict needs --output FILE (.tsv, or .csv for comma-separated)")
+    return scoring.predict(args.run_dir, info, args.output, args.split)
+
+
 def _tune(args: argparse.Namespace, config: Any, info: Any) -> dict[str, Any]:
     """keras-tuner over --grid; each trial is the search stage (optfusion) or the train stage."""
     from trainer.stages import run_fixed, run_search
@@ -227,6 +282,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
                          f"at epoch {p['best_epoch']} of {p['epochs']}")
         lines.append(summary["rendering"])
         lines.append(f"  architecture: {summary['architecture']}")
+    elif summary["stage"] == "evaluate":
+        lines = [f"trainer evaluate: {summary['run_dir']} on split {summary['split']} of {summary['data_dir']}: "
+                 f"AUC {summary['auc']:.4f}, LogLoss {summary['logloss']:.4f} ({summary['rows']} rows, "
+                 f"{summary['positives']} positive) in {summary['seconds']:.1f}s -> {summary['output']}"]
+    elif summary["stage"] == "predict":
+        lines = [f"trainer predict: {summary['rows']} rows of split {summary['split']} of {summary['data_dir']} "
+                 f"scored by {summary['run_dir']} in {summary['seconds']:.1f}s -> {summary['output']} "
+                 f"(probability mean {summary['mean_probability']:.4f}, min {summary['min_probability']:.4g}, "
+                 f"max {summary['max_probability']:.4g})"]
     else:
         lines.append(
             f"  {summary['model'] or summary['mode']}: test AUC {summary['test_auc']:.4f}, "

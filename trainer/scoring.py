@@ -1,0 +1,193 @@
+"""A finished run's model on other transformed data: evaluate it, or score every row.
+
+The data may be any split of a `pipeline` run, or a `pipeline transform`
+output (split "data", labeled or not) made with the run's own transform
+graph. Both stages first check that the data's fields, vocabulary sizes and
+value counts are the run's: ids from another graph would silently mean other
+tokens.
+
+`trainer --stage=predict` writes one row per record, in the stored record
+order (the split's shards in name order, each in file order):
+
+    row<TAB>probability[<TAB>label]
+    0<TAB>0.0312<TAB>0
+
+`row` is the 0-based record index, `probability` P(click) with 7 significant
+digits, `label` only for labeled data; an --output ending in `.csv` is
+comma-separated instead. The file appears complete or not at all (temp file,
+then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_path, write_text_atomic
+from pipeline.dataset_info import STATS_FILE, DatasetInfo, is_uri, join
+from pipeline.errors import UsageError
+from trainer.config import load_config
+from trainer.data import input_signature, make_dataset
+from trainer.metrics import log_loss, roc_auc
+from trainer.model_io import CONFIG_FILE, RUN_FILE, load_model
+
+log = logging.getLogger("trainer")
+
+EVALUATION_FILE = "evaluation.{split}.json"
+"""evaluate's default output, in the run dir (replaced by the next evaluation of that split)."""
+
+
+class ScoringError(UsageError):
+    """The run, the data or the output cannot be used for evaluate / predict."""
+
+
+def default_split(info: DatasetInfo) -> str:
+    """"test" for a `pipeline` run, the only split of a `pipeline transform` output."""
+    if "test" in info.splits:
+        return "test"
+    if len(info.splits) == 1:
+        return info.splits[0]
+    raise ScoringError(f"{info.data_dir} holds splits {list(info.splits)}: pass --split NAME")
+
+
+def check_compatible(run_dir: pathlib.Path, info: DatasetInfo) -> None:
+    """Raises unless `info`'s fields (names, order, vocab sizes, max_len) are the run's."""
+    run = json.loads((run_dir / RUN_FILE).read_text())
+    trained = [(f["name"], int(f["vocab_size"]), int(f.get("max_len", 1))) for f in run["fields"]]
+    given = [(f.name, f.vocab_size, f.max_len) for f in info.fields]
+    if trained == given:
+        return
+    hint = (f"transform the raw files with the run's own graph: `pipeline transform --run {run.get('data_dir')} "
+            "--input FILES --output DIR`")
+    names_run, names_data = [t[0] for t in trained], [g[0] for g in given]
+    if names_run != names_data:
+        missing = [n for n in names_run if n not in names_data]
+        extra = [n for n in names_data if n not in names_run]
+        what = (f"fields missing {missing[:5]}, unexpected {extra[:5]}" if missing or extra
+                else "the same fields in another order")
+        raise ScoringError(f"{info.data_dir} does not match the run {run_dir}: {what}; {hint}")
+    name, (_, size_run, len_run), (_, size_data, len_data) = next(
+        (t[0], t, g) for t, g in zip(trained, given, strict=True) if t != g)
+    raise ScoringError(
+        f"{info.data_dir} was transformed with another graph than the run {run_dir}: field {name} has "
+        f"vocab_size {size_data} and max_len {len_data} there, {size_run} and {len_run} in the run; {hint}"
+    )
+
+
+def _split_rows(info: DatasetInfo, split: str) -> int | None:
+    """Rows of `split` as stats.json records them (None where it does not): the progress bar's total."""
+    try:
+        with tf.io.gfile.GFile(join(info.data_dir, STATS_FILE)) as handle:
+            rows = json.load(handle).get("splits", {})[split]["rows"]
+        return int(rows)
+    except (KeyError, TypeError, ValueError, tf.errors.OpError):
+        return None
+
+
+def _resolve_split(info: DatasetInfo, split: str | None) -> str:
+    split = split or default_split(info)
+    if split not in info.splits:
+        raise ScoringError(f"--split {split!r}: {info.data_dir} holds {list(info.splits)}")
+    return split
+
+
+def _load(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int]:
+    """The run's model (after the data check) and the run's eval batch size."""
+    if not (run_dir / RUN_FILE).is_file():
+        raise ScoringError(f"--run_dir {run_dir} is not a trainer run directory: {RUN_FILE} is missing")
+    check_compatible(run_dir, info)
+    model = load_model(run_dir)  # refuses a search run or an unfinished one, naming why
+    return model, load_config(run_dir / CONFIG_FILE).train.eval_batch_size
+
+
+def _logits(model: Any, info: DatasetInfo, split: str, batch_size: int, desc: str,
+            ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(logits, labels or None) per batch of `split`, in stored record order, with a progress bar."""
+    step = tf.function(lambda f: model(f, training=False), input_signature=[input_signature(info)])
+    bar = tqdm(total=_split_rows(info, split), desc=desc, unit="row", unit_scale=True, leave=False,
+               mininterval=0.2 if sys.stderr.isatty() else 30)
+    with bar:
+        for batch in make_dataset(info, split, batch_size, in_file_order=True):
+            features, labels = batch if info.labeled else (batch, None)
+            logits = np.asarray(step(features)).reshape(-1)
+            bar.update(logits.size)
+            yield logits, None if labels is None else labels.numpy()
+
+
+def evaluate(run_dir: str | pathlib.Path, info: DatasetInfo, split: str | None = None,
+             output: str | pathlib.Path | None = None) -> dict[str, Any]:
+    """Exact AUC and LogLoss of the run's model over a labeled split; writes them as JSON."""
+    if not info.labeled:
+        raise ScoringError(
+            f"{info.data_dir} is unlabeled (records without {info.label_key!r}): nothing to evaluate "
+            "against; use --stage=predict to score it"
+        )
+    run_dir = pathlib.Path(run_dir)
+    split = _resolve_split(info, split)
+    target = run_dir / EVALUATION_FILE.format(split=split) if output is None else _output_path(output)
+    start = time.perf_counter()
+    model, batch_size = _load(run_dir, info)
+    logits: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for batch_logits, batch_labels in _logits(model, info, split, batch_size, f"evaluate {split}"):
+        assert batch_labels is not None  # labeled data, checked above
+        logits.append(batch_logits)
+        labels.append(batch_labels)
+    y, z = np.concatenate(labels), np.concatenate(logits)
+    positives = int(y.sum())
+    if positives in (0, y.size):
+        raise ScoringError(
+            f"split {split!r} of {info.data_dir} holds {y.size} rows, {positives} positive: AUC needs both classes"
+        )
+    result = {
+        "stage": "evaluate", "run_dir": str(run_dir), "data_dir": str(info.data_dir), "split": split,
+        "auc": roc_auc(y, z), "logloss": log_loss(y, z), "rows": int(y.size), "positives": positives,
+    }
+    write_text_atomic(target, json.dumps(result, indent=1) + "\n")
+    return {**result, "output": str(target), "seconds": time.perf_counter() - start}
+
+
+def predict(run_dir: str | pathlib.Path, info: DatasetInfo, output: str | pathlib.Path,
+            split: str | None = None) -> dict[str, Any]:
+    """Writes one probability per record of the split (format in the module docstring)."""
+    run_dir = pathlib.Path(run_dir)
+    split = _resolve_split(info, split)
+    target = _output_path(output)
+    start = time.perf_counter()
+    model, batch_size = _load(run_dir, info)
+    sep = "," if target.suffix.lower() == ".csv" else "\t"
+    rows, total, low, high = 0, 0.0, math.inf, -math.inf
+    with atomic_path(target) as tmp, tmp.open("w") as out:
+        out.write(sep.join(["row", "probability", *(["label"] if info.labeled else [])]) + "\n")
+        for logits, labels in _logits(model, info, split, batch_size, f"predict {split}"):
+            p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+            index = np.arange(rows, rows + p.size)
+            columns = [index, p] if labels is None else [index, p, labels.astype(np.int64)]
+            np.savetxt(out, np.column_stack(columns), fmt=["%d", "%.7g", "%d"][:len(columns)], delimiter=sep)
+            rows += p.size
+            total, low, high = total + float(p.sum()), min(low, float(p.min())), max(high, float(p.max()))
+    return {"stage": "predict", "run_dir": str(run_dir), "data_dir": str(info.data_dir), "split": split,
+            "output": str(target), "rows": rows, "labeled": info.labeled, "mean_probability": total / rows,
+            "min_probability": low, "max_probability": high, "seconds": time.perf_counter() - start}
+
+
+def _output_path(output: str | pathlib.Path) -> pathlib.Path:
+    """A local output file that does not exist yet (a given one is never overwritten)."""
+    if is_uri(str(output)):
+        raise ScoringError(f"--output {output}: write to a local path (a URI has no atomic rename), then copy it")
+    path = pathlib.Path(output)
+    if path.exists():
+        raise ScoringError(f"--output {path} exists; remove it or choose another file (nothing is overwritten)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ScoringError(f"--output {path}: {path.parent} is not a directory")
+    return path
