@@ -27,12 +27,15 @@ from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
+from pipeline.dataset_info import PAD_ID
 from pipeline.features import LABEL_KEY, MISSING_ID, OOV_ID, SPLIT_NAMES
 from pipeline.file_layout import Layout
 from pipeline.job_spec import (
     INPUT_COUNTS_FILE,
     STATS_TMP,
     TFT_TMP,
+    TIME_SPLIT_FILE,
+    UNSPLIT,
     InputCounts,
     JobSpec,
     SplitStats,
@@ -42,7 +45,7 @@ from pipeline.parse import REASONS, parse_lines, raw_arrow_schema
 from pipeline.sources import FileRange, read_line_batches
 from pipeline.specs import DatasetSpec
 from pipeline.tfrecord_sink import GzipTFRecordSink
-from pipeline.transform import make_preprocessing_fn
+from pipeline.transform import MergeCountsFn, make_preprocessing_fn, reduce_counts
 
 _progress = None  # one bar per worker process (the whole job under the local DirectRunner)
 
@@ -57,27 +60,32 @@ def _advance_progress(total_bytes: int | None, done: int) -> None:
 
 
 class ReadAndParse(beam.DoFn):
-    """One file range -> raw record batches tagged by split, rejected lines, counts."""
+    """One file range -> raw record batches tagged by split, rejected lines, counts.
+
+    With a `time_field` (`--split time`) every good batch goes to UNSPLIT: its
+    split depends on the time cut-offs of all rows (`SplitByTime`).
+    """
 
     def __init__(self, spec: DatasetSpec, layouts: dict[str, Layout], seed: int, batch_lines: int,
-                 total_bytes: int | None = None):
+                 total_bytes: int | None = None, time_field: str | None = None):
         self._spec = spec
         self._layouts = layouts
         self._seed = seed
         self._batch_lines = batch_lines
         self._total_bytes = total_bytes
+        self._time_field = time_field
 
     def process(self, rng: FileRange) -> Iterator:
         layout = self._layouts[rng.path]
         counts = InputCounts.zero()
         for lines in read_line_batches(rng, layout.header, self._batch_lines):
-            parsed = parse_lines(lines, layout, self._spec, self._seed)
+            parsed = parse_lines(lines, layout, self._spec, self._seed, self._time_field)
             _advance_progress(self._total_bytes, sum(map(len, lines)) + len(lines))
             rejected = dict.fromkeys(REASONS, 0)
             for reason, line in parsed.rejected:
                 rejected[reason] += 1
                 yield beam.pvalue.TaggedOutput("rejected", (reason, line))
-            by_split = parsed.by_split()
+            by_split = {UNSPLIT: parsed.rows} if self._time_field else parsed.by_split()
             for split, batch in by_split.items():
                 if batch.num_rows:
                     yield beam.pvalue.TaggedOutput(split, batch)
@@ -85,15 +93,73 @@ class ReadAndParse(beam.DoFn):
         yield beam.pvalue.TaggedOutput("counts", (rng.path, counts))
 
 
+def _time_values(batch: pa.RecordBatch, field: str) -> np.ndarray:
+    """The time column of rows parsed with `time_field` (one value per row: missing rows were rejected)."""
+    return np.asarray(batch.column(field).flatten(), dtype=np.int64)
+
+
+def time_cutoffs(keys_counts: tuple[np.ndarray, np.ndarray]) -> dict[str, int]:
+    """Valid and test start times: the first time values with >= 80% / >= 90% of the rows before them.
+
+    Rows with equal time never straddle a cut, so a split may get fewer (or no)
+    rows when one time value holds many; the job then warns.
+    """
+    keys, counts = keys_counts
+    if not len(keys):
+        return {"valid_from": 0, "test_from": 0}
+    before = np.cumsum(counts) - counts
+    total = int(counts.sum())
+
+    def first(fraction: float) -> int:
+        at = np.flatnonzero(before >= fraction * total)
+        return int(keys[at[0]]) if len(at) else int(keys[-1]) + 1
+
+    return {"valid_from": first(0.8), "test_from": first(0.9)}
+
+
+class SplitByTime(beam.DoFn):
+    """UNSPLIT batches -> train / valid / test by the time cut-offs (a side input)."""
+
+    def __init__(self, field: str):
+        self._field = field
+
+    def process(self, batch: pa.RecordBatch, cutoffs: dict[str, int]) -> Iterator:
+        times = _time_values(batch, self._field)
+        index = (times >= cutoffs["valid_from"]).astype(np.int8) + (times >= cutoffs["test_from"])
+        for i, split in enumerate(SPLIT_NAMES):
+            part = batch.filter(pa.array(index == i))
+            if part.num_rows:
+                yield beam.pvalue.TaggedOutput(split, part)
+
+
 def split_stats(batch: pa.RecordBatch, fields: list[str]) -> SplitStats:
-    """Rows, positives and OOV / missing ids per field of one transformed batch."""
-    oov, missing = {}, {}
+    """Rows, positives and OOV / missing / value ids per field of one transformed batch."""
+    oov, missing, tokens = {}, {}, {}
     for name in fields:
         ids = np.asarray(batch.column(name).flatten())
         oov[name] = int((ids == OOV_ID).sum())
         missing[name] = int((ids == MISSING_ID).sum())
-    positives = int(np.asarray(batch.column(LABEL_KEY).flatten()).sum())
-    return SplitStats(batch.num_rows, positives, oov, missing)
+        tokens[name] = int(((ids != MISSING_ID) & (ids != PAD_ID)).sum())
+    labels = batch.schema.get_field_index(LABEL_KEY)
+    positives = int(np.asarray(batch.column(labels).flatten()).sum()) if labels >= 0 else 0
+    return SplitStats(batch.num_rows, positives, oov, missing, tokens)
+
+
+def _with_dummy_label(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Unlabeled rows for a labeled graph: a label of 0 that `_WriteSplit` drops again."""
+    offsets = pa.array(np.arange(batch.num_rows + 1, dtype=np.int32))
+    label = pa.ListArray.from_arrays(offsets, pa.array(np.zeros(batch.num_rows, np.int64)))
+    return batch.append_column(LABEL_KEY, label)
+
+
+def _without_label(schema):
+    """A copy of a TFT schema proto without the label feature."""
+    out = type(schema)()
+    out.CopyFrom(schema)
+    kept = [f for f in out.feature if f.name != LABEL_KEY]
+    del out.feature[:]
+    out.feature.extend(kept)
+    return out
 
 
 def _sum(records: Iterable, zero):
@@ -105,7 +171,8 @@ def _to_json_line(value) -> str:
     return json.dumps(value)
 
 
-def _write_json(pcoll, path: str):
+@beam.ptransform_fn
+def _WriteJson(pcoll, path: str):
     """Writes the single element of `pcoll` as a JSON file at `path`."""
     return pcoll | "ToJson" >> beam.Map(_to_json_line) | "WriteJson" >> beam.io.WriteToText(
         path, shard_name_template="", num_shards=1
@@ -149,14 +216,15 @@ def build_and_run(job: JobSpec) -> None:
 
 
 def _build_and_run(job: JobSpec) -> None:
-    spec = job.spec
+    graph_spec = job.transform_spec
     raw_metadata = dataset_metadata.DatasetMetadata(
-        schema_utils.schema_from_feature_spec(spec.raw_feature_spec())
+        schema_utils.schema_from_feature_spec(graph_spec.raw_feature_spec())
     )
     adapter_config = tensor_adapter.TensorAdapterConfig(
-        raw_arrow_schema(spec),
+        raw_arrow_schema(graph_spec),
         tensor_representation_util.InferTensorRepresentationsFromSchema(raw_metadata.schema),
     )
+    read_tags = (UNSPLIT,) if job.time_field else job.split_names
     options = PipelineOptions(list(job.beam_args))
     with beam.Pipeline(options=options) as p, tft_beam.Context(
         temp_dir=os.path.join(job.work_dir, TFT_TMP), force_tf_compat_v1=False
@@ -167,48 +235,76 @@ def _build_and_run(job: JobSpec) -> None:
             | "Distribute" >> beam.Reshuffle()
             | "ReadAndParse"
             >> beam.ParDo(
-                ReadAndParse(spec, job.layouts, job.seed, job.batch_lines, job.input_bytes)
-            ).with_outputs(*SPLIT_NAMES, "rejected", "counts")
+                ReadAndParse(job.spec, job.layouts, job.seed, job.batch_lines, job.input_bytes, job.time_field)
+            ).with_outputs(*read_tags, "rejected", "counts")
         )
-        (train_out, train_metadata), transform_fn = (
-            parsed.train,
-            adapter_config,
-        ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
-            make_preprocessing_fn(spec, job.min_count), output_record_batches=True
+        splits = {split: parsed[split] for split in job.split_names} if not job.time_field else _split_by_time(
+            parsed[UNSPLIT], job
         )
-        transformed = {"train": (train_out, train_metadata)}
-        for split in SPLIT_NAMES[1:]:
+        if job.dummy_label:
+            splits = {s: pcoll | f"DummyLabel{s.title()}" >> beam.Map(_with_dummy_label) for s, pcoll in splits.items()}
+        if job.run_dir is None:
+            first, *rest = job.split_names
+            (first_out, first_metadata), transform_fn = (
+                splits[first],
+                adapter_config,
+            ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
+                make_preprocessing_fn(graph_spec, job.min_count), output_record_batches=True
+            )
+            transformed = {first: (first_out, first_metadata)}
+            _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(job.work_dir)
+            _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(
+                os.path.join(job.work_dir, tft.TFTransformOutput.RAW_METADATA_DIR), pipeline=p
+            )
+        else:  # `pipeline transform`: the run's graph, no analysis (the job copies the graph over)
+            rest = list(job.split_names)
+            transform_fn = p | "ReadTransformFn" >> tft_beam.ReadTransformFn(job.run_dir)
+            transformed = {}
+        for split in rest:
             transformed[split] = (
-                ((parsed[split], adapter_config), transform_fn)
+                ((splits[split], adapter_config), transform_fn)
                 | f"Transform{split.title()}" >> tft_beam.TransformDataset(output_record_batches=True)
             )
         for split, (pcoll, metadata) in transformed.items():
             _ = pcoll | f"Write{split.title()}" >> _WriteSplit(metadata, split, job)
         _ = parsed.counts | "WriteInputCounts" >> _WriteInputCounts(job.work_dir)
         _ = parsed.rejected | "WriteRejected" >> _WriteRejected(job.work_dir)
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(job.work_dir)
-        _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(
-            os.path.join(job.work_dir, tft.TFTransformOutput.RAW_METADATA_DIR), pipeline=p
-        )
+
+
+def _split_by_time(unsplit, job: JobSpec) -> dict:
+    """`--split time`: cut-offs from the histogram of all rows' times, then each batch split by them."""
+    field = job.time_field or ""
+    cutoffs = (
+        unsplit
+        | "TimeHistogram" >> beam.Map(lambda batch: reduce_counts(_time_values(batch, field), None))
+        | "MergeTimes" >> beam.CombineGlobally(MergeCountsFn())
+        | "TimeCutoffs" >> beam.Map(time_cutoffs)
+    )
+    _ = cutoffs | "WriteTimeSplit" >> _WriteJson(os.path.join(job.work_dir, STATS_TMP, TIME_SPLIT_FILE))
+    by_time = unsplit | "SplitByTime" >> beam.ParDo(
+        SplitByTime(field), beam.pvalue.AsSingleton(cutoffs)
+    ).with_outputs(*SPLIT_NAMES)
+    return {split: by_time[split] for split in SPLIT_NAMES}
 
 
 @beam.ptransform_fn
 def _WriteSplit(pcoll, metadata, split: str, job: JobSpec):
     """Transformed record batches of one split -> its TFRecord shards and its SplitStats file."""
     fields = job.spec.field_names
+    drop = job.dummy_label
     # What tft_beam.EncodeTransformedDataset does (tfx-bsl's encoder built from the schema in
     # TFT's transformed metadata), except that a batch stays one element: the library flattens
     # it to one element per record, and per-record elements through WriteToFiles' shard
     # grouping cost 11-17% more CPU here (whole job and write path, 300k rows, 2026-11-28).
     encoder = (
         metadata.deferred_metadata
-        | "Schema" >> beam.Map(lambda m: m.schema)
+        | "Schema" >> beam.Map(lambda m: _without_label(m.schema) if drop else m.schema)
         | "Encoder" >> beam.Map(RecordBatchToExamplesEncoder)
     )
+    batches = pcoll | "Batch" >> beam.Map(lambda el: el[0].drop_columns([LABEL_KEY]) if drop else el[0])
     _ = (
-        pcoll
-        | "Encode"
-        >> beam.Map(lambda el, coder: coder.encode(el[0]), coder=beam.pvalue.AsSingleton(encoder))
+        batches
+        | "Encode" >> beam.Map(lambda batch, coder: coder.encode(batch), coder=beam.pvalue.AsSingleton(encoder))
         | "WriteRecords"
         >> fileio.WriteToFiles(
             job.work_dir,
@@ -218,12 +314,12 @@ def _WriteSplit(pcoll, metadata, split: str, job: JobSpec):
         )
     )
     stats = (
-        pcoll
-        | "Stats" >> beam.Map(lambda el: split_stats(el[0], fields))
+        batches
+        | "Stats" >> beam.Map(lambda batch: split_stats(batch, fields))
         | "SumStats" >> beam.CombineGlobally(_sum, zero=SplitStats.zero(fields))
         | "StatsDict" >> beam.Map(dataclasses.asdict)
     )
-    return _write_json(stats, os.path.join(job.work_dir, STATS_TMP, split_stats_file(split)))
+    return stats | "WriteStats" >> _WriteJson(os.path.join(job.work_dir, STATS_TMP, split_stats_file(split)))
 
 
 @beam.ptransform_fn
@@ -235,7 +331,7 @@ def _WriteInputCounts(counts, work_dir: str):
         | "CountsDict" >> beam.Map(lambda kv: {"path": kv[0], **dataclasses.asdict(kv[1])})
         | "AllCounts" >> beam.combiners.ToList()
     )
-    return _write_json(per_input, os.path.join(work_dir, STATS_TMP, INPUT_COUNTS_FILE))
+    return per_input | "WriteCounts" >> _WriteJson(os.path.join(work_dir, STATS_TMP, INPUT_COUNTS_FILE))
 
 
 @beam.ptransform_fn

@@ -1,4 +1,5 @@
-"""`pipeline` command line: the preprocessing job, and `pipeline generate` for data.
+"""`pipeline` command line: the preprocessing job, `pipeline transform` (a finished run's
+graph applied to new files) and `pipeline generate` for data.
 
 Exit codes: 0 done, 1 too many bad rows or a job failure, 2 bad input or
 arguments (one-line message, nothing written).
@@ -11,28 +12,13 @@ import os
 import sys
 
 from pipeline.errors import EXIT_USAGE, UsageError
+from pipeline.features import SPLIT_MODES
 from pipeline.specs import DATASET_NAMES
 
 
-def _job_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pipeline",
-        description=(
-            "Beam/TFT preprocessing of raw CTR logs into gzipped tf.Example TFRecords, the TFT "
-            "transform graph and stats.json (see docs/DESIGN.md §Preprocessing). "
-            "Use `pipeline generate --help` for the synthetic Criteo generator. "
-            "Unknown --flags are passed to Beam (e.g. --runner=DataflowRunner --project=...)."
-        ),
-    )
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--dataset", choices=DATASET_NAMES, help="built-in raw layout")
-    what.add_argument("--schema", help="schemas/<file>.yaml describing any other TSV/CSV")
-    parser.add_argument("--input", action="append", required=True, metavar="PATH",
-                        help="input file or glob, plain or .gz; repeatable")
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Flags of both jobs: output, bad rows, sizes, Beam runner."""
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the hashed 8:1:1 split (default 0)")
-    parser.add_argument("--min_count", type=int, default=2,
-                        help="categorical values seen fewer times in train map to OOV (default 2)")
     parser.add_argument("--max_bad_fraction", type=float, default=0.01,
                         help="fail if an input has more rejected rows than this fraction (default 0.01)")
     parser.add_argument("--overwrite", action="store_true",
@@ -50,7 +36,61 @@ def _job_parser() -> argparse.ArgumentParser:
                         help="DirectRunner mode (default multi_threading; a 1M-row job took 48-50 s in all "
                              "three here. Multi-worker modes once lost rows through a Beam data-plane race, "
                              "now disabled in pipeline.beam_graph; the job's row-count check still guards it)")
+
+
+def _job_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description=(
+            "Beam/TFT preprocessing of raw CTR logs into gzipped tf.Example TFRecords, the TFT "
+            "transform graph and stats.json (see docs/DESIGN.md §Preprocessing; schema files: docs/SCHEMA.md). "
+            "`pipeline transform --help`: apply a finished run's graph to new files. "
+            "`pipeline generate --help`: the synthetic Criteo generator. "
+            "Unknown --flags are passed to Beam (e.g. --runner=DataflowRunner --project=...)."
+        ),
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dataset", choices=DATASET_NAMES, help="built-in dataset (schemas/NAME.yaml)")
+    what.add_argument("--schema", help="schema file (docs/SCHEMA.md) describing any other TSV/CSV/libsvm file")
+    parser.add_argument("--input", action="append", required=True, metavar="PATH",
+                        help="input file or glob, plain or .gz; repeatable. With --split given: SPLIT=PATH "
+                             "(train=a.csv valid=b.csv test=c.csv)")
+    parser.add_argument("--split", choices=SPLIT_MODES, default="hash",
+                        help="hash: 8:1:1 from a keyed hash of each row (default); given: files named per split "
+                             "in --input; time: ordered by --time_field, the last 10%% of rows (by time) test, "
+                             "the 10%% before valid, ties never split")
+    parser.add_argument("--time_field", help="with --split time: a timestamp, hour or integer field")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the hashed 8:1:1 split (default 0)")
+    parser.add_argument("--min_count", type=int, default=2,
+                        help="categorical values seen fewer times in train map to OOV (default 2)")
+    _add_common(parser)
     return parser
+
+
+def _transform_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline transform",
+        description=(
+            "Applies a finished run's transform graph (same ids, same OOV, no new vocabulary) to new "
+            "labeled or unlabeled files of the run's schema. DIR gets one split, data-*.tfrecord.gz, the "
+            "graph, stats.json and DONE.json: `trainer --stage=evaluate` and batch scoring read it."
+        ),
+    )
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="finished `pipeline` output")
+    parser.add_argument("--input", action="append", required=True, metavar="PATH",
+                        help="input file or glob, plain or .gz; repeatable")
+    parser.add_argument("--unlabeled", action="store_true",
+                        help="the files lack the label column (scoring logs, a test set): records carry no label")
+    _add_common(parser)
+    return parser
+
+
+def _beam_args(args: argparse.Namespace, extra: list[str]) -> tuple[str, ...]:
+    beam_args = [f"--runner={args.runner}"]
+    if args.runner == "DirectRunner":
+        beam_args += [f"--direct_num_workers={args.direct_num_workers}",
+                      f"--direct_running_mode={args.direct_running_mode}"]
+    return tuple(beam_args + extra)
 
 
 def _print_summary(stats: dict, output: str) -> None:
@@ -58,33 +98,39 @@ def _print_summary(stats: dict, output: str) -> None:
           f"({stats['rows_per_second']:,.0f} rows/s) -> {output}")
     print(f"{'split':<6} {'rows':>10} {'pos.ratio':>9}")
     for split, s in stats["splits"].items():
-        print(f"{split:<6} {s['rows']:>10,} {s['positive_ratio']:>9.4f}")
+        ratio = "-" if s["positive_ratio"] is None else f"{s['positive_ratio']:.4f}"
+        print(f"{split:<6} {s['rows']:>10,} {ratio:>9}")
     rejected = {k: v for k, v in stats["rejected"].items() if v and k != "total"}
     print(f"rejected: {stats['rejected']['total']:,}" + (f" {rejected}" if rejected else ""))
-    print(f"{'field':<18} {'vocab':>9} {'oov(valid)':>10} {'missing':>8}")
+    shown = "valid" if "valid" in stats["splits"] else next(iter(stats["splits"]))
+    print(f"{'field':<18} {'vocab':>9} {'oov(' + shown + ')':>10} {'missing':>8}")
     for f in stats["fields"]:
-        print(f"{f['name']:<18} {f['vocab_size']:>9,} {f['oov_rate']['valid']:>10.4f} "
-              f"{f['missing_rate']['train']:>8.4f}")
+        print(f"{f['name']:<18} {f['vocab_size']:>9,} {f['oov_rate'][shown]:>10.4f} "
+              f"{f['missing_rate'][next(iter(stats['splits']))]:>8.4f}")
+    for warning in stats["warnings"]:
+        print(f"warning: {warning}")
 
 
 def _run_job(argv: list[str]) -> int:
-    from pipeline.job import JobIntegrityError, RunConfig, TooManyBadRows, run
+    from pipeline.job import JobIntegrityError, RunConfig, TooManyBadRows, run, transform_config
     from pipeline.specs import load_spec
 
-    parser = _job_parser()
-    args, extra = parser.parse_known_args(argv)
-    beam_args = [f"--runner={args.runner}"]
-    if args.runner == "DirectRunner":
-        beam_args += [f"--direct_num_workers={args.direct_num_workers}",
-                      f"--direct_running_mode={args.direct_running_mode}"]
+    transform = bool(argv) and argv[0] == "transform"
+    parser = _transform_parser() if transform else _job_parser()
+    args, extra = parser.parse_known_args(argv[1:] if transform else argv)
+    common = dict(
+        inputs=tuple(args.input), output=args.output.rstrip("/"), max_bad_fraction=args.max_bad_fraction,
+        overwrite=args.overwrite, batch_lines=args.batch_lines, range_bytes=args.range_mb << 20,
+        output_shards=args.output_shards, beam_args=_beam_args(args, extra),
+    )
     try:
-        spec = load_spec(args.dataset, args.schema)
-        config = RunConfig(
-            spec=spec, inputs=tuple(args.input), output=args.output.rstrip("/"), seed=args.seed,
-            min_count=args.min_count, max_bad_fraction=args.max_bad_fraction,
-            overwrite=args.overwrite, batch_lines=args.batch_lines,
-            range_bytes=args.range_mb << 20, output_shards=args.output_shards, beam_args=tuple(beam_args + extra),
-        )
+        if transform:
+            config = transform_config(args.run, args.unlabeled, **common)
+        else:
+            config = RunConfig(
+                spec=load_spec(args.dataset, args.schema), seed=args.seed, min_count=args.min_count,
+                split=args.split, time_field=args.time_field, **common,
+            )
         stats = run(config)
     except UsageError as err:
         print(f"pipeline: error: {err}", file=sys.stderr)

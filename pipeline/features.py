@@ -17,6 +17,12 @@ DONE_FILE = "DONE.json"
 # The hashed 8:1:1 split, in this order (the split index in pipeline.parse).
 SPLIT_NAMES = ("train", "valid", "test")
 
+# How rows are assigned to SPLIT_NAMES (`pipeline --split`): a keyed hash of the row,
+# the input file (SPLIT=PATH), or the order of a time field.
+SPLIT_MODES = ("hash", "given", "time")
+# The one split of a `pipeline transform` output.
+DATA_SPLIT = "data"
+
 # Id layout of every transformed field: 0 = out of vocabulary, 1 = missing,
 # 2.. = values seen in the training split, most frequent first.
 OOV_ID = 0

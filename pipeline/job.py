@@ -1,5 +1,8 @@
 """One preprocessing run end to end: checks, scratch dir, Beam graph, stats.json, rename.
 
+`pipeline transform` (`run_dir` set) runs the same protocol with a finished
+run's transform graph instead of an analysis, into one split, "data".
+
 Output is built in a hidden sibling scratch directory `.DIR.partial-<pid>-<hex>`,
 finished with the DONE.json marker written last, and renamed onto DIR only
 when complete, so a killed job never leaves a DIR that looks finished (see
@@ -20,21 +23,27 @@ import time
 import uuid
 
 from pipeline.atomic import write_text_atomic
-from pipeline.dataset_info import STATS_FILE, is_finished_output, is_uri
+from pipeline.dataset_info import STATS_FILE, is_finished_output, is_uri, read_dataset_info
 from pipeline.errors import UsageError
-from pipeline.features import DONE_FILE, LABEL_KEY, SPLIT_NAMES, id_layout
+from pipeline.features import DATA_SPLIT, DONE_FILE, LABEL_KEY, SPLIT_MODES, SPLIT_NAMES, id_layout
 from pipeline.file_layout import detect_layout
 from pipeline.job_spec import (
     INPUT_COUNTS_FILE,
     STATS_TMP,
     TFT_TMP,
+    TIME_SPLIT_FILE,
     InputCounts,
     JobSpec,
     SplitStats,
     split_stats_file,
 )
 from pipeline.sources import first_line, is_compressed, plan_ranges, resolve_inputs
-from pipeline.specs import DatasetSpec
+from pipeline.specs import DATASET_NAMES, DatasetSpec, SpecError, load_spec, spec_from_doc
+
+# Raw columns a time split may order rows by.
+TIME_KINDS = ("timestamp", "hour", "integer")
+# What the transform graph of a run is made of: copied into a `pipeline transform` output.
+GRAPH_DIRS = ("transform_fn", "transformed_metadata", "metadata")
 
 # pipeline.beam_graph (Beam/TFT) loads lazily in `run`, so that bad invocations fail in a second.
 
@@ -62,6 +71,11 @@ class RunConfig:
     range_bytes: int = 32 << 20
     output_shards: int = 2
     beam_args: tuple[str, ...] = ()
+    split: str = "hash"  # one of SPLIT_MODES
+    time_field: str | None = None
+    # `pipeline transform`: the finished run whose graph is applied, and the spec it was built for.
+    run_dir: str | None = None
+    graph_spec: DatasetSpec | None = None
 
 
 def _check_output(output: pathlib.Path, overwrite: bool) -> None:
@@ -111,6 +125,42 @@ def remove_stale_partials(output: pathlib.Path) -> list[pathlib.Path]:
     return removed
 
 
+def _inputs_per_split(config: RunConfig) -> list[tuple[str | None, str]]:
+    """(given split or None, pattern) per --input; `--split given` wants SPLIT=PATTERN for each split."""
+    if config.run_dir is not None:
+        return [(DATA_SPLIT, pattern) for pattern in config.inputs]
+    if config.split not in SPLIT_MODES:
+        raise UsageError(f"--split {config.split!r}; expected one of {SPLIT_MODES}")
+    if config.split != "given":
+        return [(None, pattern) for pattern in config.inputs]
+    pairs: list[tuple[str | None, str]] = []
+    for item in config.inputs:
+        split, sep, pattern = item.partition("=")
+        if not sep or split not in SPLIT_NAMES or not pattern:
+            raise UsageError(
+                f"--input {item}: with --split given every input is SPLIT=PATH with SPLIT one of "
+                f"{list(SPLIT_NAMES)}, e.g. --input train=a.csv --input valid=b.csv --input test=c.csv"
+            )
+        pairs.append((split, pattern))
+    absent = [s for s in SPLIT_NAMES if s not in {split for split, _ in pairs}]
+    if absent:
+        raise UsageError(f"--split given: no --input for the splits {absent} (give SPLIT=PATH for each)")
+    return pairs
+
+
+def _check_time_field(config: RunConfig) -> None:
+    if config.split != "time":
+        if config.time_field is not None:
+            raise UsageError("--time_field is only used with --split time")
+        return
+    names = [col.name for col in config.spec.raw_columns if col.kind in TIME_KINDS]
+    if config.time_field not in names:
+        raise UsageError(
+            f"--split time needs --time_field naming a {'/'.join(TIME_KINDS)} field of the schema "
+            f"(got {config.time_field!r}; candidates: {names})"
+        )
+
+
 def prepare(config: RunConfig) -> JobSpec:
     """Validates inputs and output before anything is written; UsageError on bad input."""
     if is_uri(config.output):
@@ -126,11 +176,15 @@ def prepare(config: RunConfig) -> JobSpec:
         raise UsageError(f"--min_count must be >= 1, got {config.min_count}")
     if not 0 <= config.max_bad_fraction <= 1:
         raise UsageError(f"--max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
-    files = resolve_inputs(list(config.inputs))
-    layouts = {
-        path: detect_layout(first_line(path).decode("utf-8", "replace"), config.spec, path)
-        for path, _ in files
-    }
+    _check_time_field(config)
+    layouts = {}
+    files: list[tuple[str, int]] = []
+    for split, pattern in _inputs_per_split(config):
+        for path, size in resolve_inputs([pattern]):
+            if path in layouts:
+                raise UsageError(f"input {path} is given twice; each file is read once")
+            layouts[path] = detect_layout(first_line(path).decode("utf-8", "replace"), config.spec, path, split)
+            files.append((path, size))
     work_dir = output.parent / f".{output.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     ranges = plan_ranges(files, config.range_bytes)
     return JobSpec(
@@ -144,6 +198,10 @@ def prepare(config: RunConfig) -> JobSpec:
         output_shards=config.output_shards,
         input_bytes=None if any(is_compressed(p) for p, _ in files) else sum(s for _, s in files),
         beam_args=config.beam_args,
+        split_names=(DATA_SPLIT,) if config.run_dir is not None else SPLIT_NAMES,
+        time_field=config.time_field,
+        run_dir=config.run_dir,
+        graph_spec=config.graph_spec,
     )
 
 
@@ -159,11 +217,62 @@ def _read_json(path: pathlib.Path):
     return json.loads(path.read_text())
 
 
+def _split_record(config: RunConfig, work_dir: pathlib.Path) -> dict:
+    """How rows were assigned to splits (stats.json "split")."""
+    if config.run_dir is not None:
+        return {"mode": "transform", "transform_run": config.run_dir}
+    if config.split == "given":
+        return {"mode": "given", "inputs": {s: [p for s2, p in _inputs_per_split(config) if s2 == s]
+                                            for s in SPLIT_NAMES}}
+    if config.split == "time":
+        cutoffs = _read_json(work_dir / STATS_TMP / TIME_SPLIT_FILE)
+        return {"mode": "time", "time_field": config.time_field, "fractions": [0.8, 0.1, 0.1], **cutoffs}
+    return {"mode": "hash", "seed": config.seed, "fractions": [0.8, 0.1, 0.1]}
+
+
+def label_warnings(splits: dict[str, dict], labeled: bool) -> list[str]:
+    """Single-class data, empty splits and splits without positives: the run goes on, the summary says so."""
+    warnings = [f"split {split} is empty" for split, s in splits.items() if not s["rows"]]
+    if not labeled:
+        return warnings
+    rows = sum(s["rows"] for s in splits.values())
+    positives = sum(s["positives"] for s in splits.values())
+    if rows and positives in (0, rows):
+        warnings.append(
+            f"all {rows} rows are {'positive' if positives else 'negative'}: single-class data "
+            "(AUC is undefined, the model learns a constant); check the label column and label_rule"
+        )
+    elif rows:
+        warnings += [f"split {split} has no positive rows (AUC is undefined on it)"
+                     for split, s in splits.items() if s["rows"] and not s["positives"]]
+    return warnings
+
+
+def _field_records(job: JobSpec, config: RunConfig, by_split: dict[str, SplitStats]) -> list[dict]:
+    work_dir = pathlib.Path(job.work_dir)
+    if config.run_dir is not None:
+        sizes = {f.name: f.vocab_size for f in read_dataset_info(config.run_dir).fields}
+    else:
+        sizes = _vocab_sizes(work_dir, job.spec)
+    max_lens = job.spec.max_lens
+    records = []
+    for name in job.spec.field_names:
+        rates: dict[str, dict[str, float]] = {"oov_rate": {}, "missing_rate": {}}
+        for split, stats in by_split.items():
+            # A multi-valued field's OOV rate is per token; single-valued fields' per row.
+            tokens = stats.tokens[name] if max_lens[name] > 1 else stats.rows
+            rates["oov_rate"][split] = stats.oov[name] / tokens if tokens else 0.0
+            rates["missing_rate"][split] = stats.missing[name] / stats.rows if stats.rows else 0.0
+        record = {"name": name, "vocab_size": sizes[name], **rates}
+        if max_lens[name] > 1:
+            record["max_len"] = max_lens[name]
+        records.append(record)
+    return records
+
+
 def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
     """stats.json content from the job's partial statistics and vocabulary asset."""
     work_dir = pathlib.Path(job.work_dir)
-    fields = job.spec.field_names
-    sizes = _vocab_sizes(work_dir, job.spec)
     inputs = []
     total = InputCounts.zero()
     for doc in sorted(_read_json(work_dir / STATS_TMP / INPUT_COUNTS_FILE), key=lambda d: d["path"]):
@@ -173,41 +282,44 @@ def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
     rejected = total.rejected
     by_split = {
         split: SplitStats.from_json(_read_json(work_dir / STATS_TMP / split_stats_file(split)))
-        for split in SPLIT_NAMES
+        for split in job.split_names
     }
+    labeled = job.spec.labeled
     splits: dict[str, dict] = {}
-    oov: dict[str, dict[str, float]] = {name: {} for name in fields}
-    missing: dict[str, dict[str, float]] = {name: {} for name in fields}
     for split, stats in by_split.items():
         rows = stats.rows
         splits[split] = {
             "rows": rows,
-            "positives": stats.positives,
-            "positive_ratio": stats.positives / rows if rows else 0.0,
+            "positives": stats.positives if labeled else None,
+            "positive_ratio": (stats.positives / rows if rows else 0.0) if labeled else None,
         }
-        for name in fields:
-            oov[name][split] = stats.oov[name] / rows if rows else 0.0
-            missing[name][split] = stats.missing[name] / rows if rows else 0.0
     transformed = {split: stats.rows for split, stats in by_split.items()}
-    check_row_counts(total.parsed, transformed)
+    if job.time_field:  # split after parsing: only the total can be compared
+        check_row_counts({"all": sum(total.parsed.values())}, {"all": sum(transformed.values())})
+    else:
+        check_row_counts({s: total.parsed.get(s, 0) for s in job.split_names}, transformed)
     total_rows = sum(transformed.values())
-    return {
+    stats_doc = {
         "dataset": job.spec.name,
         "label_key": LABEL_KEY,
-        "fields": [
-            {"name": n, "vocab_size": sizes[n], "oov_rate": oov[n], "missing_rate": missing[n]}
-            for n in fields
-        ],
+        "labeled": labeled,
+        "fields": _field_records(job, config, by_split),
         "splits": splits,
+        "split": _split_record(config, work_dir),
+        "warnings": label_warnings(splits, labeled),
         "rejected": {**rejected, "total": sum(rejected.values())},
         "inputs": inputs,
         "id_layout": id_layout(),
         "seed": config.seed,
         "min_count": config.min_count,
+        "schema": job.transform_spec.to_doc(),
         "wall_seconds": round(seconds, 2),
         "rows_per_second": round(sum(i["lines"] for i in inputs) / seconds, 1) if seconds else None,
         "rows": total_rows,
     }
+    if config.run_dir is not None:
+        stats_doc["transform_run"] = config.run_dir
+    return stats_doc
 
 
 def check_row_counts(parsed: dict[str, int], written: dict[str, int]) -> None:
@@ -280,10 +392,18 @@ def run(config: RunConfig) -> dict:
     start = time.perf_counter()
     try:
         build_and_run(job)
+        if config.run_dir is not None:
+            for name in GRAPH_DIRS:
+                shutil.copytree(pathlib.Path(config.run_dir) / name, work_dir / name)
         stats = collect_stats(job, config, time.perf_counter() - start)
         try:
-            if stats["splits"]["train"]["rows"] == 0:
-                raise UsageError(f"no valid training rows in {', '.join(config.inputs)}; check --dataset/--schema")
+            first = job.split_names[0]
+            if stats["splits"][first]["rows"] == 0:
+                reasons = ", ".join(f"{r}={n}" for r, n in stats["rejected"].items() if n and r != "total")
+                raise UsageError(
+                    f"no valid {first} rows in {', '.join(config.inputs)} (rejected: {reasons or 'none'}); "
+                    "check --dataset/--schema"
+                )
             check_bad_fraction(stats, config.max_bad_fraction)
         except (UsageError, TooManyBadRows) as err:
             kept = keep_rejected(work_dir, output)
@@ -299,3 +419,24 @@ def run(config: RunConfig) -> dict:
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return stats
+
+
+def run_spec(run_dir: str) -> DatasetSpec:
+    """The spec a finished run's transform graph was built for (stats.json "schema")."""
+    info = read_dataset_info(run_dir)  # readable error for a missing or unfinished run
+    stats = json.loads((pathlib.Path(run_dir) / STATS_FILE).read_text())
+    if "schema" in stats:
+        return spec_from_doc(stats["schema"], f"{run_dir}/{STATS_FILE} (key schema)", info.dataset)
+    if info.dataset in DATASET_NAMES:  # runs written before stats.json recorded the schema
+        return load_spec(info.dataset)
+    raise SpecError(f"{run_dir}/{STATS_FILE} records no schema (an older run of {info.dataset!r}): rerun it")
+
+
+def transform_config(run_dir: str, unlabeled: bool, **kwargs) -> RunConfig:
+    """RunConfig of `pipeline transform`: the run's spec and graph applied to new files."""
+    run_path = pathlib.Path(run_dir).resolve()
+    if not (run_path / "transform_fn").is_dir():
+        raise UsageError(f"--run {run_dir} holds no transform_fn/: give a finished `pipeline` output")
+    graph_spec = run_spec(str(run_path))
+    spec = graph_spec.without_label() if unlabeled else graph_spec
+    return RunConfig(spec=spec, graph_spec=graph_spec, run_dir=str(run_path), **kwargs)

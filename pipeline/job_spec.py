@@ -21,6 +21,9 @@ from pipeline.specs import DatasetSpec
 STATS_TMP = "_partial_stats"
 TFT_TMP = "_tft_tmp"
 INPUT_COUNTS_FILE = "inputs.json"
+TIME_SPLIT_FILE = "time_split.json"
+# InputCounts.parsed key of rows read under `--split time` (split later, by time).
+UNSPLIT = "unsplit"
 
 
 def split_stats_file(split: str) -> str:
@@ -42,10 +45,27 @@ class JobSpec:
     output_shards: int = 2
     input_bytes: int | None = None  # progress total; None where an input is compressed
     beam_args: tuple[str, ...] = ()
+    # Output splits: SPLIT_NAMES, or ("data",) for `pipeline transform`.
+    split_names: tuple[str, ...] = SPLIT_NAMES
+    # `--split time`: rows are split by this raw column's value (see pipeline.beam_graph.time_cutoffs).
+    time_field: str | None = None
+    # `pipeline transform`: the finished run whose transform graph is applied (no analysis).
+    run_dir: str | None = None
+    # The spec the transform graph was built for; differs from `spec` (the files read) when
+    # unlabeled files go through a labeled run's graph: a dummy label is fed and dropped.
+    graph_spec: DatasetSpec | None = None
+
+    @property
+    def transform_spec(self) -> DatasetSpec:
+        return self.graph_spec or self.spec
+
+    @property
+    def dummy_label(self) -> bool:
+        return self.transform_spec.labeled and not self.spec.labeled
 
 
 def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-    return {k: a[k] + b[k] for k in a}
+    return {k: a.get(k, 0) + b.get(k, 0) for k in a | b}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +78,7 @@ class InputCounts:
 
     @classmethod
     def zero(cls) -> InputCounts:
-        return cls(0, dict.fromkeys(REASONS, 0), dict.fromkeys(SPLIT_NAMES, 0))
+        return cls(0, dict.fromkeys(REASONS, 0), {})
 
     def __add__(self, other: InputCounts) -> InputCounts:
         return InputCounts(
@@ -74,16 +94,21 @@ class InputCounts:
 
 @dataclasses.dataclass(frozen=True)
 class SplitStats:
-    """Per split of the transformed data: rows, positive labels, OOV and missing ids per field."""
+    """Per split of the transformed data: rows, positive labels, OOV, missing and value ids per field.
+
+    `tokens`: ids that are values or OOV (not missing, not padding): the
+    denominator of a multi-valued field's OOV rate.
+    """
 
     rows: int
     positives: int
     oov: dict[str, int]
     missing: dict[str, int]
+    tokens: dict[str, int]
 
     @classmethod
     def zero(cls, fields: list[str]) -> SplitStats:
-        return cls(0, 0, dict.fromkeys(fields, 0), dict.fromkeys(fields, 0))
+        return cls(0, 0, dict.fromkeys(fields, 0), dict.fromkeys(fields, 0), dict.fromkeys(fields, 0))
 
     def __add__(self, other: SplitStats) -> SplitStats:
         return SplitStats(
@@ -91,8 +116,10 @@ class SplitStats:
             self.positives + other.positives,
             _add_counts(self.oov, other.oov),
             _add_counts(self.missing, other.missing),
+            _add_counts(self.tokens, other.tokens),
         )
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> SplitStats:
-        return cls(int(doc["rows"]), int(doc["positives"]), dict(doc["oov"]), dict(doc["missing"]))
+        return cls(int(doc["rows"]), int(doc["positives"]), dict(doc["oov"]), dict(doc["missing"]),
+                   dict(doc["tokens"]))

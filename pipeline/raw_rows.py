@@ -28,18 +28,20 @@ def iter_raw_examples(
     `--seed seed` assigned to that split: the raw rows behind its TFRecords.
 
     features: {raw feature name: [value]} or [] where missing; integer features
-    hold Python ints, string features bytes (tf.train.BytesList wants bytes).
-    The label is 0/1 (KDD12: Click > 0). Files without a label column do not
-    exist among the supported layouts, so it is never None here.
+    hold Python ints (timestamps: Unix seconds), float features floats, string
+    features bytes (tf.train.BytesList wants bytes; a multi-valued field is
+    its cell's text, e.g. b"a^b^c"). The label is 0/1 under the schema's
+    label_rule; None for an unlabeled spec (`label: null`, `spec.without_label()`).
     """
     for file_path, _ in resolve_inputs([path]):
         layout = detect_layout(first_line(file_path).decode("utf-8", "replace"), spec, file_path)
         for lines in read_line_batches(FileRange(file_path, 0, None), layout.header, _BATCH_LINES):
             parsed = parse_lines(lines, layout, spec, seed=seed)
-            columns = (parsed.rows if split is None else parsed.by_split()[split]).to_pydict()
-            labels = columns.pop(LABEL_KEY)
-            for i, label in enumerate(labels):
-                yield {name: values[i] for name, values in columns.items()}, label[0]
+            rows = parsed.rows if split is None else parsed.by_split()[split]
+            columns = rows.to_pydict()
+            labels = columns.pop(LABEL_KEY, None)
+            for i in range(rows.num_rows):
+                yield {name: values[i] for name, values in columns.items()}, None if labels is None else labels[i][0]
 
 
 def serialize_example(features: dict[str, list], label: int | None, spec: DatasetSpec) -> bytes:
@@ -51,6 +53,8 @@ def serialize_example(features: dict[str, list], label: int | None, spec: Datase
         values = features.get(col.name, [])
         if col.is_integer:
             feature[col.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        elif col.is_float:
+            feature[col.name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
         else:
             feature[col.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
     if label is not None:

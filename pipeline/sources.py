@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.errors import UsageError
 
 _READ_BLOCK = 8 << 20
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark at the start of a file is not data
 
 
 class InputError(UsageError):
@@ -65,6 +66,7 @@ def first_line(path: str) -> bytes:
             line = handle.readline()
     except OSError as err:
         raise InputError(f"input {path} cannot be read: {err}") from err
+    line = line.removeprefix(_BOM)
     if not line.strip():
         raise InputError(f"input {path} has no data in its first line")
     return line
@@ -99,6 +101,8 @@ def read_line_batches(rng: FileRange, skip_header: bool, batch_lines: int) -> It
             if not data:
                 break
             pos += len(data)
+            if pos == len(data):
+                data = data.removeprefix(_BOM)
             lines = (carry + data).split(b"\n")
             carry = lines.pop()
             if header_left and lines:

@@ -1,28 +1,48 @@
 """Dataset specs: which raw columns a file has and how each becomes a model field.
 
-One record per field, shared by the Beam job, the raw-row reader used by
-serving clients and the tests, so that the column layout of Criteo, Avazu,
-KDD12 and schema-described files is written down exactly once.
+One format for every dataset: a schema file (docs/SCHEMA.md) read and
+validated here, up front, key by key. The built-in datasets are schema files
+too (schemas/criteo.yaml, avazu.yaml, kdd12.yaml); `--dataset NAME` loads
+schemas/NAME.yaml. The resulting DatasetSpec is shared by the Beam job, the
+raw-row reader used by serving clients and the tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Any
 
 import yaml
 
 from pipeline.errors import UsageError
 from pipeline.features import LABEL_KEY, MAX_FIELDS
 
+SCHEMA_DIR = pathlib.Path(__file__).resolve().parents[1] / "schemas"
+
 # Field kinds. `integer`: log-squared discretization, every value kept.
 # `categorical`: vocabulary with a min-count threshold. `hour`: Avazu's
-# YYMMDDHH, expanded into hour_of_day / weekday / is_weekend.
-KINDS = ("integer", "categorical", "hour")
-# Label rules: `binary` accepts exactly 0/1; `positive` (KDD12) is Click > 0.
-LABEL_RULES = ("binary", "positive")
+# YYMMDDHH, expanded into hour_of_day / weekday / is_weekend. `float`: quantile
+# buckets (`buckets: N`) or the integer rule on floor(value). `timestamp`: a
+# strptime `format:` (or `unix` seconds), expanded like `hour`. `multi`: a list
+# of categorical tokens in one cell (`separator:`, `max_len:`).
+KINDS = ("categorical", "integer", "float", "hour", "timestamp", "multi")
+# Keys a field may have besides `kind`, per kind.
+_FIELD_KEYS = {
+    "categorical": set(), "integer": set(), "hour": set(),
+    "float": {"buckets"}, "timestamp": {"format"}, "multi": {"separator", "max_len"},
+}
+# Label rules: `binary` 0/1 (also 0.0/1.0), `positive` value > 0 (KDD12's Click),
+# `pm1` -1/1 (libFM), `{threshold: T}` value >= T (ratings).
+LABEL_RULES = ("binary", "positive", "pm1", "threshold")
+FORMATS = ("csv", "libsvm")
+AUTO = "auto"
+UNIX_TIME = "unix"
 
 HOUR_FIELDS = (("hour_of_day", 24), ("weekday", 7), ("is_weekend", 2))
+
+_TOP_KEYS = {"name", "format", "delimiter", "header", "quoting", "columns", "label", "label_rule",
+             "fields", "dropped"}
 
 
 class SpecError(UsageError):
@@ -31,15 +51,50 @@ class SpecError(UsageError):
 
 @dataclasses.dataclass(frozen=True)
 class RawColumn:
-    """One column of the raw file that becomes a raw feature."""
+    """One column of the raw file that becomes one raw feature (and one or more model fields)."""
 
     name: str
     kind: str  # one of KINDS
+    buckets: int | None = None  # float: quantile buckets; None = the integer rule on floor(v)
+    time_format: str | None = None  # timestamp: strptime format or UNIX_TIME
+    separator: str | None = None  # multi
+    max_len: int = 1  # multi: ids per example
 
     @property
     def is_integer(self) -> bool:
-        """Integer-valued raw feature (int64 in tf.Example), else a string."""
-        return self.kind in ("integer", "hour")
+        """Integer-valued raw feature (int64 in tf.Example: timestamps as Unix seconds)."""
+        return self.kind in ("integer", "hour", "timestamp")
+
+    @property
+    def is_float(self) -> bool:
+        return self.kind == "float"
+
+    @property
+    def output_names(self) -> list[str]:
+        """Model fields this column becomes."""
+        if self.kind == "hour":
+            return [name for name, _ in HOUR_FIELDS]
+        if self.kind == "timestamp":
+            return [f"{self.name}_{name}" for name, _ in HOUR_FIELDS]
+        return [self.name]
+
+    def to_doc(self) -> str | dict[str, Any]:
+        """The schema-file form of this field."""
+        extra = {"buckets": self.buckets, "format": self.time_format, "separator": self.separator,
+                 "max_len": self.max_len if self.kind == "multi" else None}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        return {"kind": self.kind, **extra} if extra else self.kind
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRule:
+    """How a label cell becomes 0/1."""
+
+    kind: str  # one of LABEL_RULES
+    threshold: float | None = None
+
+    def to_doc(self) -> str | dict[str, float]:
+        return {"threshold": self.threshold} if self.kind == "threshold" and self.threshold is not None else self.kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,145 +102,235 @@ class DatasetSpec:
     """The raw layout of one dataset and its fields in model order.
 
     `columns` is the file's column order (for files without a header);
-    `dropped` columns are read and ignored (Avazu `id`, Kaggle `Id`).
+    `dropped` columns are read and ignored (Avazu `id`). `label_column` None:
+    unlabeled data (records carry no label). `delimiter` AUTO: TAB or comma
+    from the first line; `header` None: detected from the first line.
     """
 
     name: str
     columns: tuple[str, ...]
-    label_column: str
-    label_rule: str
+    label_column: str | None
+    label_rule: LabelRule
     raw_columns: tuple[RawColumn, ...]
     dropped: tuple[str, ...] = ()
     delimiter: str = "\t"
-    header: bool = False
+    header: bool | None = False
+    quoting: bool = True
+    format: str = "csv"
+
+    @property
+    def labeled(self) -> bool:
+        return self.label_column is not None
 
     @property
     def field_names(self) -> list[str]:
         """Transformed field names in model order (what stats.json lists)."""
-        names: list[str] = []
-        for col in self.raw_columns:
-            if col.kind == "hour":
-                names.extend(name for name, _ in HOUR_FIELDS)
-            else:
-                names.append(col.name)
-        return names
+        return [name for col in self.raw_columns for name in col.output_names]
+
+    @property
+    def max_lens(self) -> dict[str, int]:
+        """Ids per example of every model field (1 but for multi-valued fields)."""
+        return {name: col.max_len for col in self.raw_columns for name in col.output_names}
+
+    def column(self, name: str) -> RawColumn:
+        return next(col for col in self.raw_columns if col.name == name)
 
     def raw_feature_spec(self) -> dict:
-        """tf.io feature spec of raw features (VarLen: empty = missing) plus the label."""
+        """tf.io feature spec of raw features (VarLen: empty = missing) plus the label if labeled."""
         import tensorflow as tf
 
-        spec = {
-            col.name: tf.io.VarLenFeature(tf.int64 if col.is_integer else tf.string)
-            for col in self.raw_columns
-        }
-        spec[LABEL_KEY] = tf.io.FixedLenFeature([], tf.int64)
+        def dtype(col: RawColumn):
+            return tf.int64 if col.is_integer else tf.float32 if col.is_float else tf.string
+
+        spec = {col.name: tf.io.VarLenFeature(dtype(col)) for col in self.raw_columns}
+        if self.labeled:
+            spec[LABEL_KEY] = tf.io.FixedLenFeature([], tf.int64)
         return spec
 
-
-def _criteo() -> DatasetSpec:
-    ints = [RawColumn(f"I{i}", "integer") for i in range(1, 14)]
-    cats = [RawColumn(f"C{i}", "categorical") for i in range(1, 27)]
-    return DatasetSpec(
-        name="criteo",
-        columns=("label", *(c.name for c in ints + cats)),
-        label_column="label",
-        label_rule="binary",
-        raw_columns=tuple(ints + cats),
-    )
-
-
-_AVAZU_COLUMNS = (
-    "id click hour C1 banner_pos site_id site_domain site_category app_id app_domain "
-    "app_category device_id device_ip device_model device_type device_conn_type "
-    "C14 C15 C16 C17 C18 C19 C20 C21"
-).split()
-
-
-def _avazu() -> DatasetSpec:
-    raw = [RawColumn("hour", "hour")] + [
-        RawColumn(c, "categorical") for c in _AVAZU_COLUMNS[3:]
-    ]
-    return DatasetSpec(
-        name="avazu",
-        columns=tuple(_AVAZU_COLUMNS),
-        label_column="click",
-        label_rule="binary",
-        raw_columns=tuple(raw),
-        dropped=("id",),
-        delimiter=",",
-        header=True,
-    )
-
-
-_KDD12_COLUMNS = (
-    "Click Impression DisplayURL AdID AdvertiserID Depth Position QueryID KeywordID "
-    "TitleID DescriptionID UserID"
-).split()
-
-
-def _kdd12() -> DatasetSpec:
-    return DatasetSpec(
-        name="kdd12",
-        columns=tuple(_KDD12_COLUMNS),
-        label_column="Click",
-        label_rule="positive",
-        raw_columns=tuple(RawColumn(c, "categorical") for c in _KDD12_COLUMNS[1:]),
-    )
-
-
-BUILTIN = {"criteo": _criteo, "avazu": _avazu, "kdd12": _kdd12}
-# What `--dataset` accepts (the pipeline CLI's choices come from here).
-DATASET_NAMES = tuple(BUILTIN)
-
-
-def spec_from_schema(path: str | pathlib.Path) -> DatasetSpec:
-    """Reads a schemas/*.yaml file (see schemas/frappe.yaml for the format)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise SpecError(f"schema file {path} does not exist (see schemas/ for examples)")
-    try:
-        doc = yaml.safe_load(path.read_text())
-        columns = tuple(str(c) for c in doc["columns"])
-        label = str(doc["label"])
-        fields = doc["fields"]
-        raw = tuple(RawColumn(str(name), str(kind)) for name, kind in fields.items())
-        spec = DatasetSpec(
-            name=str(doc.get("name", path.stem)),
-            columns=columns,
-            label_column=label,
-            label_rule=str(doc.get("label_rule", "binary")),
-            raw_columns=raw,
-            dropped=tuple(str(c) for c in doc.get("dropped", ())),
-            delimiter=str(doc.get("delimiter", "\t")),
-            header=bool(doc.get("header", False)),
+    def without_label(self) -> DatasetSpec:
+        """The same spec for files that lack the label column (scoring logs, a test set)."""
+        if not self.labeled:
+            return self
+        return dataclasses.replace(
+            self, columns=tuple(c for c in self.columns if c != self.label_column), label_column=None
         )
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
-        raise SpecError(f"schema file {path} is malformed: {err!r}") from err
-    _validate(spec, str(path))
+
+    def to_doc(self) -> dict[str, Any]:
+        """The schema-file form (recorded in stats.json so that `pipeline transform` rebuilds the spec)."""
+        return {
+            "name": self.name, "format": self.format, "delimiter": self.delimiter,
+            "header": AUTO if self.header is None else self.header, "quoting": self.quoting,
+            "columns": list(self.columns), "label": self.label_column, "label_rule": self.label_rule.to_doc(),
+            "fields": {col.name: col.to_doc() for col in self.raw_columns}, "dropped": list(self.dropped),
+        }
+
+
+def _fail(where: str, key: str, problem: str) -> SpecError:
+    return SpecError(f"{where}: key {key!r}: {problem} (see docs/SCHEMA.md)")
+
+
+def _unknown_keys(doc: dict, allowed: set[str], where: str, key: str) -> None:
+    unknown = sorted(str(k) for k in doc if k not in allowed)
+    if unknown:
+        raise _fail(where, f"{key}{unknown[0]}", f"unknown key; allowed: {sorted(allowed)}")
+
+
+def _name_list(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        raise _fail(where, key, f"must be a list of column names, got {value!r}")
+    names = tuple(str(v) for v in value)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise _fail(where, key, f"names {dupes} appear more than once")
+    return names
+
+
+def _positive_int(value: Any, where: str, key: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise _fail(where, key, f"must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def _label_rule(value: Any, where: str) -> LabelRule:
+    if isinstance(value, dict):
+        _unknown_keys(value, {"threshold"}, where, "label_rule.")
+        threshold = value.get("threshold")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise _fail(where, "label_rule.threshold", f"must be a number, got {threshold!r}")
+        return LabelRule("threshold", float(threshold))
+    if value not in LABEL_RULES or value == "threshold":
+        raise _fail(where, "label_rule", f"got {value!r}; expected binary, positive, pm1 or {{threshold: T}}")
+    return LabelRule(str(value))
+
+
+def _field(name: str, value: Any, where: str, delimiter: str) -> RawColumn:
+    key = f"fields.{name}"
+    doc = {"kind": value} if isinstance(value, str) else value
+    if not isinstance(doc, dict) or "kind" not in doc:
+        raise _fail(where, key, f"must be a kind ({', '.join(KINDS)}) or a mapping with `kind:`, got {value!r}")
+    kind = doc["kind"]
+    if kind not in KINDS:
+        raise _fail(where, key, f"has kind {kind!r}; expected one of {KINDS}")
+    _unknown_keys(doc, {"kind"} | _FIELD_KEYS[kind], where, f"{key}.")
+    if kind == "float":
+        buckets = doc.get("buckets")
+        if buckets is not None:
+            _positive_int(buckets, where, f"{key}.buckets", 2)
+        return RawColumn(name, kind, buckets=buckets)
+    if kind == "timestamp":
+        fmt = doc.get("format")
+        if not isinstance(fmt, str) or (fmt != UNIX_TIME and "%" not in fmt):
+            raise _fail(where, f"{key}.format",
+                        f"a timestamp needs a strptime format such as '%Y-%m-%d %H:%M:%S' or 'unix', got {fmt!r}")
+        return RawColumn(name, kind, time_format=fmt)
+    if kind == "multi":
+        separator = doc.get("separator")
+        if not isinstance(separator, str) or not separator:
+            raise _fail(where, f"{key}.separator", f"must be a non-empty string such as '^', got {separator!r}")
+        if separator == delimiter:
+            raise _fail(where, f"{key}.separator", "must differ from the file's delimiter")
+        max_len = _positive_int(doc.get("max_len"), where, f"{key}.max_len", 2)
+        return RawColumn(name, kind, separator=separator, max_len=max_len)
+    return RawColumn(name, kind)
+
+
+def spec_from_doc(doc: Any, where: str, default_name: str) -> DatasetSpec:
+    """Validates a parsed schema document key by key; SpecError naming the key and `where`."""
+    if not isinstance(doc, dict):
+        raise SpecError(f"{where}: a schema file is a YAML mapping of keys (see docs/SCHEMA.md)")
+    _unknown_keys(doc, _TOP_KEYS, where, "")
+    for required in ("columns", "label", "fields"):
+        if required not in doc:
+            raise _fail(where, required, "is required" + (" (null for unlabeled data)" if required == "label" else ""))
+    fmt = doc.get("format", "csv")
+    if fmt not in FORMATS:
+        raise _fail(where, "format", f"got {fmt!r}; expected one of {FORMATS}")
+    if fmt == "libsvm":
+        for key in ("delimiter", "header", "quoting", "dropped"):
+            if key in doc:
+                raise _fail(where, key, "does not apply to format: libsvm (space-separated `idx:val` tokens)")
+    delimiter = doc.get("delimiter", "\t")
+    if not isinstance(delimiter, str) or (delimiter != AUTO and len(delimiter) != 1) or delimiter in "\"\r\n":
+        raise _fail(where, "delimiter",
+                    f"got {delimiter!r}; use one character (\"\\t\", \",\", \";\", \"|\") or auto "
+                    "(multi-character delimiters are not supported: convert the file, e.g. sed 's/::/\\t/g')")
+    header = doc.get("header", AUTO)
+    if header != AUTO and not isinstance(header, bool):
+        raise _fail(where, "header", f"got {header!r}; expected true, false or auto")
+    quoting = doc.get("quoting", True)
+    if not isinstance(quoting, bool):
+        raise _fail(where, "quoting", f"got {quoting!r}; expected true or false")
+    columns = _name_list(doc["columns"], where, "columns")
+    if not columns:
+        raise _fail(where, "columns", "must list the file's columns")
+    label = doc["label"]
+    if label is not None and (not isinstance(label, str | int) or str(label) not in columns):
+        raise _fail(where, "label", f"{label!r} is not among the columns {list(columns)} (null for unlabeled data)")
+    label = None if label is None else str(label)
+    if label is None and "label_rule" in doc:
+        raise _fail(where, "label_rule", "given but label is null")
+    rule = _label_rule(doc.get("label_rule", "binary"), where)
+    fields = doc["fields"]
+    if not isinstance(fields, dict) or not fields:
+        raise _fail(where, "fields", "must map at least one column to its kind (an empty run has no model input)")
+    raw = tuple(_field(str(name), value, where, delimiter) for name, value in fields.items())
+    dropped = _name_list(doc.get("dropped", []), where, "dropped")
+    for col in raw:
+        if col.name not in columns:
+            raise _fail(where, f"fields.{col.name}", f"is not among the columns {list(columns)}")
+        if col.name == label:
+            raise _fail(where, f"fields.{col.name}", "is the label column; a field cannot be the label")
+        if col.name in dropped:
+            raise _fail(where, f"fields.{col.name}", "is also listed in dropped")
+        if fmt == "libsvm" and col.kind not in ("categorical", "integer", "float"):
+            raise _fail(where, f"fields.{col.name}", "format: libsvm fields are categorical, integer or float")
+    for name in dropped:
+        if name not in columns or name == label:
+            raise _fail(where, "dropped", f"{name!r} is not a non-label column of columns")
+    spec = DatasetSpec(
+        name=str(doc.get("name", default_name)),
+        columns=columns,
+        label_column=label,
+        label_rule=rule,
+        raw_columns=raw,
+        dropped=dropped,
+        delimiter=" " if fmt == "libsvm" else delimiter,
+        header=False if fmt == "libsvm" else None if header == AUTO else header,
+        quoting=quoting and fmt == "csv",
+        format=fmt,
+    )
+    names = spec.field_names
+    clash = sorted({n for n in names if names.count(n) > 1} | ({LABEL_KEY} & set(names) if label else set()))
+    if clash:
+        raise _fail(where, "fields", f"model field names {clash} clash (an expanded hour/timestamp or the label)")
+    if len(names) > MAX_FIELDS:
+        raise _fail(where, "fields", f"at most {MAX_FIELDS} fields are supported, got {len(names)}")
     return spec
 
 
-def _validate(spec: DatasetSpec, where: str) -> None:
-    known = set(spec.columns)
-    for col in spec.raw_columns:
-        if col.kind not in KINDS:
-            raise SpecError(f"{where}: field {col.name} has kind {col.kind!r}; expected one of {KINDS}")
-        if col.name not in known:
-            raise SpecError(f"{where}: field {col.name} is not among the columns {list(spec.columns)}")
-    if spec.label_column not in known:
-        raise SpecError(f"{where}: label column {spec.label_column!r} is not among the columns")
-    if spec.label_rule not in LABEL_RULES:
-        raise SpecError(f"{where}: label_rule {spec.label_rule!r}; expected one of {LABEL_RULES}")
-    if len(spec.field_names) > MAX_FIELDS:
-        raise SpecError(f"{where}: at most {MAX_FIELDS} fields are supported, got {len(spec.field_names)}")
+def spec_from_schema(path: str | pathlib.Path) -> DatasetSpec:
+    """Reads and validates a schema file (docs/SCHEMA.md)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise SpecError(f"schema file {path} does not exist (see schemas/ and docs/SCHEMA.md)")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise SpecError(f"schema file {path} cannot be read as YAML: {err}") from err
+    return spec_from_doc(doc, str(path), path.stem)
+
+
+# What `--dataset` accepts: the built-in schema files (the pipeline CLI's choices come from here).
+DATASET_NAMES = ("criteo", "avazu", "kdd12")
+BUILTIN = {name: SCHEMA_DIR / f"{name}.yaml" for name in DATASET_NAMES}
 
 
 def load_spec(dataset: str | None = None, schema_path: str | None = None) -> DatasetSpec:
-    """The spec of a built-in dataset or of a schema file (exactly one of both)."""
+    """The spec of a built-in dataset (schemas/NAME.yaml) or of a schema file (exactly one of both)."""
     if (dataset is None) == (schema_path is None):
         raise SpecError(f"give exactly one of --dataset {{{','.join(DATASET_NAMES)}}} or --schema FILE")
     if schema_path is not None:
         return spec_from_schema(schema_path)
     if dataset not in BUILTIN:
         raise SpecError(f"unknown dataset {dataset!r}; expected one of {list(DATASET_NAMES)} or --schema FILE")
-    return BUILTIN[dataset]()
+    return spec_from_schema(BUILTIN[dataset])

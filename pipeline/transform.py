@@ -28,6 +28,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 
+from pipeline.dataset_info import PAD_ID
 from pipeline.features import (
     FIELD_INDEX_BITS,
     FIRST_VALUE_ID,
@@ -90,16 +91,43 @@ def _first_values_stacked(sparses: list[tf.SparseTensor], default) -> tuple[tf.T
     return dense, present
 
 
+def discretize_float(values: tf.Tensor) -> tf.Tensor:
+    """The integer rule on floats: v > 2 -> floor(ln(v)^2), else floor(v) (so 0.5 -> 0, -1.5 -> -2)."""
+    v = tf.cast(values, tf.float64)
+    log_sq = tf.floor(tf.square(tf.math.log(tf.maximum(v, 1.0))))
+    small = tf.clip_by_value(tf.floor(v), -float(_INT_OFFSET), float(_INT_OFFSET - 1))
+    return tf.cast(tf.where(v > 2, log_sq, small), tf.int64)
+
+
+def _token_keys(fields: list[int], tokens: tf.Tensor) -> tf.Tensor:
+    """Keys of [rows, len(fields)] integer tokens, column j of field fields[j]."""
+    bucket = tf.clip_by_value(tokens, -_INT_OFFSET, _INT_OFFSET - 1)
+    return tf.constant([(f << _FIELD_SHIFT) + _INT_OFFSET for f in fields], tf.int64) + bucket
+
+
 def _integer_keys(fields: list[int], values: tf.Tensor) -> tf.Tensor:
     """Keys of [rows, len(fields)] integer values, column j of field fields[j]."""
-    bucket = tf.clip_by_value(discretize(values), -_INT_OFFSET, _INT_OFFSET - 1)
-    return tf.constant([(f << _FIELD_SHIFT) + _INT_OFFSET for f in fields], tf.int64) + bucket
+    return _token_keys(fields, discretize(values))
+
+
+def _float_keys(fields: list[int], values: tf.Tensor) -> tf.Tensor:
+    """Keys of [rows, len(fields)] float values (the integer rule on floor(v))."""
+    return _token_keys(fields, discretize_float(values))
 
 
 def _string_keys(fields: list[int], tokens: tf.Tensor) -> tf.Tensor:
     """Keys of [rows, len(fields)] tokens, column j of field fields[j]."""
     fingerprint = tf.strings.to_hash_bucket_fast(tokens, 1 << _FIELD_SHIFT)
     return tf.constant([_STRING_FLAG + (f << _FIELD_SHIFT) for f in fields], tf.int64) + fingerprint
+
+
+def _calendar_ids(hour: tf.Tensor, weekday: tf.Tensor, valid: tf.Tensor, present: tf.Tensor) -> list[tf.Tensor]:
+    """hour_of_day, weekday (Mon = 0), is_weekend ids (values + 2; OOV if invalid, missing if absent)."""
+    values = [hour, weekday, tf.cast(weekday >= 5, tf.int64)]
+    return [
+        tf.where(present, tf.where(valid, v + FIRST_VALUE_ID, OOV_ID), MISSING_ID)
+        for v in values
+    ]
 
 
 def _hour_fields(yymmddhh: tf.Tensor, present: tf.Tensor) -> list[tf.Tensor]:
@@ -117,11 +145,15 @@ def _hour_fields(yymmddhh: tf.Tensor, present: tf.Tensor) -> list[tf.Tensor]:
     days = era * 146097 + doe - 719468
     weekday = (days + 3) % 7
     valid = (hour < 24) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
-    values = [hour, weekday, tf.cast(weekday >= 5, tf.int64)]
-    return [
-        tf.where(present, tf.where(valid, v + FIRST_VALUE_ID, OOV_ID), MISSING_ID)
-        for v in values
-    ]
+    return _calendar_ids(hour, weekday, valid, present)
+
+
+def _time_fields(seconds: tf.Tensor, present: tf.Tensor) -> list[tf.Tensor]:
+    """Unix seconds (UTC) -> hour_of_day, weekday (Mon = 0), is_weekend ids (values + 2)."""
+    days = seconds // 86400  # floor division: times before 1970 count back correctly
+    hour = (seconds // 3600) % 24
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday
+    return _calendar_ids(hour, weekday, tf.ones_like(present), present)
 
 
 class CountVocabulary(tft_beam.experimental.PTransformAnalyzer):
@@ -150,10 +182,10 @@ class CountVocabulary(tft_beam.experimental.PTransformAnalyzer):
 
 def _count_batch(batch) -> tuple[np.ndarray, np.ndarray]:
     keys = np.asarray(batch[0]).ravel()
-    return _reduce(keys[keys >= 0], None)
+    return reduce_counts(keys[keys >= 0], None)
 
 
-def _reduce(keys: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def reduce_counts(keys: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     uniq, inverse = np.unique(keys, return_inverse=True)
     summed = np.bincount(inverse, weights=counts, minlength=len(uniq)).astype(np.int64)
     return uniq, summed
@@ -183,7 +215,7 @@ class MergeCountsFn(beam.CombineFn):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         keys = np.concatenate([k for k, _ in pairs])
         counts = np.concatenate([c for _, c in pairs])
-        return _reduce(keys, counts)
+        return reduce_counts(keys, counts)
 
 
 def assign_ids(keys: np.ndarray, counts: np.ndarray, min_counts: dict[int, int]) -> np.ndarray:
@@ -256,46 +288,74 @@ def _lookup(keys: tf.Tensor, asset_path: tf.Tensor | str):
 
 
 def vocab_fields(spec: DatasetSpec) -> list[tuple[int, str, str]]:
-    """(field index in model order, raw column, kind) of every vocabulary field."""
+    """(field index in model order, raw column, vocabulary kind) of every vocabulary field.
+
+    Vocabulary kinds: integer, float (the integer rule on floor(v)), categorical, multi.
+    Hour and timestamp columns (3 fixed-range fields) and bucketized floats have none.
+    """
     out, index = [], 0
     for col in spec.raw_columns:
-        if col.kind == "hour":
-            index += len(HOUR_FIELDS)
-        else:
+        if not (col.kind in ("hour", "timestamp") or col.kind == "float" and col.buckets):
             out.append((index, col.name, col.kind))
-            index += 1
+        index += len(col.output_names)
     return out
 
 
+def _multi_tokens(text: tf.Tensor, separator: str, max_len: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """[rows] cells -> ([rows, max_len] tokens, present mask): empty tokens dropped, truncated, padded at the end."""
+    tokens = tf.strings.split(text, separator)
+    tokens = tf.ragged.boolean_mask(tokens, tf.not_equal(tokens, ""))
+    dense = tokens.to_tensor(default_value="", shape=[None, max_len])
+    return dense, tf.not_equal(dense, "")
+
+
 def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
-    """preprocessing_fn mapping raw features of `spec` to field ids and the label."""
+    """preprocessing_fn mapping raw features of `spec` to field ids (and the label if labeled)."""
     vocab = vocab_fields(spec)
-    min_counts = {f: (min_count if kind == "categorical" else 1) for f, _, kind in vocab}
+    min_counts = {f: (min_count if kind in ("categorical", "multi") else 1) for f, _, kind in vocab}
+    position = {name: j for j, (_, name, _) in enumerate(vocab)}  # line of the sizes asset
 
     def preprocessing_fn(inputs):
         outputs: dict[str, tf.Tensor] = {}
         for col in spec.raw_columns:
-            if col.kind == "hour":
+            if col.kind in ("hour", "timestamp"):
                 values, here = _first_values(inputs[col.name], 0)
-                for (name, size), ids in zip(HOUR_FIELDS, _hour_fields(values, here), strict=True):
+                calendar = _hour_fields if col.kind == "hour" else _time_fields
+                for (_, size), name, ids in zip(HOUR_FIELDS, col.output_names, calendar(values, here), strict=True):
                     outputs[name] = ids
                     _set_id_range(ids, tf.constant(size, tf.int64))
+            elif col.kind == "float" and col.buckets:
+                values, here = _first_values(inputs[col.name], 0.0)
+                # Quantile boundaries of the training split's present values; buckets may be
+                # empty when values repeat, the id range stays buckets + 2.
+                boundaries = tft.quantiles(tf.boolean_mask(values, here), col.buckets, epsilon=0.01 / col.buckets)
+                bucket = tft.apply_buckets(values, boundaries)
+                outputs[col.name] = tf.where(here, tf.cast(bucket, tf.int64) + FIRST_VALUE_ID, MISSING_ID)
+                _set_id_range(outputs[col.name], tf.constant(col.buckets, tf.int64))
         if vocab:
-            # Every field of a kind at once ([rows, F] tensors), then columns in vocab order.
-            keys, present, names = [], [], []
-            for kind, default, to_keys in (("integer", 0, _integer_keys),
+            # Every single-valued field of a kind at once ([rows, F] tensors), then each multi field.
+            keys: list[tf.Tensor] = []
+            present: list[tf.Tensor] = []
+            columns: dict[str, tuple[int, int]] = {}
+            for kind, default, to_keys in (("integer", 0, _integer_keys), ("float", 0.0, _float_keys),
                                            ("categorical", "", _string_keys)):
                 group = [(field, name) for field, name, k in vocab if k == kind]
                 if group:
                     values, here = _first_values_stacked([inputs[n] for _, n in group], default)
+                    start = sum(int(k.shape[1]) for k in keys)
                     keys.append(to_keys([f for f, _ in group], values))
                     present.append(here)
-                    names += [n for _, n in group]
-            keys, present = tf.concat(keys, axis=1), tf.concat(present, axis=1)
-            order = [names.index(name) for _, name, _ in vocab]
-            if order != sorted(order):
-                keys, present = tf.gather(keys, order, axis=1), tf.gather(present, order, axis=1)
-            stacked = tf.where(present, keys, -1)
+                    columns.update({n: (start + j, 1) for j, (_, n) in enumerate(group)})
+            for field, name, kind in vocab:
+                if kind == "multi":
+                    col = spec.column(name)
+                    text, _ = _first_values(inputs[name], "")
+                    tokens, here = _multi_tokens(text, col.separator or "", col.max_len)
+                    columns[name] = (sum(int(k.shape[1]) for k in keys), col.max_len)
+                    keys.append(_string_keys([field] * col.max_len, tokens))
+                    present.append(here)
+            all_keys, all_present = tf.concat(keys, axis=1), tf.concat(present, axis=1)
+            stacked = tf.where(all_present, all_keys, -1)
             asset, sizes_asset = tft.experimental.ptransform_analyzer(
                 inputs=[stacked],
                 ptransform=CountVocabulary(min_counts),
@@ -308,11 +368,20 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
             kept = tf.strings.to_number(
                 tf.strings.split(tf.strings.strip(tf.io.read_file(sizes_asset)), "\n"), tf.int64
             )
-            ids = tf.where(present, tft.apply_vocabulary(stacked, asset, lookup_fn=_lookup), MISSING_ID)
-            for column, (_, name, _) in enumerate(vocab):
-                outputs[name] = ids[:, column]
-                _set_id_range(outputs[name], kept[column])
-        outputs[LABEL_KEY] = inputs[LABEL_KEY]
-        return {name: outputs[name] for name in [*spec.field_names, LABEL_KEY]}
+            ids = tft.apply_vocabulary(stacked, asset, lookup_fn=_lookup)
+            for name, (start, width) in columns.items():
+                if spec.column(name).kind == "multi":
+                    here = all_present[:, start:start + width]
+                    field_ids = tf.where(here, ids[:, start:start + width], PAD_ID)
+                    # No token at all: MISSING_ID first, the rest padding.
+                    first = tf.logical_and(tf.logical_not(tf.reduce_any(here, axis=1, keepdims=True)),
+                                           tf.equal(tf.range(width), 0)[tf.newaxis, :])
+                    outputs[name] = tf.where(first, tf.constant(MISSING_ID, tf.int64), field_ids)
+                else:
+                    outputs[name] = tf.where(all_present[:, start], ids[:, start], MISSING_ID)
+                _set_id_range(outputs[name], kept[position[name]])
+        if spec.labeled:
+            outputs[LABEL_KEY] = inputs[LABEL_KEY]
+        return {name: outputs[name] for name in [*spec.field_names, *([LABEL_KEY] if spec.labeled else [])]}
 
     return preprocessing_fn

@@ -29,7 +29,7 @@ def test_split_names_are_the_readers_splits(tmp_path):
     info = DatasetInfo(tmp_path, "x", features.LABEL_KEY, (FieldInfo("f", 3),))
     for split in features.SPLIT_NAMES:
         assert info.split_pattern(split).endswith(f"{split}-*.tfrecord.gz")
-    with pytest.raises(DatasetInfoError, match="unknown split"):
+    with pytest.raises(DatasetInfoError, match="has no split .eval."):
         info.split_pattern("eval")
 
 
