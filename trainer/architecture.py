@@ -15,6 +15,11 @@ one scalar alpha and is used when alpha > 0: 2 (n + 1)^2 + 1 edges (33 for
 n = 3, the reference code's E -> S0 switch included). Each fusing component
 has one beta logit per fusion operation in `OPS`; S0 has a single candidate
 input and so no beta.
+
+The Hard op of a component is argmax(beta) (the paper), unless the search
+recorded a `selection`: the validation AUC of the trained supernet with each
+op alone in that component (trainer/selection.py); then it is the op of the
+best AUC (docs/DESIGN.md §3 Supernet: deviations).
 """
 
 from __future__ import annotations
@@ -97,15 +102,18 @@ class Architecture:
 
     alpha["S0"] (the E -> S0 switch) may be left out: it then defaults to on.
 
-    alpha and beta are the source of truth; edges (1[alpha > 0]), the Hard
-    op (argmax beta) and the Soft weights (softmax beta) are derived and
-    written to JSON only for the reader.
+    alpha, beta and the optional `selection` (per fusing component, one
+    score per op in `OPS`, higher is better: the search's validation AUC of
+    each op alone) are the source of truth; edges (1[alpha > 0]), the Hard op
+    (argmax selection where given, else argmax beta) and the Soft weights
+    (softmax beta) are derived and written to JSON only for the reader.
     """
 
     n: int
     alpha: dict[str, dict[str, float]]
     beta: dict[str, list[float]]
     description: str = ""
+    selection: dict[str, list[float]] | None = None
 
     def __post_init__(self) -> None:
         _check_n(self.n)
@@ -138,6 +146,15 @@ class Architecture:
             self.beta[comp] = [float(v) for v in self.beta[comp]]
             if not all(math.isfinite(v) for v in self.beta[comp]):
                 raise ValueError(f"beta of {comp} must be finite. Received: {self.beta[comp]}")
+        if self.selection is not None:
+            self.selection = {c: [float(v) for v in s] for c, s in self.selection.items()}
+            bad = {c: s for c, s in self.selection.items()
+                   if c not in fusing or len(s) != len(OPS) or not all(math.isfinite(v) for v in s)}
+            if bad:
+                raise ValueError(
+                    f"selection must map fusing components {fusing} to {len(OPS)} finite scores, one "
+                    f"per op {OPS} (or be left out: Hard = argmax beta). Received: {bad}"
+                )
 
     @classmethod
     def from_design(
@@ -183,7 +200,7 @@ class Architecture:
         one_hot = [ONE_HOT_LOGIT if o == op else 0.0 for o in OPS]
         note = f"{self.description}; " if self.description else ""
         return Architecture(n=self.n, alpha={c: dict(a) for c, a in self.alpha.items()},
-                            beta={c: list(one_hot) for c in self.beta},
+                            beta={c: list(one_hot) for c in self.beta},  # no selection: one op
                             description=f"{note}fixed op {op.upper()} on these connections")
 
     def inputs(self, component: str) -> list[str]:
@@ -197,8 +214,17 @@ class Architecture:
         return [(s, c) for c in connectable_components(self.n) for s in self.inputs(c)]
 
     def hard_ops(self) -> dict[str, str]:
-        """Hard choice per fusing component: the op of the largest beta."""
-        return {c: OPS[max(range(len(OPS)), key=b.__getitem__)] for c, b in self.beta.items()}
+        """Hard choice per fusing component: the op of the best selection score
+        where the search recorded one, else of the largest beta (ties: the
+        larger beta, then the first op)."""
+        chosen = self.selection or {}
+
+        def best(comp: str) -> str:
+            beta = self.beta[comp]
+            score = chosen.get(comp, beta)
+            return OPS[max(range(len(OPS)), key=lambda i: (score[i], beta[i], -i))]
+
+        return {c: best(c) for c in self.beta}
 
     def soft_weights(self) -> dict[str, list[float]]:
         """Soft mixture weights per fusing component: softmax(beta)."""
@@ -223,6 +249,7 @@ class Architecture:
             "ops": list(OPS),
             "alpha": self.alpha,
             "beta": self.beta,
+            **({"selection": self.selection} if self.selection is not None else {}),
             "edges": [list(e) for e in self.edges()],
             "hard_ops": self.hard_ops(),
             "soft_weights": {c: [round(w, 6) for w in ws] for c, ws in self.soft_weights().items()},
@@ -242,6 +269,7 @@ class Architecture:
             alpha={c: dict(v) for c, v in data["alpha"].items()},
             beta={c: list(v) for c, v in data["beta"].items()},
             description=str(data.get("description", "")),
+            selection={c: list(v) for c, v in data["selection"].items()} if data.get("selection") else None,
         )
         derived = arch.to_dict()
         for key in ("edges", "hard_ops", "reachable"):
@@ -295,7 +323,11 @@ class Architecture:
             else:
                 srcs = ", ".join(self.inputs(comp)) or "(none: zero input)"
                 mix = " ".join(f"{o} {w:.2f}" for o, w in zip(OPS, soft[comp], strict=True))
-                lines.append(f"  {comp:<3} <- {hard[comp].upper()}({srcs})   soft: {mix}")
+                picked = ""
+                if self.selection and comp in self.selection:
+                    picked = "   valid AUC alone: " + " ".join(
+                        f"{o} {v:.4f}" for o, v in zip(OPS, self.selection[comp], strict=True))
+                lines.append(f"  {comp:<3} <- {hard[comp].upper()}({srcs})   soft: {mix}{picked}")
         pruned = [c for c in components(self.n) if c not in keep and c != "E"]
         lines.append("  pruned (no path to H): " + (", ".join(pruned) if pruned else "none"))
         return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Hard op selection by perturbation on the trained supernet (`search.hard_select`).
+
+Why: on small samples the search peaks after one epoch (~32 beta steps on
+the Criteo sample), so softmax(beta) is often nearly tied (H: 0.24 / 0.28 /
+0.20 / 0.28) and argmax(beta), the paper's Hard rule, picks an op the model
+did not need. After Wang et al., "Rethinking Architecture Selection in
+Differentiable NAS" (ICLR 2021), each component's op is instead chosen by
+what the trained supernet does with it on the validation split: with each op
+alone in that component ("alone", the default), or by how much the
+validation AUC drops when that op is removed from the mixture ("remove", the
+paper's criterion). Components are decided one at a time, H first, each
+fixed to its op before the next is tried, so the last evaluation is the
+Hard architecture on the supernet's weights. Deviation from Wang et al.: no
+fine-tuning of the supernet between decisions (a few validation passes
+instead of epochs). docs/DESIGN.md §3 Supernet: deviations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.dataset_info import DatasetInfo
+from pipeline.errors import UsageError
+from trainer.architecture import ONE_HOT_LOGIT, OPS, Architecture
+from trainer.config import load_config
+from trainer.loop import Phase
+from trainer.model_io import ARCH_FILE, CONFIG_FILE, RUN_FILE, SEARCH_WEIGHTS_FILE, build_model, warm_start
+
+log = logging.getLogger("trainer")
+
+RULES = ("beta", "alone", "remove")
+"""`search.hard_select` values: beta = argmax(beta) (the paper); alone, remove: see the module doc."""
+
+
+def _logits(rule: str, beta: np.ndarray, op: int) -> np.ndarray:
+    """Beta logits that leave `op` alone in the mixture ("alone") or take it out ("remove")."""
+    if rule == "alone":
+        return np.where(np.arange(len(OPS)) == op, ONE_HOT_LOGIT, 0.0).astype(beta.dtype)
+    out = beta.copy()
+    out[op] = beta.min() - 2 * ONE_HOT_LOGIT  # softmax weight ~e^-40: the others renormalised
+    return out
+
+
+def select_ops(
+    model: Any, valid_auc: Callable[[], float], architecture: Architecture, rule: str
+) -> Architecture:
+    """`architecture` with a selection recorded (rule "alone" or "remove"), or
+    unchanged for rule "beta" or a model without beta (a fixed-op search).
+
+    `model` is the search supernet holding its best weights (`model.beta`:
+    component -> logits variable); `valid_auc()` evaluates it. Only
+    components with a path to H and at least one input are scored; every
+    beta is restored before returning.
+    """
+    if rule not in RULES:
+        raise ValueError(f"search.hard_select must be one of {RULES}. Received: {rule!r}")
+    keep = architecture.reachable()
+    comps = [c for c in reversed(list(model.beta)) if c in keep and architecture.inputs(c)]  # H first
+    if rule == "beta" or not comps:
+        return architecture
+    saved = {c: np.array(v.numpy()) for c, v in model.beta.items()}
+    scores: dict[str, list[float]] = {}
+    try:
+        for comp in comps:
+            base = valid_auc() if rule == "remove" else 0.0
+            aucs = []
+            for op in range(len(OPS)):
+                model.beta[comp].assign(_logits(rule, saved[comp], op))
+                aucs.append(valid_auc())
+            # Higher is better: the AUC alone, or the AUC lost without the op.
+            scores[comp] = aucs if rule == "alone" else [base - a for a in aucs]
+            chosen = max(range(len(OPS)), key=lambda i: (scores[comp][i], saved[comp][i], -i))
+            model.beta[comp].assign(_logits("alone", saved[comp], chosen))
+            log.info("hard_select=%s: %s -> %s (%s)", rule, comp, OPS[chosen].upper(),
+                     " ".join(f"{o} {a:.4f}" for o, a in zip(OPS, aucs, strict=True)))
+    finally:
+        for comp, value in saved.items():
+            model.beta[comp].assign(value)
+    return Architecture(n=architecture.n, alpha=architecture.alpha, beta=architecture.beta,
+                        description=architecture.description, selection=scores)
+
+
+def select_from_run(search_dir: pathlib.Path, info: DatasetInfo, rule: str) -> Architecture:
+    """The architecture of a finished search run with its Hard ops chosen by
+    `rule`, from its saved best weights (search.weights.npz): a search run
+    made before `search.hard_select` existed, or under another rule, needs no
+    rerun. `info` must be the data the search ran on (its validation split)."""
+    weights = search_dir / SEARCH_WEIGHTS_FILE
+    if not weights.is_file():
+        raise UsageError(f"{weights} is missing: select_from_run needs a finished search run "
+                         "(rerun `trainer --stage=search`)")
+    config = load_config(search_dir / CONFIG_FILE)
+    fields = json.loads((search_dir / RUN_FILE).read_text())["fields"]
+    architecture = Architecture.load(search_dir / ARCH_FILE)
+    if config.search.sequential:  # the operations phase: connections frozen from phase one
+        model = build_model(config, fields, mode="search", search_ops_only=True,
+                            architecture=Architecture.load(search_dir / "architecture_connections.json"))
+    else:
+        model = build_model(config, fields, mode="search", fixed_op=config.search.fixed_op)
+    warm_start(model, weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        phase = Phase("select", model, config, info, pathlib.Path(tmp) / "c", pathlib.Path(tmp) / "t",
+                      train_arch=False)
+        plain = Architecture(n=architecture.n, alpha=architecture.alpha, beta=architecture.beta,
+                             description=architecture.description)
+        return select_ops(model, lambda: phase.evaluate("valid")["auc"], plain, rule)
