@@ -166,6 +166,32 @@ def test_a_lone_request_does_not_wait_for_the_batch_timeout():
     assert results == {3: 6} and recorder.sizes == [1]
 
 
+def test_an_idle_batcher_runs_a_request_in_its_thread_and_bounds_concurrent_batches():
+    callers, active, peak, lock = [], [0], [0], threading.Lock()
+
+    def run(inputs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        callers.append(threading.current_thread())
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+        return {"y": inputs["x"] * 2}
+
+    settings = configs.BatchingSettings(max_batch_size=1, batch_timeout_micros=0,
+                                        num_batch_threads=2, max_enqueued_batches=64)
+    batcher = Batcher(run, settings, "t")
+    assert batcher.run({"x": np.array([4])}, 1)["y"][0] == 8
+    assert callers == [threading.current_thread()]  # no hand-off to a worker when idle
+    threads, results = _send_all(batcher, range(16))
+    for t in threads:
+        t.join(timeout=30)
+    batcher.stop()
+    assert results == {i: 2 * i for i in range(16)}
+    assert len(callers) == 17 and peak[0] == 2  # inline calls count toward num_batch_threads
+
+
 def test_large_requests_split_bad_ones_fail_alone_and_capacity_is_enforced():
     recorder = _Recorder()
     settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=0,
