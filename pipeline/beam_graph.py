@@ -99,22 +99,22 @@ def _time_values(batch: pa.RecordBatch, field: str) -> np.ndarray:
 
 
 def time_cutoffs(keys_counts: tuple[np.ndarray, np.ndarray]) -> dict[str, int]:
-    """Valid and test start times: the first time values with >= 80% / >= 90% of the rows before them.
+    """Valid and test start times of `--split time`, from the rows per distinct time value.
 
-    Rows with equal time never straddle a cut, so a split may get fewer (or no)
-    rows when one time value holds many; the job then warns.
+    Test: the latest time values that together hold at least 10% of the rows;
+    valid: the latest values before those holding at least 10%; train: the
+    rest. Rows with equal time never straddle a cut, so a split may get more
+    than 10% (or valid none, when test needs every value).
     """
     keys, counts = keys_counts
     if not len(keys):
         return {"valid_from": 0, "test_from": 0}
-    before = np.cumsum(counts) - counts
     total = int(counts.sum())
-
-    def first(fraction: float) -> int:
-        at = np.flatnonzero(before >= fraction * total)
-        return int(keys[at[0]]) if len(at) else int(keys[-1]) + 1
-
-    return {"valid_from": first(0.8), "test_from": first(0.9)}
+    before = np.cumsum(counts) - counts  # rows strictly earlier than keys[i]
+    test = int(np.flatnonzero(total - before >= 0.1 * total)[-1])
+    earlier = np.flatnonzero(before[test] - before[:test] >= 0.1 * total)
+    valid = int(earlier[-1]) if len(earlier) else test
+    return {"valid_from": int(keys[valid]), "test_from": int(keys[test])}
 
 
 class SplitByTime(beam.DoFn):
@@ -296,8 +296,12 @@ def _WriteSplit(pcoll, metadata, split: str, job: JobSpec):
     # TFT's transformed metadata), except that a batch stays one element: the library flattens
     # it to one element per record, and per-record elements through WriteToFiles' shard
     # grouping cost 11-17% more CPU here (whole job and write path, 300k rows, 2026-11-28).
+    # Metadata of an analysis is deferred (a PCollection); one read with the graph is a plain object.
+    deferred = getattr(metadata, "deferred_metadata", None)
+    if deferred is None:
+        deferred = pcoll.pipeline | "Metadata" >> beam.Create([metadata])
     encoder = (
-        metadata.deferred_metadata
+        deferred
         | "Schema" >> beam.Map(lambda m: _without_label(m.schema) if drop else m.schema)
         | "Encoder" >> beam.Map(RecordBatchToExamplesEncoder)
     )

@@ -57,8 +57,8 @@ def _job_parser() -> argparse.ArgumentParser:
                              "(train=a.csv valid=b.csv test=c.csv)")
     parser.add_argument("--split", choices=SPLIT_MODES, default="hash",
                         help="hash: 8:1:1 from a keyed hash of each row (default); given: files named per split "
-                             "in --input; time: ordered by --time_field, the last 10%% of rows (by time) test, "
-                             "the 10%% before valid, ties never split")
+                             "in --input; time: by --time_field, the latest values holding >= 10%% of the rows "
+                             "are test, the latest before them holding >= 10%% valid, ties never split")
     parser.add_argument("--time_field", help="with --split time: a timestamp, hour or integer field")
     parser.add_argument("--seed", type=int, default=0, help="seed of the hashed 8:1:1 split (default 0)")
     parser.add_argument("--min_count", type=int, default=2,

@@ -157,11 +157,15 @@ class DatasetSpec:
 
     def to_doc(self) -> dict[str, Any]:
         """The schema-file form (recorded in stats.json so that `pipeline transform` rebuilds the spec)."""
+        csv_keys = {} if self.format == "libsvm" else {
+            "delimiter": self.delimiter, "header": AUTO if self.header is None else self.header,
+            "quoting": self.quoting, "dropped": list(self.dropped),
+        }
         return {
-            "name": self.name, "format": self.format, "delimiter": self.delimiter,
-            "header": AUTO if self.header is None else self.header, "quoting": self.quoting,
-            "columns": list(self.columns), "label": self.label_column, "label_rule": self.label_rule.to_doc(),
-            "fields": {col.name: col.to_doc() for col in self.raw_columns}, "dropped": list(self.dropped),
+            "name": self.name, "format": self.format, **csv_keys,
+            "columns": list(self.columns), "label": self.label_column,
+            **({"label_rule": self.label_rule.to_doc()} if self.labeled else {}),
+            "fields": {col.name: col.to_doc() for col in self.raw_columns},
         }
 
 
