@@ -9,11 +9,6 @@ tests cover the path that can: Beam's FileSystems publish (marker last) and
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,51 +21,14 @@ from pipeline.features import DONE_FILE
 from tests.conftest import GENERATED_ROWS, run_pipeline
 
 BUCKET = "optfusion-test"
-START_TIMEOUT_S = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[str]:
-    """gcp-storage-emulator (in memory, one bucket) on a free 127.0.0.1 port; STORAGE_EMULATOR_HOST set."""
+    """The GCS emulator on a free 127.0.0.1 port for this module, stopped by PID at its end."""
     pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is not installed (test extra)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--in-memory", "--default-bucket", BUCKET, "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    host = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"GCS emulator on port {port} did not start (exit {proc.poll()})") from None
-                time.sleep(0.2)
-        saved = os.environ.get(remote.EMULATOR_ENV)
-        os.environ[remote.EMULATOR_ENV] = host
+    with remote.local_emulator(BUCKET) as host:
         yield host
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if "saved" in locals():
-            if saved is None:
-                os.environ.pop(remote.EMULATOR_ENV, None)
-            else:
-                os.environ[remote.EMULATOR_ENV] = saved
 
 
 @pytest.fixture(scope="module")
