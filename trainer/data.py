@@ -107,7 +107,8 @@ def check_data(info: DatasetInfo) -> None:
 
     Reads the first record of each split: its features must be exactly the
     listed fields (plus the label if labeled), each with `max_len` ids in
-    [0, vocab_size) (multi-valued: padded at the end with PAD_ID).
+    [0, vocab_size) (multi-valued: padded at the end with PAD_ID, possibly
+    all pads).
     """
     expected = set(info.field_names) | ({info.label_key} if info.labeled else set())
     for split in info.splits:
@@ -130,8 +131,10 @@ def check_data(info: DatasetInfo) -> None:
         for field in info.fields:
             ids = list(example.features.feature[field.name].int64_list.value)
             real = [i for i in ids if i != PAD_ID] if field.max_len > 1 else ids
-            if len(ids) != field.max_len or not real or not all(0 <= i < field.vocab_size for i in real):
+            padded_at_end = ids[:len(real)] == real  # an all-pad row is valid (an empty sequence)
+            if len(ids) != field.max_len or not padded_at_end or not all(0 <= i < field.vocab_size for i in real):
                 raise DatasetInfoError(
-                    f"{path}: field {field.name} holds {ids[:3]}, not {field.max_len} id(s) in "
-                    f"[0, {field.vocab_size}) as stats.json says (were the shards written by another pipeline run?)"
+                    f"{path}: field {field.name} holds {ids[:5]}, not {field.max_len} id(s) in "
+                    f"[0, {field.vocab_size}){' padded at the end with -1' if field.max_len > 1 else ''} as "
+                    "stats.json says (were the shards written by another pipeline run?)"
                 )

@@ -80,3 +80,22 @@ def test_unlabeled_split_yields_features_only_in_file_order(unlabeled_dir):
     np.testing.assert_array_equal(np.concatenate([b["f0"].numpy() for b in batches]), first)
     with pytest.raises(DatasetInfoError, match=r"has no split 'test'; it holds \['data'\]"):
         make_dataset(info, "test", 128)
+
+
+@pytest.mark.parametrize("seq, ok", [([PAD_ID] * 3, True), ([2, 1, PAD_ID], True), ([2, PAD_ID, 1], False),
+                                     ([2, 5, PAD_ID], False), ([2, 1], False)])
+def test_check_data_multivalued_rows(seq, ok, tmp_path):
+    """An empty sequence (all pads) is valid; a pad before an id, an id out of range or a short row is not."""
+    stats = {"dataset": "x", "label_key": "label", "fields": [{"name": "s", "vocab_size": 5, "max_len": 3}]}
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "s": tf.train.Feature(int64_list=tf.train.Int64List(value=seq)),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}))
+    for split in SPLIT_ROWS:
+        with tf.io.TFRecordWriter(str(tmp_path / f"{split}-00000-of-00001.tfrecord.gz"), options="GZIP") as writer:
+            writer.write(example.SerializeToString())
+    if ok:
+        check_data(read_dataset_info(tmp_path))
+    else:
+        with pytest.raises(DatasetInfoError, match=r"field s holds .*not 3 id\(s\) in \[0, 5\) padded at the end"):
+            check_data(read_dataset_info(tmp_path))
