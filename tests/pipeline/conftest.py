@@ -92,3 +92,66 @@ def frappe_run(tmp_path_factory) -> Run:
     return _dataset_run(
         tmp_path_factory, "frappe", "frappe/frappe_valid.tsv", "--schema", str(ROOT / "schemas" / "frappe.yaml")
     )
+
+
+EXAMPLE_DATA = pathlib.Path(__file__).resolve().parent / "data"
+SEQUENCE_FILES = {split: EXAMPLE_DATA / "sequence_price" / f"{split}.csv" for split in ("train", "valid", "test")}
+SCORING_ROWS = 500
+
+
+def _example_run(tmp_path_factory, name: str, schema: str, *args: str) -> Run:
+    from tests.conftest import ROOT
+
+    out = tmp_path_factory.mktemp(name) / "data"
+    inputs = [pathlib.Path(a.partition("=")[2] or a) for a in args if a.endswith((".csv", ".txt"))]
+    stdout = run_pipeline("--schema", str(ROOT / "schemas" / "examples" / schema), *args, "--output", str(out)).stdout
+    return Run(out, inputs, stdout)
+
+
+@pytest.fixture(scope="session")
+def movielens_run(tmp_path_factory) -> Run:
+    """Ratings with a threshold label, split by time."""
+    return _example_run(tmp_path_factory, "movielens", "movielens.yaml", "--input",
+                        str(EXAMPLE_DATA / "movielens_ratings.csv"), "--split", "time", "--time_field", "timestamp")
+
+
+@pytest.fixture(scope="session")
+def libfm_run(tmp_path_factory) -> Run:
+    """libFM lines with {-1, 1} labels, hash split."""
+    return _example_run(tmp_path_factory, "libfm", "libfm.yaml", "--input", str(EXAMPLE_DATA / "libfm.txt"))
+
+
+@pytest.fixture(scope="session")
+def sequence_run(tmp_path_factory) -> Run:
+    """Quoted CSV with a BOM, a multi-valued sequence, a float price and a date-time; given split."""
+    args = [a for split, path in SEQUENCE_FILES.items() for a in ("--input", f"{split}={path}")]
+    return _example_run(tmp_path_factory, "sequence", "sequence_price.yaml", "--split", "given", *args)
+
+
+@pytest.fixture(scope="session")
+def sequence_transform(tmp_path_factory, sequence_run) -> Run:
+    """`pipeline transform` of the sequence run's own test file (labeled) with its graph."""
+    out = tmp_path_factory.mktemp("sequence_transform") / "data"
+    stdout = run_pipeline("transform", "--run", str(sequence_run.out), "--input", str(SEQUENCE_FILES["test"]),
+                          "--output", str(out)).stdout
+    return Run(out, [SEQUENCE_FILES["test"]], stdout)
+
+
+@pytest.fixture(scope="session")
+def criteo_test_csv(tmp_path_factory, criteo_generated_file) -> pathlib.Path:
+    """Criteo's Kaggle test layout (`Id,I1..C26`, no label) holding the first SCORING_ROWS generated rows."""
+    header = ["Id", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
+    lines = criteo_generated_file.read_text().splitlines()[:SCORING_ROWS]
+    path = tmp_path_factory.mktemp("criteo_test") / "test.csv"
+    path.write_text("\n".join([",".join(header)] + [
+        f"{60000000 + n}," + ",".join(line.split("\t")[1:]) for n, line in enumerate(lines)]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def criteo_scoring(tmp_path_factory, criteo_preprocessed_dir, criteo_test_csv) -> Run:
+    """Unlabeled Criteo rows transformed with an existing run's graph (the scoring path)."""
+    out = tmp_path_factory.mktemp("criteo_scoring") / "data"
+    stdout = run_pipeline("transform", "--run", str(criteo_preprocessed_dir), "--input", str(criteo_test_csv),
+                          "--unlabeled", "--output", str(out)).stdout
+    return Run(out, [criteo_test_csv], stdout)

@@ -28,6 +28,34 @@ def read_split(data_dir: pathlib.Path, split: str, names: list[str]) -> dict[str
     return {n: np.concatenate(v) if v else np.zeros(0, np.int64) for n, v in out.items()}
 
 
+def read_records(data_dir: pathlib.Path, split: str) -> dict[str, np.ndarray]:
+    """All records of one split as DatasetInfo describes them: [rows] or [rows, max_len] ids, label if labeled."""
+    import tensorflow as tf
+
+    from pipeline.dataset_info import read_dataset_info
+
+    info = read_dataset_info(data_dir)
+    spec = {f.name: tf.io.FixedLenFeature([f.max_len] if f.max_len > 1 else [], tf.int64) for f in info.fields}
+    if info.labeled:
+        spec[LABEL_KEY] = tf.io.FixedLenFeature([], tf.int64)
+    files = sorted(glob.glob(info.split_pattern(split)))
+    out: dict[str, list] = {n: [] for n in spec}
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096):
+        parsed = tf.io.parse_example(batch, spec)
+        for n in spec:
+            out[n].append(parsed[n].numpy())
+    return {n: np.concatenate(v) for n, v in out.items()}
+
+
+def row_multiset(columns: dict[str, np.ndarray], names: list[str]) -> collections.Counter:
+    """Rows as hashable tuples (a multi-valued field's ids as a tuple), counted."""
+    def cell(values: np.ndarray, i: int):
+        return tuple(values[i].tolist()) if values.ndim > 1 else int(values[i])
+
+    rows = len(columns[names[0]])
+    return collections.Counter(tuple(cell(columns[n], i) for n in names) for i in range(rows))
+
+
 def reference_token(value, kind: str):
     """The token a raw value becomes under docs/DESIGN.md §Preprocessing (pure Python)."""
     if kind == "integer":
