@@ -97,7 +97,7 @@ def _column_counts(lines: list[bytes], layout: Layout) -> np.ndarray:
     """Cells per line; lines holding a quote are counted by the csv module (RFC 4180)."""
     delim = layout.delimiter.encode()
     counts = np.fromiter((line.count(delim) + 1 for line in lines), dtype=np.int64, count=len(lines))
-    if layout.quoting:
+    if layout.quoting and any(b'"' in line for line in lines):
         for i, line in enumerate(lines):
             if b'"' in line:
                 try:
@@ -218,10 +218,8 @@ def parse_lines(
         split_names, splits = (layout.split,), np.zeros(len(kept_rows), np.int8)
     arrays = []
     for col in spec.raw_columns:
-        values, present = parsed_columns[col.name]
-        present_index = np.cumsum(present) - 1  # position of each present cell in `values`
-        kept_present = present[keep]
-        arrays.append(_to_list_array(values.take(pa.array(present_index[keep & present])), kept_present))
+        values, present = parsed_columns[col.name]  # `values` holds the present cells only
+        arrays.append(_to_list_array(values.filter(pa.array(keep[present])), present[keep]))
     if label is not None:
         arrays.append(_to_list_array(pa.array(label[keep]), np.ones(int(keep.sum()), dtype=bool)))
     rows = pa.RecordBatch.from_arrays(arrays, schema=raw_arrow_schema(spec))
