@@ -17,9 +17,10 @@ has one beta logit per fusion operation in `OPS`; S0 has a single candidate
 input and so no beta.
 
 The Hard op of a component is argmax(beta) (the paper), unless the search
-recorded a `selection`: the validation AUC of the trained supernet with each
-op alone in that component (trainer/selection.py); then it is the op of the
-best AUC (docs/DESIGN.md §3 Supernet: deviations).
+recorded a `selection`: a validation score of the trained supernet per op and
+component (trainer/selection.py); then it is, among the ops scoring within
+`selection_margin` of the best, the one of the largest beta (docs/DESIGN.md
+§3 Supernet: deviations).
 """
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ def softmax(logits: list[float]) -> list[float]:
     return [v / total for v in exps]
 
 
+def pick_op(scores: list[float] | None, beta: list[float], margin: float = 0.0) -> int:
+    """Index of the Hard op: among the ops whose score is within `margin` of
+    the best (all ops without scores), the one of the largest beta; then the
+    first. A margin keeps differences below the validation noise from
+    overriding beta, while an op that scores clearly worse is never taken."""
+    candidates = list(range(len(beta)))
+    if scores is not None:
+        candidates = [i for i in candidates if scores[i] >= max(scores) - margin]
+    return max(candidates, key=lambda i: (beta[i], -i))
+
+
 def _check_n(n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"`n` must be an integer >= 1. Received: n={n!r}")
@@ -104,8 +116,8 @@ class Architecture:
 
     alpha, beta and the optional `selection` (per fusing component, one
     score per op in `OPS`, higher is better: the search's validation AUC of
-    each op alone) are the source of truth; edges (1[alpha > 0]), the Hard op
-    (argmax selection where given, else argmax beta) and the Soft weights
+    each op alone) with its `selection_margin` are the source of truth;
+    edges (1[alpha > 0]), the Hard op (`pick_op`) and the Soft weights
     (softmax beta) are derived and written to JSON only for the reader.
     """
 
@@ -114,6 +126,7 @@ class Architecture:
     beta: dict[str, list[float]]
     description: str = ""
     selection: dict[str, list[float]] | None = None
+    selection_margin: float = 0.0
 
     def __post_init__(self) -> None:
         _check_n(self.n)
@@ -146,6 +159,8 @@ class Architecture:
             self.beta[comp] = [float(v) for v in self.beta[comp]]
             if not all(math.isfinite(v) for v in self.beta[comp]):
                 raise ValueError(f"beta of {comp} must be finite. Received: {self.beta[comp]}")
+        if not (math.isfinite(self.selection_margin) and self.selection_margin >= 0):
+            raise ValueError(f"selection_margin must be a finite number >= 0. Received: {self.selection_margin}")
         if self.selection is not None:
             self.selection = {c: [float(v) for v in s] for c, s in self.selection.items()}
             bad = {c: s for c, s in self.selection.items()
@@ -214,17 +229,10 @@ class Architecture:
         return [(s, c) for c in connectable_components(self.n) for s in self.inputs(c)]
 
     def hard_ops(self) -> dict[str, str]:
-        """Hard choice per fusing component: the op of the best selection score
-        where the search recorded one, else of the largest beta (ties: the
-        larger beta, then the first op)."""
+        """Hard choice per fusing component: `pick_op` of its selection scores
+        where the search recorded them, else the op of the largest beta."""
         chosen = self.selection or {}
-
-        def best(comp: str) -> str:
-            beta = self.beta[comp]
-            score = chosen.get(comp, beta)
-            return OPS[max(range(len(OPS)), key=lambda i: (score[i], beta[i], -i))]
-
-        return {c: best(c) for c in self.beta}
+        return {c: OPS[pick_op(chosen.get(c), b, self.selection_margin)] for c, b in self.beta.items()}
 
     def soft_weights(self) -> dict[str, list[float]]:
         """Soft mixture weights per fusing component: softmax(beta)."""
@@ -249,7 +257,8 @@ class Architecture:
             "ops": list(OPS),
             "alpha": self.alpha,
             "beta": self.beta,
-            **({"selection": self.selection} if self.selection is not None else {}),
+            **({"selection": self.selection, "selection_margin": self.selection_margin}
+               if self.selection is not None else {}),
             "edges": [list(e) for e in self.edges()],
             "hard_ops": self.hard_ops(),
             "soft_weights": {c: [round(w, 6) for w in ws] for c, ws in self.soft_weights().items()},
@@ -270,6 +279,7 @@ class Architecture:
             beta={c: list(v) for c, v in data["beta"].items()},
             description=str(data.get("description", "")),
             selection={c: list(v) for c, v in data["selection"].items()} if data.get("selection") else None,
+            selection_margin=float(data.get("selection_margin", 0.0)),
         )
         derived = arch.to_dict()
         for key in ("edges", "hard_ops", "reachable"):
@@ -325,7 +335,7 @@ class Architecture:
                 mix = " ".join(f"{o} {w:.2f}" for o, w in zip(OPS, soft[comp], strict=True))
                 picked = ""
                 if self.selection and comp in self.selection:
-                    picked = "   valid AUC alone: " + " ".join(
+                    picked = "   selection: " + " ".join(
                         f"{o} {v:.4f}" for o, v in zip(OPS, self.selection[comp], strict=True))
                 lines.append(f"  {comp:<3} <- {hard[comp].upper()}({srcs})   soft: {mix}{picked}")
         pruned = [c for c in components(self.n) if c not in keep and c != "E"]

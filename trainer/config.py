@@ -44,6 +44,7 @@ class TrainConfig:
     log_every: int = 50  # steps between TensorBoard loss points
     # tf.distribute; see trainer/distribute.py
     strategy: Literal["default", "mirrored", "multi_worker", "parameter_server"] = "default"
+    ps_min_shard_bytes: int = 256 << 10  # parameter_server: a variable of 2x this is split over the ps tasks
 
 
 @dataclasses.dataclass
@@ -56,6 +57,7 @@ class SearchConfig:
     # Hard op per component: "beta" = argmax(beta), the paper; "alone" / "remove" = the valid AUC of
     # the trained supernet with each op alone / without it (trainer/selection.py, docs/DESIGN.md §3)
     hard_select: Literal["beta", "alone", "remove"] = "alone"
+    hard_select_margin: float = 0.0  # scores within this of the best tie; the larger beta wins (trainer/selection.py)
 
 
 @dataclasses.dataclass
@@ -90,6 +92,8 @@ class Config:
         for key in ("l2", "emb_l2"):
             if getattr(self.train, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0. Received: {getattr(self.train, key)}")
+        if not self.search.hard_select_margin >= 0:
+            raise ConfigError(f"search.hard_select_margin must be >= 0. Received: {self.search.hard_select_margin}")
         if self.search.arch_lr <= 0:
             raise ConfigError(f"search.arch_lr must be > 0. Received: {self.search.arch_lr}")
 

@@ -8,9 +8,11 @@ Differentiable NAS" (ICLR 2021), each component's op is instead chosen by
 what the trained supernet does with it on the validation split: with each op
 alone in that component ("alone", the default), or by how much the
 validation AUC drops when that op is removed from the mixture ("remove", the
-paper's criterion). Components are decided one at a time, H first, each
-fixed to its op before the next is tried, so the last evaluation is the
-Hard architecture on the supernet's weights. Deviation from Wang et al.: no
+paper's criterion). Scores within `search.hard_select_margin` of the best
+count as tied and the tie goes to the larger beta (`pick_op`): on 1k
+validation rows differences of a few 1e-4 are noise. Components are decided
+one at a time, H first, each fixed to its op before the next is tried, so
+the last evaluation is the Hard architecture on the supernet's weights. Deviation from Wang et al.: no
 fine-tuning of the supernet between decisions (a few validation passes
 instead of epochs). docs/DESIGN.md §3 Supernet: deviations.
 """
@@ -28,7 +30,7 @@ import numpy as np
 
 from pipeline.dataset_info import DatasetInfo
 from pipeline.errors import UsageError
-from trainer.architecture import ONE_HOT_LOGIT, OPS, Architecture
+from trainer.architecture import ONE_HOT_LOGIT, OPS, Architecture, pick_op
 from trainer.config import load_config
 from trainer.loop import Phase
 from trainer.model_io import ARCH_FILE, CONFIG_FILE, RUN_FILE, SEARCH_WEIGHTS_FILE, build_model, warm_start
@@ -49,7 +51,7 @@ def _logits(rule: str, beta: np.ndarray, op: int) -> np.ndarray:
 
 
 def select_ops(
-    model: Any, valid_auc: Callable[[], float], architecture: Architecture, rule: str
+    model: Any, valid_auc: Callable[[], float], architecture: Architecture, rule: str, margin: float = 0.0
 ) -> Architecture:
     """`architecture` with a selection recorded (rule "alone" or "remove"), or
     unchanged for rule "beta" or a model without beta (a fixed-op search).
@@ -76,7 +78,7 @@ def select_ops(
                 aucs.append(valid_auc())
             # Higher is better: the AUC alone, or the AUC lost without the op.
             scores[comp] = aucs if rule == "alone" else [base - a for a in aucs]
-            chosen = max(range(len(OPS)), key=lambda i: (scores[comp][i], saved[comp][i], -i))
+            chosen = pick_op(scores[comp], saved[comp].tolist(), margin)
             model.beta[comp].assign(_logits("alone", saved[comp], chosen))
             log.info("hard_select=%s: %s -> %s (%s)", rule, comp, OPS[chosen].upper(),
                      " ".join(f"{o} {a:.4f}" for o, a in zip(OPS, aucs, strict=True)))
@@ -84,12 +86,12 @@ def select_ops(
         for comp, value in saved.items():
             model.beta[comp].assign(value)
     return Architecture(n=architecture.n, alpha=architecture.alpha, beta=architecture.beta,
-                        description=architecture.description, selection=scores)
+                        description=architecture.description, selection=scores, selection_margin=margin)
 
 
-def select_from_run(search_dir: pathlib.Path, info: DatasetInfo, rule: str) -> Architecture:
+def select_from_run(search_dir: pathlib.Path, info: DatasetInfo, rule: str, margin: float = 0.0) -> Architecture:
     """The architecture of a finished search run with its Hard ops chosen by
-    `rule`, from its saved best weights (search.weights.npz): a search run
+    `rule` and `margin`, from its saved best weights (search.weights.npz): a search run
     made before `search.hard_select` existed, or under another rule, needs no
     rerun. `info` must be the data the search ran on (its validation split)."""
     weights = search_dir / SEARCH_WEIGHTS_FILE
@@ -110,4 +112,4 @@ def select_from_run(search_dir: pathlib.Path, info: DatasetInfo, rule: str) -> A
                       train_arch=False)
         plain = Architecture(n=architecture.n, alpha=architecture.alpha, beta=architecture.beta,
                              description=architecture.description)
-        return select_ops(model, lambda: phase.evaluate("valid")["auc"], plain, rule)
+        return select_ops(model, lambda: phase.evaluate("valid")["auc"], plain, rule, margin)

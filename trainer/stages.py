@@ -108,7 +108,8 @@ def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: 
                                    "epochs": state.epochs_done}
         architecture = Architecture.load(arch_path)
     assert architecture is not None
-    architecture = select_ops(model, lambda: phase.evaluate("valid")["auc"], architecture, s.hard_select)
+    architecture = select_ops(model, lambda: phase.evaluate("valid")["auc"], architecture, s.hard_select,
+                              s.hard_select_margin)
     architecture.save(out / ARCH_FILE)
     save_search_weights(model, out)
     write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")

@@ -116,9 +116,25 @@ def test_search_records_the_selection_and_select_from_run_reproduces_it(syntheti
     assert set(data["selection"]) == scored and scored
     for comp in scored:  # the Hard op is the best-scoring one, whatever beta says
         assert data["hard_ops"][comp] == OPS[int(np.argmax(data["selection"][comp]))]
-    assert "valid AUC alone" in (out / "architecture.txt").read_text()
+    assert "selection: add " in (out / "architecture.txt").read_text()
     again = select_from_run(out, read_dataset_info(synthetic_dir), "alone")
     assert again.selection.keys() == arch.selection.keys()
     for comp, scores in arch.selection.items():  # the saved weights give the search's own scores
         assert again.selection[comp] == pytest.approx(scores, abs=1e-6)
     assert select_from_run(out, read_dataset_info(synthetic_dir), "beta").selection is None
+
+
+def test_margin_lets_beta_break_near_ties_but_never_takes_a_clearly_worse_op():
+    model = _Model()
+    model.beta["H"] = _Var([0.0, 1.0, 0.0, 0.5])
+    arch = _searched(_arch(), model)
+    assert select_ops(model, model.auc, arch, "alone").hard_ops()["H"] == "add"  # the best AUC
+    # H alone: ADD 0.7526, PROD 0.5, CONCAT 0.7, ATT 0.7. Within 0.06 of ADD: ADD, CONCAT, ATT;
+    # PROD has the largest beta (1.0) but scores 0.25 lower, so ATT (beta 0.5) wins the tie.
+    chosen = select_ops(model, model.auc, arch, "alone", margin=0.06)
+    assert chosen.hard_ops()["H"] == "att" and chosen.selection_margin == 0.06
+    assert select_ops(model, model.auc, arch, "alone", margin=1.0).hard_ops()["H"] == "prod"
+    again = Architecture.from_json(chosen.to_json())
+    assert again.selection_margin == 0.06 and again.hard_ops() == chosen.hard_ops()
+    with pytest.raises(ValueError, match="selection_margin must be"):
+        Architecture(n=1, alpha=arch.alpha, beta=arch.beta, selection=chosen.selection, selection_margin=-1.0)
