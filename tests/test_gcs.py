@@ -9,6 +9,7 @@ tests cover the path that can: Beam's FileSystems publish (marker last) and
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -138,3 +139,28 @@ def test_republish_needs_overwrite_and_gets_a_new_cache_entry(emulator, criteo_p
     second = remote.local_view(uri, cache)
     assert second != first and (second / "extra.txt").read_text() == "new run"
     assert not (first / "extra.txt").exists()
+
+
+@pytest.mark.slow
+def test_trainer_cli_trains_from_gs_and_refuses_an_unfinished_prefix(emulator, criteo_preprocessed_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    uri = f"gs://{BUCKET}/cli/criteo"
+    remote.publish(criteo_preprocessed_dir, uri)
+    env = {**os.environ, remote.CACHE_ENV: str(tmp_path / "cache")}
+
+    def trainer(out: str) -> subprocess.CompletedProcess:
+        code = "import sys; from trainer.cli import main; sys.exit(main())"
+        return subprocess.run([sys.executable, "-c", code, "--stage=train", "--model", "lr", "--data", uri,
+                               "--out", str(tmp_path / out), "--train.epochs=1"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    done = trainer("run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "run.json").is_file()
+    remote._filesystems().delete([f"{uri}/{DONE_FILE}"])
+    refused = trainer("run2")
+    assert refused.returncode == 2 and "DONE.json marker, written last, is missing" in refused.stderr
