@@ -178,9 +178,11 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
 
+    from benchmarks.results import header
     from pipeline.dataset_info import read_dataset_info
     from trainer.config import load_config
 
+    head = header()  # the load average at start, before this run's own load
     batch = args.batch or load_config(PRESET).train.batch_size
     if args.data:
         data, source = pathlib.Path(args.data), f"pipeline output {args.data}"
@@ -213,11 +215,12 @@ def main() -> int:
         ])
     print(table + "\n" + verdict)
     if not args.no_write:
-        from benchmarks.results import header, write_section
+        from benchmarks.results import write_section
 
-        body = (header() + f"- data: {source}\n- model: search stage, `{PRESET.relative_to(ROOT)}` "
+        body = (head + f"- data: {source}\n- model: search stage, `{PRESET.relative_to(ROOT)}` "
                 f"(CPU preset), batch {batch}, {params:,} parameters; input {args.input_batches} batches, "
-                f"step {args.steps} steps, each after a warm-up\n\n"
+                f"step {args.steps} steps, each after a warm-up. Input and step are measured in one process, "
+                "one after the other: on a shared machine compare their ratio, not the absolute rates\n\n"
                 + table + "\n\n" + verdict + "\n")
         print(f"wrote {write_section('Input pipeline', body)}")
     return 0
