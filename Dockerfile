@@ -12,6 +12,7 @@ ARG PYTHON_VERSION=3.11
 ARG BEAM_VERSION=2.77.0
 
 FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS beam
+# `latest` moves: pin its digest (@sha256:...) once you have pulled it.
 FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:latest AS launcher
 
 FROM python:${PYTHON_VERSION}-slim
