@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     from trainer.distribute import use_strategy, worker_out
 
     try:
-        use_strategy(config.train.strategy)  # before any other op: a collective runtime is set up once
+        use_strategy(config.train.strategy, config.train.ps_min_shard_bytes)  # before any other op runs
     except ValueError as err:
         raise UsageError(str(err)) from err
     args.out = worker_out(args.out)

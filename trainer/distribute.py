@@ -7,6 +7,13 @@ task); each worker reads its own files of each split (tf.data auto-shard by
 FILE) and gradients are all-reduced across workers every step. The chief
 (worker 0) writes the run directory; the other workers write theirs beside
 it (`worker_out`) and their checkpoints to a scratch dir.
+parameter_server: TF_CONFIG names a chief, workers and ps tasks. Variables live
+on the ps tasks, each one whose size reaches `train.ps_min_shard_bytes` split
+by rows over them (tf.distribute MinSizePartitioner: the embedding table of a
+large vocabulary first); the chief builds the model, schedules train steps on
+the workers with a ClusterCoordinator (asynchronous updates), evaluates and
+writes the run directory. Worker and ps processes run the same `trainer`
+command with their TF_CONFIG and only serve (`use_strategy` never returns).
 
 The strategy is created once per process and before any other TensorFlow op
 runs (a collective runtime cannot be set up afterwards): the CLI picks it
@@ -18,12 +25,21 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import pathlib
+import re
+from typing import Any
 
+import keras
 import tensorflow as tf
+from tensorflow.python.distribute.sharded_variable import ShardedVariable
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
+STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
+PS_MIN_SHARD_BYTES = 256 << 10  # MinSizePartitioner's default: a variable below 2 of these stays whole
+_PART = "__part_"  # marks a shard's view in variable (and optimizer slot) names
+
+log = logging.getLogger("trainer")
 
 
 def _tf_config() -> dict:
@@ -67,9 +83,10 @@ def chief_dir(path: pathlib.Path) -> pathlib.Path:
 _active: list[tf.distribute.Strategy] = []
 
 
-def use_strategy(name: str) -> tf.distribute.Strategy:
-    """Makes `name` this process's strategy (the CLI calls it before any op runs)."""
-    _active[:] = [_create(name)]
+def use_strategy(name: str, ps_min_shard_bytes: int = PS_MIN_SHARD_BYTES) -> tf.distribute.Strategy:
+    """Makes `name` this process's strategy (the CLI calls it before any op runs).
+    A parameter_server worker or ps task serves here until it is killed."""
+    _active[:] = [_create(name, ps_min_shard_bytes)]
     return _active[0]
 
 
@@ -78,8 +95,108 @@ def active() -> tf.distribute.Strategy:
     return _active[0] if _active else tf.distribute.get_strategy()
 
 
+def coordinator() -> tf.distribute.coordinator.ClusterCoordinator | None:
+    """The chief's ClusterCoordinator under parameter_server, else None (steps run in-process)."""
+    strategy = active()
+    if not isinstance(strategy, tf.distribute.ParameterServerStrategy):
+        return None
+    return _coordinator(strategy)
+
+
 @functools.cache
-def _create(name: str) -> tf.distribute.Strategy:
+def _coordinator(strategy: tf.distribute.ParameterServerStrategy) -> tf.distribute.coordinator.ClusterCoordinator:
+    return tf.distribute.coordinator.ClusterCoordinator(strategy)
+
+
+def num_workers() -> int:
+    """Worker tasks in TF_CONFIG's cluster (1 without one)."""
+    return len(_tf_config().get("cluster", {}).get("worker", [])) or 1
+
+
+def shard_views(variables: list[Any]) -> list[Any]:
+    """`variables` with each partitioned one replaced by a Keras view of each of
+    its shards. Keras 3 cannot take gradients of, or build optimizer slots for,
+    a variable whose value is a ShardedVariable (`.handle` is missing, and the
+    slots it colocates with the whole variable come out unpartitioned, one
+    full-size copy each); per shard both work, and each slot lives on its
+    shard's ps task."""
+    views = []
+    for v in variables:
+        value = getattr(v, "value", None)
+        if isinstance(value, ShardedVariable):
+            stem = v.path.replace("/", "_")
+            views += [keras.Variable(shard, name=f"{stem}{_PART}{i}") for i, shard in enumerate(value.variables)]
+        else:
+            views.append(v)
+    return views
+
+
+def checkpointable(variable: Any) -> Any:
+    """What tf.train.Checkpoint should save for a Keras variable: its
+    ShardedVariable if partitioned (it saves the shards as row slices of one
+    tensor under the variable's key, so the checkpoint restores into an
+    unpartitioned variable, e.g. under `default`), else the variable."""
+    value = getattr(variable, "value", None)
+    return value if isinstance(value, ShardedVariable) else variable
+
+
+def merge_shards(keyed: dict[str, Any]) -> dict[str, Any]:
+    """Optimizer slots of shard views ("emb_table__part_1_momentum") merged
+    into one ShardedVariable under the whole variable's slot key
+    ("emb_table_momentum"), so checkpoint keys do not depend on the strategy."""
+    merged: dict[str, Any] = {}
+    parts: dict[str, dict[int, Any]] = {}
+    for key, v in keyed.items():
+        match = re.search(rf"{_PART}(\d+)", key)
+        if match is None:
+            merged[key] = v
+        else:
+            parts.setdefault(key[: match.start()] + key[match.end():], {})[int(match.group(1))] = v
+    for key, shards in parts.items():
+        merged[key] = ShardedVariable([getattr(shards[i], "value", shards[i]) for i in sorted(shards)], name=key)
+    return merged
+
+
+def describe_partitions(variables: list[Any]) -> list[str]:
+    """One line per partitioned variable: its path, shape and rows per ps task."""
+    lines = []
+    for v in variables:
+        value = getattr(v, "value", None)
+        if isinstance(value, ShardedVariable):
+            rows = [int(s.shape[0]) for s in value.variables]
+            devices = sorted({s.device.split("/device:")[0] for s in value.variables})
+            lines.append(f"{v.path} {list(v.shape)}: rows {rows} on {', '.join(devices)}")
+    return lines
+
+
+def _serve(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> None:
+    """A parameter_server worker or ps task: serve the chief until killed."""
+    log.info("parameter_server: %s %d serving on %s", resolver.task_type, resolver.task_id,
+             resolver.cluster_spec().task_address(resolver.task_type, resolver.task_id))
+    server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                                  task_index=resolver.task_id, protocol=resolver.rpc_layer or "grpc", start=True)
+    server.join()
+
+
+def _parameter_server(min_shard_bytes: int) -> tf.distribute.Strategy:
+    cluster = _tf_config().get("cluster", {})
+    if not cluster.get("ps") or not cluster.get("worker") or not cluster.get("chief"):
+        raise ValueError("train.strategy=parameter_server needs TF_CONFIG with a chief, workers and ps tasks "
+                         '(e.g. {"cluster": {"chief": ["h0:port"], "worker": ["h1:port", "h2:port"], '
+                         '"ps": ["h3:port", "h4:port"]}, "task": {"type": "chief", "index": 0}})')
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if resolver.task_type in ("worker", "ps"):
+        _serve(resolver)
+        raise SystemExit(0)  # join() returns only if the server stops
+    if resolver.task_type != "chief":
+        raise ValueError(f"TF_CONFIG task type {resolver.task_type!r}: parameter_server runs chief, worker or ps")
+    partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+        min_shard_bytes=min_shard_bytes, max_shards=len(cluster["ps"]))
+    return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+@functools.cache
+def _create(name: str, ps_min_shard_bytes: int = PS_MIN_SHARD_BYTES) -> tf.distribute.Strategy:
     """One instance per name and process: a collective runtime is set up once."""
     if name == "default":
         return tf.distribute.get_strategy()
@@ -91,4 +208,6 @@ def _create(name: str) -> tf.distribute.Strategy:
                              '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
                              '"task": {"type": "worker", "index": 0}})')
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "parameter_server":
+        return _parameter_server(ps_min_shard_bytes)
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")

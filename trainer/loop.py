@@ -7,6 +7,10 @@ bi-level (docs/DESIGN.md §3 Supernet). After each epoch: exact validation AUC, 
 checkpoint (weights + optimizer state + loop state) written temp-then-rename,
 and the best epoch's weights kept, so `--resume` after a kill restarts the
 interrupted epoch from the end of the previous one, reproducibly.
+
+Under parameter_server the chief schedules the same step on the workers
+(trainer/distribute.py): an epoch is as many steps as one process takes over
+the train split, each worker reading its own 1/W of each epoch's batches.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -28,9 +32,19 @@ from tqdm import tqdm
 
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import DatasetInfo
+from pipeline.errors import UsageError
 from trainer.config import Config
-from trainer.data import dummy_features, input_signature, make_dataset
-from trainer.distribute import active, chief_dir
+from trainer.data import dummy_features, input_signature, make_dataset, split_files
+from trainer.distribute import (
+    active,
+    checkpointable,
+    chief_dir,
+    coordinator,
+    describe_partitions,
+    merge_shards,
+    num_workers,
+    shard_views,
+)
 from trainer.metrics import log_loss, roc_auc
 
 log = logging.getLogger("trainer")
@@ -77,14 +91,16 @@ def _by_path(variables: list[Any], model_name: str, optimizer: bool = False) -> 
     """Variables keyed by their Keras path without the process-dependent parts
     (the model's and optimizer's numbered names, "supernet_1", "adam_3"), so the
     keys are the same in a resumed process. tf.train.Checkpoint does not see
-    Keras 3 layers held in lists and dicts, so the model is not passed whole."""
+    Keras 3 layers held in lists and dicts, so the model is not passed whole.
+    A partitioned variable (parameter_server) is saved under the same key as
+    a whole one, so checkpoints move between strategies."""
     keyed = {}
     for v in variables:
         key = v.path.split("/", 1)[-1] if optimizer else v.path  # optimizer slots: "adam_3/supernet_S0_kernel_momentum"
-        keyed[key.removeprefix(f"{model_name}/" if not optimizer else f"{model_name}_")] = v
+        keyed[key.removeprefix(f"{model_name}/" if not optimizer else f"{model_name}_")] = checkpointable(v)
     if len(keyed) != len(variables):
         raise ValueError("two variables share a path; checkpoints need unique variable paths")
-    return keyed
+    return merge_shards(keyed) if optimizer else keyed
 
 
 class Phase:
@@ -115,18 +131,22 @@ class Phase:
         self.ckpt_dir = ckpt_dir
         self.on_improve = on_improve
         self.strategy = active()
+        self.coordinator = coordinator()
         t = config.train
         with self.strategy.scope():  # optimizer slots and the step live where the model's variables do
             model(dummy_features(info), training=False)  # builds every weight
+            # Partitioned variables are trained shard by shard (distribute.shard_views).
             self.groups: list[tuple[str, keras.optimizers.Optimizer, list[Any]]] = [
-                ("embedding", _adam(t.emb_lr), list(model.embedding_variables)),
-                ("dense", _adam(t.lr), list(model.dense_variables)),
+                ("embedding", _adam(t.emb_lr), shard_views(model.embedding_variables)),
+                ("dense", _adam(t.lr), shard_views(model.dense_variables)),
             ]
             if train_arch:
-                self.groups.append(("arch", _adam(config.search.arch_lr), list(model.arch_variables)))
+                self.groups.append(("arch", _adam(config.search.arch_lr), shard_views(model.arch_variables)))
             self.groups = [g for g in self.groups if g[2]]
             for _, opt, variables in self.groups:
                 opt.build(variables)
+        for line in describe_partitions(model.weights):
+            log.info("[%s] partitioned: %s", name, line)
         # One trace for every batch size (the last batch of a split is smaller).
         features = input_signature(info)
         replica_step = tf.function(self._step, jit_compile=t.jit_compile)
@@ -135,6 +155,12 @@ class Phase:
             lambda f, y: self.strategy.reduce(sum_, self.strategy.run(replica_step, (f, y)), None),
             reduce_retracing=True,
         )
+
+        def remote_step(iterator: Any) -> tuple[tf.Tensor, tf.Tensor]:  # parameter_server: runs on a worker
+            features, labels = next(iterator)
+            return self.train_step(features, labels), tf.size(labels)
+
+        self._remote_step = tf.function(remote_step)
         self._predict_step = tf.function(
             lambda f: model(f, training=False), jit_compile=t.jit_compile, input_signature=[features]
         )
@@ -278,20 +304,12 @@ class Phase:
 
     def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
         t = self.config.train
-        ds = make_dataset(
-            self.info, "train", t.batch_size, shuffle=True,
-            seed=self.config.seed * 100_003 + epoch, shuffle_buffer=t.shuffle_buffer,
-        )
-        if t.max_steps_per_epoch is not None:
-            ds = ds.take(t.max_steps_per_epoch)
-        if self.strategy.num_replicas_in_sync > 1:  # each worker reads its own files, batches split per replica
-            ds = self.strategy.experimental_distribute_dataset(ds)
         total_loss, steps, examples = 0.0, 0, 0
         start = time.perf_counter()
-        bar = tqdm(ds, total=self.state.steps_per_epoch, desc=f"{self.name} epoch {epoch}", unit="batch",
+        bar = tqdm(total=self.state.steps_per_epoch, desc=f"{self.name} epoch {epoch}", unit="batch",
                    leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)  # logs stay short
-        for features, labels in bar:
-            loss = float(self.train_step(features, labels))
+        run = self._remote_steps if self.coordinator is not None else self._local_steps
+        for loss, batch_examples in run(epoch, bar):
             steps += 1
             if not math.isfinite(loss):
                 bar.close()
@@ -301,7 +319,7 @@ class Phase:
                     "(lower train.lr / train.emb_lr / search.arch_lr, then rerun with --resume and --key=value)"
                 )
             total_loss += loss
-            examples += sum(int(y.shape[0]) for y in self.strategy.experimental_local_results(labels))
+            examples += batch_examples
             if steps % t.log_every == 0:
                 with self.writer.as_default():
                     tf.summary.scalar("train/loss", loss, step=(epoch - 1) * (self.state.steps_per_epoch or 0) + steps)
@@ -311,6 +329,63 @@ class Phase:
         bar.close()
         self.state.steps_per_epoch = steps
         return total_loss / max(steps, 1), examples, time.perf_counter() - start
+
+    def _train_dataset(self, epoch: int) -> tf.data.Dataset:
+        """Epoch `epoch`'s batches (its own shuffle seed, so a resumed epoch sees the same order)."""
+        t = self.config.train
+        ds = make_dataset(
+            self.info, "train", t.batch_size, shuffle=True,
+            seed=self.config.seed * 100_003 + epoch, shuffle_buffer=t.shuffle_buffer,
+        )
+        return ds.take(t.max_steps_per_epoch) if t.max_steps_per_epoch is not None else ds
+
+    def _local_steps(self, epoch: int, bar: tqdm) -> Iterator[tuple[float, int]]:
+        """Runs the epoch's steps in this process (default, mirrored, multi_worker): (loss, examples) per step."""
+        ds = self._train_dataset(epoch)
+        if self.strategy.num_replicas_in_sync > 1:  # each worker reads its own files, batches split per replica
+            ds = self.strategy.experimental_distribute_dataset(ds)
+        for features, labels in ds:
+            loss = float(self.train_step(features, labels))
+            bar.update()
+            yield loss, sum(int(y.shape[0]) for y in self.strategy.experimental_local_results(labels))
+
+    def _remote_steps(self, epoch: int, bar: tqdm) -> Iterator[tuple[float, int]]:
+        """parameter_server: schedules one process's number of steps over the
+        train split on the workers, each reading its own 1/W of the epoch's
+        batches (repeated: the coordinator hands a step to whichever worker is
+        free, so a faster worker may wrap around its share); asynchronous
+        updates, so no two runs are bit-equal. Yields (loss, examples) per step."""
+        assert self.coordinator is not None
+        if self.state.steps_per_epoch is None:
+            self.state.steps_per_epoch = self._count_steps()
+            bar.reset(total=self.state.steps_per_epoch)
+        workers = num_workers()
+        if self.state.steps_per_epoch < workers:
+            raise UsageError(f"the train split has {self.state.steps_per_epoch} batches of "
+                             f"{self.config.train.batch_size}, fewer than the {workers} workers; "
+                             "use a smaller --train.batch_size")
+
+        def worker_dataset() -> tf.data.Dataset:
+            index = tf.distribute.coordinator.experimental_get_current_worker_index()
+            return self._train_dataset(epoch).shard(workers, index).repeat()
+
+        iterator = iter(self.coordinator.create_per_worker_dataset(worker_dataset))
+        results = []
+        for _ in range(self.state.steps_per_epoch):
+            results.append(self.coordinator.schedule(self._remote_step, args=(iterator,)))
+            bar.update()  # schedule() blocks while the queue is full: roughly the steps done
+        self.coordinator.join()
+        for result in results:
+            loss, examples = result.fetch()
+            yield float(loss), int(examples)
+
+    def _count_steps(self) -> int:
+        """Batches per epoch over the train split (records counted once, not parsed)."""
+        t = self.config.train
+        records = tf.data.TFRecordDataset(split_files(self.info, "train"), compression_type="GZIP")
+        rows = int(records.reduce(np.int64(0), lambda n, _: n + 1))
+        steps = math.ceil(rows / t.batch_size)
+        return min(steps, t.max_steps_per_epoch) if t.max_steps_per_epoch is not None else steps
 
     def _log_epoch(self, record: dict[str, float]) -> None:
         with self.writer.as_default():

@@ -1,5 +1,6 @@
-"""Multi-worker training on loopback: 2 worker processes with TF_CONFIG, the
-search stage on a 4-shard copy of the synthetic data (each worker reads 2 files).
+"""Multi-worker and parameter-server training on loopback: 2 worker processes
+with TF_CONFIG (or 1 chief + 2 workers + 2 ps), the search stage on a 4-shard
+copy of the synthetic data (each multi_worker worker reads 2 files).
 
 The 2-worker run uses the same global batch as the single-process run, but
 each step's examples differ (worker k's half comes from its own files, the
@@ -12,12 +13,14 @@ or a different number of steps.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.trainer.synthetic import write_synthetic_run
@@ -122,3 +125,68 @@ def test_killed_worker_job_resumes_from_last_checkpoint(four_shard_dir, tmp_path
     resumed = _history(out)
     assert [h["epoch"] for h in resumed] == [1, 2, 3]
     assert resumed[: len(first)] == first  # restored from the checkpoint, not retrained
+
+
+def _start(data, out, tf_config, log_name, *extra):
+    """One `trainer` process of a cluster, its output appended to `log_name` beside `out`."""
+    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "trainer.cli", *ARGS, "--data", str(data), "--out", str(out), *extra]
+    with open(out.parent / log_name, "a") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_parameter_servers_match_one_process_and_restore_under_default(four_shard_dir, tmp_path):
+    """1 chief + 2 workers + 2 ps, every variable of 512 bytes or more (the
+    embedding table among them) split over the 2 ps tasks. Updates are
+    asynchronous (each worker steps on weights the other may be updating), so
+    the run is a third SGD trajectory on the same data: its validation AUC and
+    train loss agree with one process's to 0.03 per epoch (the multi_worker
+    tolerance plus half again for the stale gradients)."""
+    out = tmp_path / "ps"
+    hosts = [f"127.0.0.1:{p}" for p in _free_ports(5)]
+    cluster = {"chief": hosts[:1], "worker": hosts[1:3], "ps": hosts[3:]}
+    extra = ["--strategy=parameter_server", "--train.epochs=2", "--train.ps_min_shard_bytes=256"]
+    servers = [_start(four_shard_dir, out, {"cluster": cluster, "task": {"type": kind, "index": i}}, f"{kind}{i}.log",
+                      *extra) for kind in ("ps", "worker") for i in range(2)]
+    procs = list(servers)
+    try:
+        single = tmp_path / "single"  # while the servers start
+        assert cli.main([*ARGS, "--data", str(four_shard_dir), "--out", str(single), "--train.epochs=2"]) == 0
+        assert all(p.poll() is None for p in servers), "a worker or ps process exited instead of serving"
+        procs.append(_start(four_shard_dir, out, {"cluster": cluster, "task": {"type": "chief", "index": 0}},
+                            "chief.log", *extra))
+        code = _wait(procs[-1:], DEADLINE_S * 2)[0]
+        assert all(p.poll() is None for p in servers), "a worker or ps process died during training"
+    finally:
+        _kill(procs)
+    chief_log = (tmp_path / "chief.log").read_text()
+    assert code == 0, chief_log[-3000:]
+    # The table (62 rows x 4 x float32 = 992 bytes) is split in two row ranges, one per ps task.
+    ps_tasks = "/job:ps/replica:0/task:0, /job:ps/replica:0/task:1"
+    assert re.search(rf"partitioned: \S*/table \[62, 4\]: rows \[31, 31\] on {ps_tasks}", chief_log), chief_log[-3000:]
+    got, want = _history(out), _history(single)
+    assert [h["epoch"] for h in got] == [1, 2]
+    for g, w in zip(got, want, strict=True):
+        assert g["valid_auc"] == pytest.approx(w["valid_auc"], abs=0.03)
+        assert g["train_loss"] == pytest.approx(w["train_loss"], abs=0.03)
+    assert (out / "architecture.json").is_file()
+    print("parameter_server:", got, "\n1 process:", want)
+
+    # Its checkpoint (partitioned variables and their optimizer slots) restores unpartitioned.
+    from pipeline.dataset_info import read_dataset_info
+    from trainer.config import load_config
+    from trainer.loop import Phase
+    from trainer.model_io import build_model
+
+    info = read_dataset_info(four_shard_dir)
+    config = load_config(out / "config.yaml", [])
+    fields = [{"name": f.name, "vocab_size": f.vocab_size} for f in info.fields]
+    model = build_model(config, fields, mode="search")
+    phase = Phase("search", model, config, info, out / "checkpoints/search", tmp_path / "tb", train_arch=True)
+    assert phase.restore() and phase.state.epochs_done == 2
+    assert all(int(opt.iterations.numpy()) > 0 for _, opt, _ in phase.groups)
+    phase.restore_best()
+    with np.load(out / "search.weights.npz") as saved:  # the chief's best-epoch weights, by path
+        best = {k.split("/", 1)[-1]: saved[k] for k in saved.files if "/" in k}
+    for v in model.weights:
+        np.testing.assert_array_equal(v.numpy(), best[v.path.split("/", 1)[-1]], err_msg=v.path)
