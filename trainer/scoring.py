@@ -170,7 +170,7 @@ def predict(run_dir: str | pathlib.Path, info: DatasetInfo, output: str | pathli
     with atomic_path(target) as tmp, tmp.open("w") as out:
         out.write(sep.join(["row", "probability", *(["label"] if info.labeled else [])]) + "\n")
         for logits, labels in _logits(model, info, split, batch_size, f"predict {split}"):
-            p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+            p = np.exp(-np.logaddexp(0.0, -logits.astype(np.float64)))  # sigmoid, no overflow at any logit
             index = np.arange(rows, rows + p.size)
             columns = [index, p] if labels is None else [index, p, labels.astype(np.int64)]
             np.savetxt(out, np.column_stack(columns), fmt=["%d", "%.7g", "%d"][:len(columns)], delimiter=sep)
