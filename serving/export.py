@@ -258,8 +258,10 @@ def export(
     import tensorflow_transform as tft  # sets TF_USE_LEGACY_KERAS: import keras explicitly elsewhere
 
     from pipeline.dataset_info import read_dataset_info
+    from pipeline.remote import local_view
     from trainer.model_io import load_model
 
+    data_dir = str(local_view(data_dir))  # a URI TF cannot read here is staged once, marker checked
     try:
         configs.check_model_name(model_name, "--model_name")  # one safe folder name: BASE/NAME stays in BASE
     except configs.ConfigFileError as err:
