@@ -154,6 +154,18 @@ class TestTransformRun:
         assert row_multiset(read_records(criteo_scoring.out, DATA_SPLIT), names) == row_multiset(expected, names)
 
 
+def test_unlabeled_schema_run(second_runs):
+    """`label: null`: a full run (vocabularies, buckets, three splits) whose records carry no label."""
+    out = second_runs["unlabeled"].out
+    info = read_dataset_info(out)
+    assert not info.labeled and info.splits == SPLIT_NAMES
+    stats = _stats(out)
+    assert stats["rows"] == 1500 and all(s["positives"] is None for s in stats["splits"].values())
+    assert stats["warnings"] == [] and stats["schema"]["label"] is None
+    data = _check_ids(out)
+    assert LABEL_KEY not in data["train"] and len(np.unique(data["train"]["rating"])) == 4
+
+
 class TestRefusals:
     """Exit 2 with a message naming the problem, before any Beam work, nothing written."""
 
