@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from pipeline.features import SPLIT_NAMES
 from tests.conftest import ROOT, run_pipeline, shared_data
 
 # Lines injected into a generated Criteo file, by the reason they must be rejected for.
@@ -95,7 +96,7 @@ def frappe_run(tmp_path_factory) -> Run:
 
 
 EXAMPLE_DATA = pathlib.Path(__file__).resolve().parent / "data"
-SEQUENCE_FILES = {split: EXAMPLE_DATA / "sequence_price" / f"{split}.csv" for split in ("train", "valid", "test")}
+SEQUENCE_FILES = {split: EXAMPLE_DATA / "sequence_price" / f"{split}.csv" for split in SPLIT_NAMES}
 SCORING_ROWS = 500
 
 
