@@ -36,6 +36,7 @@ from typing import Any
 from pipeline.dataset_info import read_dataset_info
 from pipeline.errors import EXIT_USAGE, UsageError
 from pipeline.features import SPLIT_NAMES
+from pipeline.remote import local_view
 from trainer.zoo import OPTFUSION, ZOO, describe
 
 log = logging.getLogger("trainer")
@@ -146,7 +147,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     from trainer.data import check_data
     from trainer.stages import run_fixed, run_search
 
-    info = read_dataset_info(args.data)
+    info = read_dataset_info(local_view(args.data))  # a URI TF cannot read here is staged once
     if args.stage in SCORING_STAGES:
         return _score(args, info)
     if any(v is not None for v in (args.run_dir, args.split, args.output)):
