@@ -20,14 +20,14 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.trainer.synthetic import write_synthetic_run
-from trainer import cli
+from trainer import cli, distribute
 from trainer.config import preset_path
-
-pytestmark = pytest.mark.slow
 
 ARGS = ["--stage=search", "--config", str(preset_path("criteo", "cpu")), "--model.emb_dim=4", "--model.n=2",
         "--model.att_dim=8", "--train.batch_size=128", "--train.patience=3", "--search.arch_lr=0.05"]
@@ -37,6 +37,14 @@ DEADLINE_S = 150
 @pytest.fixture(scope="module")
 def four_shard_dir(tmp_path_factory):
     return write_synthetic_run(tmp_path_factory.mktemp("four_shards"), shards=4)
+
+
+@pytest.fixture(scope="module")
+def single_history(four_shard_dir, tmp_path_factory):
+    """The single-process search both cluster runs are compared with (2 epochs)."""
+    single = tmp_path_factory.mktemp("single") / "run"
+    assert cli.main([*ARGS, "--data", str(four_shard_dir), "--out", str(single), "--train.epochs=2"]) == 0
+    return _history(single)
 
 
 def _free_ports(n):
@@ -83,14 +91,12 @@ def _history(out):
     return json.loads((out / "checkpoints/search/state.json").read_text())["history"]
 
 
-def test_two_workers_match_one_process(four_shard_dir, tmp_path):
-    single = tmp_path / "single"
-    assert cli.main([*ARGS, "--data", str(four_shard_dir), "--out", str(single), "--train.epochs=2"]) == 0
-
+@pytest.mark.slow
+def test_two_workers_match_one_process(four_shard_dir, single_history, tmp_path):
     out = tmp_path / "multi"
     codes = _wait(_start_workers(four_shard_dir, out, "--train.epochs=2"), DEADLINE_S)
     assert codes == [0, 0], (tmp_path / "worker0.log").read_text()[-3000:]
-    got, want = _history(out), _history(single)
+    got, want = _history(out), single_history
     assert [h["epoch"] for h in got] == [1, 2]
     for g, w in zip(got, want, strict=True):
         assert g["valid_auc"] == pytest.approx(w["valid_auc"], abs=0.02)
@@ -103,6 +109,7 @@ def test_two_workers_match_one_process(four_shard_dir, tmp_path):
     print("2 workers:", got, "\n1 process:", want)
 
 
+@pytest.mark.slow
 def test_killed_worker_job_resumes_from_last_checkpoint(four_shard_dir, tmp_path):
     out = tmp_path / "killed"
     procs = _start_workers(four_shard_dir, out, "--train.epochs=3", "--train.batch_size=32")
@@ -135,38 +142,44 @@ def _start(data, out, tf_config, log_name, *extra):
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def test_parameter_servers_match_one_process_and_restore_under_default(four_shard_dir, tmp_path):
+@pytest.mark.slow
+def test_parameter_servers_match_one_process_resume_and_restore_under_default(four_shard_dir, request, tmp_path):
     """1 chief + 2 workers + 2 ps, every variable of 512 bytes or more (the
     embedding table among them) split over the 2 ps tasks. Updates are
     asynchronous (each worker steps on weights the other may be updating), so
     the run is a third SGD trajectory on the same data: its validation AUC and
     train loss agree with one process's to 0.03 per epoch (the multi_worker
-    tolerance plus half again for the stale gradients)."""
+    tolerance plus half again for the stale gradients). A new chief then
+    resumes the run for a third epoch on the same workers and ps tasks."""
     out = tmp_path / "ps"
     hosts = [f"127.0.0.1:{p}" for p in _free_ports(5)]
     cluster = {"chief": hosts[:1], "worker": hosts[1:3], "ps": hosts[3:]}
-    extra = ["--strategy=parameter_server", "--train.epochs=2", "--train.ps_min_shard_bytes=256"]
+    extra = ["--strategy=parameter_server", "--train.ps_min_shard_bytes=256"]
     servers = [_start(four_shard_dir, out, {"cluster": cluster, "task": {"type": kind, "index": i}}, f"{kind}{i}.log",
                       *extra) for kind in ("ps", "worker") for i in range(2)]
+    chief = {"cluster": cluster, "task": {"type": "chief", "index": 0}}
     procs = list(servers)
     try:
-        single = tmp_path / "single"  # while the servers start
-        assert cli.main([*ARGS, "--data", str(four_shard_dir), "--out", str(single), "--train.epochs=2"]) == 0
+        want = request.getfixturevalue("single_history")  # while the servers start
         assert all(p.poll() is None for p in servers), "a worker or ps process exited instead of serving"
-        procs.append(_start(four_shard_dir, out, {"cluster": cluster, "task": {"type": "chief", "index": 0}},
-                            "chief.log", *extra))
+        procs.append(_start(four_shard_dir, out, chief, "chief.log", *extra, "--train.epochs=2"))
         code = _wait(procs[-1:], DEADLINE_S * 2)[0]
+        chief_log = (tmp_path / "chief.log").read_text()
+        assert code == 0, chief_log[-3000:]
+        first = _history(out)
+        procs.append(_start(four_shard_dir, out, chief, "chief2.log", *extra, "--train.epochs=3", "--resume"))
+        code = _wait(procs[-1:], DEADLINE_S * 2)[0]
+        assert code == 0, (tmp_path / "chief2.log").read_text()[-3000:]
         assert all(p.poll() is None for p in servers), "a worker or ps process died during training"
     finally:
         _kill(procs)
-    chief_log = (tmp_path / "chief.log").read_text()
-    assert code == 0, chief_log[-3000:]
     # The table (62 rows x 4 x float32 = 992 bytes) is split in two row ranges, one per ps task.
     ps_tasks = "/job:ps/replica:0/task:0, /job:ps/replica:0/task:1"
     assert re.search(rf"partitioned: \S*/table \[62, 4\]: rows \[31, 31\] on {ps_tasks}", chief_log), chief_log[-3000:]
-    got, want = _history(out), _history(single)
-    assert [h["epoch"] for h in got] == [1, 2]
-    for g, w in zip(got, want, strict=True):
+    got = _history(out)
+    assert [h["epoch"] for h in got] == [1, 2, 3]
+    assert got[:2] == first  # restored from the checkpoint, not retrained
+    for g, w in zip(got[:2], want, strict=True):
         assert g["valid_auc"] == pytest.approx(w["valid_auc"], abs=0.03)
         assert g["train_loss"] == pytest.approx(w["train_loss"], abs=0.03)
     assert (out / "architecture.json").is_file()
@@ -183,10 +196,33 @@ def test_parameter_servers_match_one_process_and_restore_under_default(four_shar
     fields = [{"name": f.name, "vocab_size": f.vocab_size} for f in info.fields]
     model = build_model(config, fields, mode="search")
     phase = Phase("search", model, config, info, out / "checkpoints/search", tmp_path / "tb", train_arch=True)
-    assert phase.restore() and phase.state.epochs_done == 2
+    assert phase.restore() and phase.state.epochs_done == 3
     assert all(int(opt.iterations.numpy()) > 0 for _, opt, _ in phase.groups)
     phase.restore_best()
     with np.load(out / "search.weights.npz") as saved:  # the chief's best-epoch weights, by path
         best = {k.split("/", 1)[-1]: saved[k] for k in saved.files if "/" in k}
     for v in model.weights:
         np.testing.assert_array_equal(v.numpy(), best[v.path.split("/", 1)[-1]], err_msg=v.path)
+
+
+def test_parameter_server_needs_chief_workers_and_ps_in_tf_config(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="needs TF_CONFIG with a chief, workers and ps tasks"):
+        distribute._parameter_server(256)
+
+
+def test_shard_slots_merge_into_one_checkpoint_key_that_restores_whole(tmp_path):
+    """The Adam slots of a table's two shard views are saved as one variable
+    under the whole table's slot key: a run without ps tasks restores them."""
+    parts = {f"emb_table__part_{i}_momentum": keras.Variable(np.full((2, 3), i, np.float32)) for i in range(2)}
+    bias = keras.Variable(np.ones(3, np.float32))
+    keyed = distribute.merge_shards({**parts, "bias_momentum": bias})
+    assert set(keyed) == {"emb_table_momentum", "bias_momentum"}
+    path = tf.train.Checkpoint(opt=keyed).save(str(tmp_path / "c"))
+
+    whole, whole_bias = tf.Variable(np.zeros((4, 3), np.float32)), tf.Variable(np.zeros(3, np.float32))
+    tf.train.Checkpoint(opt={"emb_table_momentum": whole, "bias_momentum": whole_bias}).restore(
+        path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(whole.numpy(), [[0] * 3] * 2 + [[1] * 3] * 2)
+    np.testing.assert_array_equal(whole_bias.numpy(), [1, 1, 1])
