@@ -277,7 +277,12 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
     """Builds (or reuses) the models, exports them, serves them and measures every path."""
     import grpc
     import numpy as np
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_pb2,
+        model_service_pb2_grpc,
+        prediction_service_pb2_grpc,
+    )
 
     from serving.client import ServingClient
     from serving.export import export
@@ -292,6 +297,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
                                verify_rows=200).version_dir for m in models}
 
     port_file = work / "port"
+    port_file.unlink(missing_ok=True)  # a killed earlier run with the same --work left one
     server = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
          str(work / "models/models.config"), "--port", "0", "--host", "127.0.0.1",
@@ -300,6 +306,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
     rows = {m.name: {k: [] for k in ("local1", "grpc1", "rest1", "local8", "grpc8", "local512",
                                      "grpc512")} for m in models}
     loads: list[float] = []
+    no_model: list[list[float]] = []  # GetModelStatus: the gRPC round trip without a model call
     try:
         deadline = time.monotonic() + 600
         while not port_file.exists():
@@ -314,6 +321,13 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
         channel = grpc.insecure_channel(target, options=[
             ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        status_request = get_model_status_pb2.GetModelStatusRequest(
+            model_spec=model_pb2.ModelSpec(name=models[0].name))
+
+        def status(_) -> None:
+            status_stub.GetModelStatus(status_request, timeout=60)
+
         paths = {m.name: Paths(m, versions[m.name], stub, int(rest_port), args.requests,
                                args.big_batches) for m in models}
         for path in paths.values():
@@ -322,6 +336,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
             loads.append(load_average())
             for name, path in paths.items():
                 path.round(rows[name])
+            no_model.append(measure(status, range(args.requests))[0])
         loads.append(load_average())
         for path in paths.values():
             path.close()
@@ -367,6 +382,8 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
         "batch-512 requests per model and round; requests pre-built. 1-min load average at the "
         f"start of each round and at the end: {', '.join(f'{x:.2f}' for x in loads)}.",
         "\n".join(table),
+        "gRPC round trip without a model call (GetModelStatus, same server and client): p50 "
+        f"{np.median([percentile(r, 50) for r in no_model]):.2f} ms.",
         "Targets (the issue's, for the CPU-preset model, i.e. preset-soft):\n\n" + "\n".join(verdicts),
     ])
     print(body)
