@@ -54,9 +54,10 @@ class SearchConfig:
     arch_lr: float = 3e-4  # Adam lr of alpha and beta
     fixed_op: Literal["add", "prod", "concat", "att"] | None = None  # search connections only
     sequential: bool = False  # connections first (with fixed_op or add), then ops, edges frozen
-    # Hard op per component: "beta" = argmax(beta), the paper; "alone" / "remove" = the valid AUC of
-    # the trained supernet with each op alone / without it (trainer/selection.py, docs/DESIGN.md §3)
-    hard_select: Literal["beta", "alone", "remove"] = "alone"
+    # Hard op per component: "beta" = argmax(beta), the paper; "remove" / "alone" = the valid AUC the
+    # trained supernet loses without each op / has with it alone (trainer/selection.py, docs/DESIGN.md §3).
+    # remove measured best (benchmarks/RESULTS.md, Criteo and Frappe sample quality).
+    hard_select: Literal["beta", "alone", "remove"] = "remove"
     hard_select_margin: float = 0.0  # scores within this of the best tie; the larger beta wins (trainer/selection.py)
 
 
