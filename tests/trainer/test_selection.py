@@ -114,10 +114,12 @@ def test_search_records_the_selection_and_select_from_run_reproduces_it(syntheti
     arch = Architecture.from_dict(data)
     scored = {c for c in arch.reachable() if c in arch.beta and arch.inputs(c)}
     assert set(data["selection"]) == scored and scored
-    for comp in scored:  # the Hard op is the best-scoring one, whatever beta says
-        assert data["hard_ops"][comp] == OPS[int(np.argmax(data["selection"][comp]))]
+    for comp in scored:  # the default rule (remove): the Hard op loses the most AUC when removed
+        scores = data["selection"][comp]
+        assert scores[OPS.index(data["hard_ops"][comp])] == max(scores)
     assert "selection: add " in (out / "architecture.txt").read_text()
-    again = select_from_run(out, read_dataset_info(synthetic_dir), "alone")
+    assert data["selection_margin"] == 0.0
+    again = select_from_run(out, read_dataset_info(synthetic_dir), "remove")
     assert again.selection.keys() == arch.selection.keys()
     for comp, scores in arch.selection.items():  # the saved weights give the search's own scores
         assert again.selection[comp] == pytest.approx(scores, abs=1e-6)
