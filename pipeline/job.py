@@ -383,6 +383,10 @@ def _publish(work_dir: pathlib.Path, output: pathlib.Path) -> None:
 
 def run(config: RunConfig) -> dict:
     """Runs the job; returns stats. UsageError, TooManyBadRows on failure (nothing in DIR)."""
+    if is_uri(config.output):  # object stores: a local run, then published with the marker last
+        from pipeline.remote import run_to_uri
+
+        return run_to_uri(config, run)
     job = prepare(config)
     from pipeline.beam_graph import build_and_run
 
@@ -434,7 +438,9 @@ def run_spec(run_dir: str) -> DatasetSpec:
 
 def transform_config(run_dir: str, unlabeled: bool, **kwargs) -> RunConfig:
     """RunConfig of `pipeline transform`: the run's spec and graph applied to new files."""
-    run_path = pathlib.Path(run_dir).resolve()
+    from pipeline.remote import stage
+
+    run_path = stage(run_dir) if is_uri(run_dir) else pathlib.Path(run_dir).resolve()
     if not (run_path / "transform_fn").is_dir():
         raise UsageError(f"--run {run_dir} holds no transform_fn/: give a finished `pipeline` output")
     graph_spec = run_spec(str(run_path))
