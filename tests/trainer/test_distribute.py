@@ -31,7 +31,7 @@ from trainer.config import preset_path
 
 ARGS = ["--stage=search", "--config", str(preset_path("criteo", "cpu")), "--model.emb_dim=4", "--model.n=2",
         "--model.att_dim=8", "--train.batch_size=128", "--train.patience=3", "--search.arch_lr=0.05"]
-DEADLINE_S = 150
+DEADLINE_S = 300  # a bound for hangs: on 2 shared cores at load 10+ one epoch of 94 batches took 100 s
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +163,12 @@ def test_parameter_servers_match_one_process_resume_and_restore_under_default(fo
         want = request.getfixturevalue("single_history")  # while the servers start
         assert all(p.poll() is None for p in servers), "a worker or ps process exited instead of serving"
         procs.append(_start(four_shard_dir, out, chief, "chief.log", *extra, "--train.epochs=2"))
-        code = _wait(procs[-1:], DEADLINE_S * 2)[0]
+        code = _wait(procs[-1:], DEADLINE_S)[0]
         chief_log = (tmp_path / "chief.log").read_text()
         assert code == 0, chief_log[-3000:]
         first = _history(out)
         procs.append(_start(four_shard_dir, out, chief, "chief2.log", *extra, "--train.epochs=3", "--resume"))
-        code = _wait(procs[-1:], DEADLINE_S * 2)[0]
+        code = _wait(procs[-1:], DEADLINE_S)[0]
         assert code == 0, (tmp_path / "chief2.log").read_text()[-3000:]
         assert all(p.poll() is None for p in servers), "a worker or ps process died during training"
     finally:
