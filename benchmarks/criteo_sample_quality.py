@@ -1,15 +1,19 @@
 """Test AUC of search + retrain variants on a real sample (Criteo or Frappe), 5 seeds.
 
 One run's AUC on a small sample is noisy, so the mean and spread over seeds
-are reported for: OptFusion Hard and Soft (fresh retrain), Hard warm-started
-from the search (`--init=search`), each fixed operation on the searched
+are reported for: OptFusion Soft and Hard (fresh retrain; Hard under each
+rule of `search.hard_select`, derived from the same search run by
+trainer.selection.select_from_run), Hard warm-started from the search
+(`--init=search`), each fixed operation on the searched
 connections (`--fixed_op`, the paper's table 4), the paper's raw PROD
 (`--model.prod_norm=false`) as a fixed op, and a logistic regression on the
 same ids and split (the floor any fusion model should beat). A retrain that
 predicts a constant exits non-zero: it is counted, not averaged.
 
 Every finished run is appended to a JSON-lines log, so a long benchmark can
-be stopped and the table made from what finished (`--table-only`).
+be stopped and the table made from what finished (`--table-only`). A search
+run already finished in the work dir (its search.weights.npz written) is
+reused, not rerun.
 
   python benchmarks/criteo_sample_quality.py [--dataset criteo|frappe] [--data DIR]
       [--seeds 1 2 3 4 5] [--rows ROW ...] [--log FILE --work DIR] [--table-only] [--no-write]
@@ -36,19 +40,31 @@ SAMPLES = {
                ["--schema", str(ROOT / "schemas" / "frappe.yaml")], "57,722 rows"),
 }
 FIXED_OPS = ("add", "prod", "concat", "att")
-# (key, label, retrain arguments); rows run in this order, seed by seed.
+DEFAULT_RULE = "remove"  # trainer/config.py SearchConfig.hard_select
+MARGIN = 0.002  # a hard_select_margin to measure (with rule "alone")
+# (key, label, retrain arguments, Hard rule "<hard_select>" or "<hard_select>@<margin>": the
+# architecture file is the search's architecture_<rule>.json, or its architecture.json for None);
+# rows run in this order, seed by seed.
 RETRAINS = [
-    ("soft", "OptFusion Soft (search + fresh retrain)", ["--mode", "soft", "--init", "fresh"]),
+    ("soft", "OptFusion Soft (search + fresh retrain)", ["--mode", "soft", "--init", "fresh"], None),
     ("soft_patience4", "OptFusion Soft, retrain with --train.patience=4",
-     ["--mode", "soft", "--init", "fresh", "--train.patience=4"]),
-    ("hard", "OptFusion Hard (search + fresh retrain)", ["--mode", "hard", "--init", "fresh"]),
-    ("hard_search", "OptFusion Hard, --init=search (warm start)", ["--mode", "hard", "--init", "search"]),
-    *[(f"fixed_{op}", f"searched connections, --fixed_op {op}", ["--fixed_op", op, "--init", "fresh"])
+     ["--mode", "soft", "--init", "fresh", "--train.patience=4"], None),
+    ("hard_remove", "OptFusion Hard (search + fresh retrain; hard_select=remove: valid AUC lost without the op, "
+     "the default)", ["--mode", "hard", "--init", "fresh"], "remove"),
+    ("hard_alone", "OptFusion Hard, hard_select=alone (valid AUC with the op alone)",
+     ["--mode", "hard", "--init", "fresh"], "alone"),
+    ("hard_margin", f"OptFusion Hard, hard_select=alone, hard_select_margin={MARGIN}",
+     ["--mode", "hard", "--init", "fresh"], f"alone@{MARGIN}"),
+    ("hard_beta", "OptFusion Hard, hard_select=beta (argmax beta, the paper; before: the only rule)",
+     ["--mode", "hard", "--init", "fresh"], "beta"),
+    ("hard_search", f"OptFusion Hard, --init=search (warm start; hard_select={DEFAULT_RULE})",
+     ["--mode", "hard", "--init", "search"], DEFAULT_RULE),
+    *[(f"fixed_{op}", f"searched connections, --fixed_op {op}", ["--fixed_op", op, "--init", "fresh"], None)
       for op in FIXED_OPS],
     ("fixed_prod_raw", "searched connections, --fixed_op prod, raw PROD (--model.prod_norm=false)",
-     ["--fixed_op", "prod", "--init", "fresh", "--model.prod_norm=false"]),
+     ["--fixed_op", "prod", "--init", "fresh", "--model.prod_norm=false"], None),
 ]
-LABELS = {key: label for key, label, _ in RETRAINS} | {
+LABELS = {key: label for key, label, _, _ in RETRAINS} | {
     "logreg": "logistic regression, same ids (L2 picked on valid from 0, 1e-5, 1e-4, 1e-3)"}
 
 
@@ -83,17 +99,34 @@ def logistic_regression_auc(data: pathlib.Path, dataset: str, seed: int) -> tupl
 
 
 def _prod_share(arch_path: pathlib.Path) -> tuple[float, int]:
-    """Mean softmax(beta) weight of PROD over components, and how many pick it Hard."""
+    """Mean softmax(beta) weight of PROD over components, and how many take it by argmax(beta)."""
     from trainer.architecture import OPS, Architecture
 
     arch = Architecture.load(arch_path)
     shares = [w[OPS.index("prod")] for w in arch.soft_weights().values()]
-    return statistics.mean(shares), sum(op == "prod" for op in arch.hard_ops().values())
+    by_beta = Architecture(n=arch.n, alpha=arch.alpha, beta=arch.beta)  # without the search's selection
+    return statistics.mean(shares), sum(op == "prod" for op in by_beta.hard_ops().values())
+
+
+def _architecture(search: pathlib.Path, rule: str | None, data: pathlib.Path) -> pathlib.Path:
+    """The search run's architecture file for Hard rule `rule` (written once, beside
+    architecture.json so that --init=search finds the search weights)."""
+    if rule is None:
+        return search / "architecture.json"
+    path = search / f"architecture_{rule}.json"
+    if not path.exists():
+        from pipeline.dataset_info import read_dataset_info
+        from trainer.selection import select_from_run
+
+        name, _, margin = rule.partition("@")
+        select_from_run(search, read_dataset_info(data), name, float(margin or 0)).save(path)
+    return path
 
 
 def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], rows: list[str], work: pathlib.Path,
                   log_path: pathlib.Path) -> None:
     """Runs every (seed, row) of `rows` not yet in the log, appending one JSON line per run."""
+    from trainer.architecture import Architecture
     from trainer.cli import run
     from trainer.loop import TrainingFailed
 
@@ -106,21 +139,24 @@ def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], rows: list
 
     for seed in seeds:
         search = work / f"search{seed}"
-        if (seed, "search") not in done and any(key in rows for key, _, _ in RETRAINS):
-            summary = run(["--stage=search", "--data", str(data), "--out", str(search), f"--seed={seed}"])
+        if (seed, "search") not in done and any(key in rows for key, _, _, _ in RETRAINS):
+            if not (search / "search.weights.npz").exists():
+                run(["--stage=search", "--data", str(data), "--out", str(search), f"--seed={seed}"])
+            state = json.loads((search / "checkpoints" / "search" / "state.json").read_text())
             share, hard_prod = _prod_share(search / "architecture.json")
-            record(seed, "search", valid_auc=summary["phases"]["search"]["best_valid_auc"],
-                   best_epoch=summary["phases"]["search"]["best_epoch"], prod_share=share,
+            record(seed, "search", valid_auc=state["best_auc"], best_epoch=state["best_epoch"], prod_share=share,
                    hard_prod=hard_prod)
-        for key, _, extra in RETRAINS:
+        for key, _, extra, rule in RETRAINS:
             if (seed, key) in done or key not in rows:
                 continue
+            arch = _architecture(search, rule, data)
+            ops = Architecture.load(arch).hard_ops() if rule else None
             try:
-                summary = run(["--stage=retrain", "--data", str(data), "--architecture",
-                               str(search / "architecture.json"), "--out", str(work / f"{key}{seed}"), *extra])
-                record(seed, key, test_auc=summary["test_auc"], best_epoch=summary["best_epoch"])
+                summary = run(["--stage=retrain", "--data", str(data), "--architecture", str(arch),
+                               "--out", str(work / f"{key}{seed}"), *extra])
+                record(seed, key, test_auc=summary["test_auc"], best_epoch=summary["best_epoch"], hard_ops=ops)
             except TrainingFailed as err:
-                record(seed, key, test_auc=None, error=str(err))
+                record(seed, key, test_auc=None, error=str(err), hard_ops=ops)
         if (seed, "logreg") not in done and "logreg" in rows:
             auc, l2 = logistic_regression_auc(data, dataset, seed)
             record(seed, "logreg", test_auc=auc, emb_l2=l2)
@@ -150,8 +186,13 @@ def table(records: list[dict]) -> str:
         lines.append(
             f"Searches ({len(searches)}): best valid AUC mean {statistics.mean(r['valid_auc'] for r in searches):.4f}; "
             f"PROD's mean softmax(beta) share {statistics.mean(r['prod_share'] for r in searches):.3f}; "
-            f"components choosing PROD (Hard) per search: {[r['hard_prod'] for r in searches]}."
+            f"components where PROD has the largest beta, per search: {[r['hard_prod'] for r in searches]}."
         )
+    for key, _, _, rule in RETRAINS:
+        runs = sorted((r for r in records if r["row"] == key and r.get("hard_ops")), key=lambda r: r["seed"])
+        if rule and runs:
+            lines.append(f"Hard ops of row {key} (hard_select={rule}) per seed: " + "; ".join(
+                f"{r['seed']}: " + " ".join(f"{c}={op}" for c, op in r["hard_ops"].items()) for r in runs) + ".")
     return "\n".join(lines)
 
 
@@ -198,7 +239,8 @@ def main() -> int:
         how = (" (runs appended to one --log by several invocations with --rows subsets; table by --table-only)"
                if args.table_only else "")
         notes = args.notes_file.read_text().strip() if args.notes_file else ""
-        body = (header(command).rstrip() + how + "\n" + f"- setup: pipeline on `{sample.relative_to(ROOT.parent)}` ({rows}, 8:1:1 split), "
+        body = (header(command).rstrip() + how + "\n"
+                + f"- setup: pipeline on `{sample.relative_to(ROOT.parent)}` ({rows}, 8:1:1 split), "
                 f"trainer CPU preset `trainer/configs/{args.dataset}_cpu.yaml` (smaller than the paper), "
                 f"seeds {sorted({r['seed'] for r in records})}.\n\n" + text + ("\n\n" + notes if notes else ""))
         print(f"wrote {write_section(f'{args.dataset.capitalize()} sample quality', body)}")
