@@ -8,7 +8,9 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
+from tensorflow.python.distribute.sharded_variable import ShardedVariable
 
 from pipeline.dataset_info import PAD_ID
 
@@ -101,20 +103,28 @@ class FieldEmbedding(keras.layers.Layer):
         fields = len(self.vocab_sizes)
         if not self.multi_valued:
             rows = ops.cast(ids, "int64") + ops.convert_to_tensor(self._offsets)
-            emb = ops.take(self.table, rows, axis=0)
+            emb = self._gather(rows)
             return ops.reshape(emb, (-1, fields * self.emb_dim))
         ids = ops.cast(ids, "int64")
         real = ops.not_equal(ids, PAD_ID)
         # A pad reads its field's first row, then its vector is multiplied by 0: no gradient reaches the table.
         rows = ops.where(real, ids, ops.zeros_like(ids)) + ops.convert_to_tensor(self._column_offsets)
         mask = ops.cast(real, self.compute_dtype)
-        emb = ops.take(self.table, rows, axis=0) * ops.expand_dims(mask, -1)  # [B, T, d]
+        emb = self._gather(rows) * ops.expand_dims(mask, -1)  # [B, T, d]
         pool = ops.convert_to_tensor(self._pool, dtype=self.compute_dtype)
         pooled = ops.einsum("btd,tf->bfd", emb, pool)
         if self.pooling == "mean":
             counts = ops.matmul(mask, pool)  # [B, F] real ids per field
             pooled = pooled / ops.expand_dims(ops.maximum(counts, 1.0), -1)
         return ops.reshape(pooled, (-1, fields * self.emb_dim))
+
+    def _gather(self, rows: Any) -> Any:
+        """Table rows. A table partitioned over parameter servers is gathered on
+        each shard's ps task (`ops.take` would first copy the whole table to the worker)."""
+        value = getattr(self.table, "value", None)
+        if isinstance(value, ShardedVariable):
+            return tf.nn.embedding_lookup(value, rows)
+        return ops.take(self.table, rows, axis=0)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "vocab_sizes": self.vocab_sizes, "emb_dim": self.emb_dim,
