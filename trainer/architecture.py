@@ -115,8 +115,9 @@ class Architecture:
     alpha["S0"] (the E -> S0 switch) may be left out: it then defaults to on.
 
     alpha, beta and the optional `selection` (per fusing component, one
-    score per op in `OPS`, higher is better: the search's validation AUC of
-    each op alone) with its `selection_margin` are the source of truth;
+    score per op in `OPS`, higher is better: the validation AUC the search's
+    supernet loses without the op, or has with it alone) with its
+    `selection_margin` are the source of truth;
     edges (1[alpha > 0]), the Hard op (`pick_op`) and the Soft weights
     (softmax beta) are derived and written to JSON only for the reader.
     """

@@ -5,16 +5,17 @@ the Criteo sample), so softmax(beta) is often nearly tied (H: 0.24 / 0.28 /
 0.20 / 0.28) and argmax(beta), the paper's Hard rule, picks an op the model
 did not need. After Wang et al., "Rethinking Architecture Selection in
 Differentiable NAS" (ICLR 2021), each component's op is instead chosen by
-what the trained supernet does with it on the validation split: with each op
-alone in that component ("alone", the default), or by how much the
-validation AUC drops when that op is removed from the mixture ("remove", the
-paper's criterion). Scores within `search.hard_select_margin` of the best
-count as tied and the tie goes to the larger beta (`pick_op`): on 1k
-validation rows differences of a few 1e-4 are noise. Components are decided
-one at a time, H first, each fixed to its op before the next is tried, so
-the last evaluation is the Hard architecture on the supernet's weights. Deviation from Wang et al.: no
-fine-tuning of the supernet between decisions (a few validation passes
-instead of epochs). docs/DESIGN.md §3 Supernet: deviations.
+what the trained supernet does with it on the validation split: by how much
+the validation AUC drops when that op is removed from the mixture ("remove",
+that paper's criterion and the default: it measured best, benchmarks/RESULTS.md),
+or with each op alone in that component ("alone": ATT alone scores a hair
+above ADD at H, yet retrains worse). Scores within
+`search.hard_select_margin` of the best count as tied and the tie goes to
+the larger beta (`pick_op`). Components are decided one at a time, H first,
+each fixed to its op before the next is tried, so the last evaluation is
+the Hard architecture on the supernet's weights. Deviation from Wang et
+al.: no fine-tuning of the supernet between decisions (a few validation
+passes instead of epochs). docs/DESIGN.md §3 Supernet: deviations.
 """
 
 from __future__ import annotations
