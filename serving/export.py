@@ -110,15 +110,16 @@ def synthetic_rows(raw_spec: Mapping[str, Any], n: int, seed: int) -> list[dict[
 
 
 def test_split_rows(data_dir: pathlib.Path, limit: int) -> tuple[list[dict[str, list]], str] | None:
-    """Up to `limit` raw rows of the TEST split, re-read from the inputs stats.json records.
+    """Up to `limit` raw rows of the inputs stats.json records, parsed by the run's own spec.
 
-    The pipeline assigns splits from a keyed hash of each line (`pipeline.parse`),
-    so parsing the recorded input files with the recorded seed yields exactly
-    the raw rows behind the transformed test TFRecords. None when the inputs
-    are gone or the dataset is schema-described (no built-in spec by name).
+    Under the default hash split, re-parsing the inputs with the recorded seed
+    yields exactly the raw rows behind the test TFRecords (`pipeline.parse`);
+    under a given or time split, the first rows of the inputs. None when the
+    inputs are gone or the run records no spec.
     """
     from pipeline import raw_rows
     from pipeline.dataset_info import STATS_FILE
+    from pipeline.job import run_spec
     from pipeline.specs import SpecError
 
     stats = json.loads((data_dir / STATS_FILE).read_text())
@@ -126,17 +127,19 @@ def test_split_rows(data_dir: pathlib.Path, limit: int) -> tuple[list[dict[str, 
     if not paths or not all(pathlib.Path(p).is_file() for p in paths):
         return None
     try:
-        spec = raw_rows.load_spec(dataset=stats["dataset"])
+        spec = run_spec(str(data_dir))
     except SpecError:
         return None
+    hashed = stats.get("split", {}).get("mode", "hash") == "hash"
+    what = "test split raw rows" if hashed else "raw rows"
     rows: list[dict[str, list]] = []
     for path in paths:
-        for features, _label in raw_rows.iter_raw_examples(path, spec, split="test",
-                                                           seed=int(stats["seed"])):
+        for features, _label in raw_rows.iter_raw_examples(path, spec, split="test" if hashed else None,
+                                                           seed=int(stats.get("seed", 0))):
             rows.append(features)
             if len(rows) >= limit:
-                return rows, f"test split raw rows of {', '.join(paths)}"
-    return (rows, f"test split raw rows of {', '.join(paths)}") if rows else None
+                return rows, f"{what} of {', '.join(paths)}"
+    return (rows, f"{what} of {', '.join(paths)}") if rows else None
 
 
 def read_raw_rows(path: str, fmt: str | None, dataset: str, limit: int) -> list[dict[str, list]]:
