@@ -383,10 +383,8 @@ def _publish(work_dir: pathlib.Path, output: pathlib.Path) -> None:
 
 def run(config: RunConfig) -> dict:
     """Runs the job; returns stats. UsageError, TooManyBadRows on failure (nothing in DIR)."""
-    if is_uri(config.output):  # object stores: a local run, then published with the marker last
-        from pipeline.remote import run_to_uri
-
-        return run_to_uri(config, run)
+    if is_uri(config.output):
+        return _run_to_uri(config)
     job = prepare(config)
     from pipeline.beam_graph import build_and_run
 
@@ -422,6 +420,26 @@ def run(config: RunConfig) -> dict:
         _publish(work_dir, output)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    return stats
+
+
+def _run_to_uri(config: RunConfig) -> dict:
+    """`--output URI`: the job into a local temp dir (TMPDIR), then published with the marker last.
+
+    The target is checked before the job runs. On failure the temp dir is kept
+    (its rejected rows are there, named by the job's error) and nothing is published.
+    """
+    import tempfile
+
+    from pipeline.remote import check_target, publish
+
+    uri = config.output.rstrip("/")
+    check_target(uri, config.overwrite)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="optfusion-publish-"))
+    local = tmp / "output"
+    stats = run(dataclasses.replace(config, output=str(local), overwrite=False))
+    publish(local, uri, overwrite=config.overwrite)
+    shutil.rmtree(tmp, ignore_errors=True)
     return stats
 
 

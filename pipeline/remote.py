@@ -7,7 +7,7 @@ at an emulator such as the tests' `STORAGE_EMULATOR_HOST`), and `s3://` or
 TF 2.21 (`undefined symbol: TF_VLog`). Beam's FileSystems serve every scheme
 the pipeline reads and writes, and honour the emulator.
 
-- Writing (`run_to_uri`, `publish`): the Beam job writes its output locally as
+- Writing (`publish`, called by `pipeline.job.run`): the Beam job writes its output locally as
   always (scratch dir, DONE.json last, rename); the finished tree is then copied
   to the URI through Beam's FileSystems, every object first and DONE.json last.
   Object stores have no atomic rename: the marker is what makes the prefix a
@@ -35,18 +35,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 from pipeline.dataset_info import DatasetInfoError, is_uri
 from pipeline.errors import UsageError
 from pipeline.features import DONE_FILE
-
-if TYPE_CHECKING:
-    from pipeline.job import RunConfig
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 CACHE_ENV = "OPTFUSION_CACHE"
@@ -139,6 +134,14 @@ def _download(uri: str, local: pathlib.Path, size: int) -> None:
 
 def check_target(uri: str, overwrite: bool) -> dict[str, int]:
     """UsageError unless the prefix is empty or (with --overwrite) a finished run; its objects."""
+    try:
+        _filesystems().get_filesystem(uri)
+    except ValueError:
+        raise UsageError(
+            f"--output {uri}: no Beam filesystem serves the scheme {scheme(uri)!r} here "
+            "(gs:// needs apache-beam[gcp], installed by requirements.lock; s3:// needs apache-beam[aws]); "
+            "give a local path or a supported URI"
+        ) from None
     objects = list_objects(uri)
     if not objects:
         return objects
@@ -175,24 +178,6 @@ def publish(local_dir: str | pathlib.Path, uri: str, overwrite: bool = False) ->
     for path in files:
         _upload(path, f"{uri}/{path.relative_to(local).as_posix()}")
     _upload(local / DONE_FILE, f"{uri}/{DONE_FILE}")
-
-
-def run_to_uri(config: RunConfig, run_local: Callable[[RunConfig], dict]) -> dict:
-    """`pipeline --output URI`: the job into a local temp dir (TMPDIR), then `publish`; its stats.
-
-    The target is checked before the job runs. On failure the temp dir is kept
-    (its rejected rows are there, named by the job's error) and nothing is published.
-    """
-    import dataclasses
-
-    uri = config.output.rstrip("/")
-    check_target(uri, config.overwrite)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="optfusion-publish-"))
-    local = tmp / "output"
-    stats = run_local(dataclasses.replace(config, output=str(local), overwrite=False))
-    publish(local, uri, overwrite=config.overwrite)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return stats
 
 
 def default_cache_root() -> pathlib.Path:

@@ -15,7 +15,11 @@ def _run(*args):
 @pytest.mark.slow
 def test_search_retrain_on_the_generated_criteo_fixture(criteo_preprocessed_dir, tmp_path):
     fast = ["--train.epochs=2", "--train.batch_size=1024"]
-    _run("--stage=search", "--data", criteo_preprocessed_dir, "--out", tmp_path / "s", *fast)
+    # The paper's argmax(beta) Hard rule: on this 32-step search of generated data the default
+    # `remove` rule's scores are noise (|AUC change| <= 1e-2), it picks PROD at 4 of 7 components
+    # and the Hard retrain stays at 0.59 (a known limit, README). This test is about the stages.
+    _run("--stage=search", "--data", criteo_preprocessed_dir, "--out", tmp_path / "s", *fast,
+         "--search.hard_select=beta")
     # 2 epochs of 16 steps leave the retrain at ~0.60 with the reference's emb std 1e-2: give it 5.
     _run("--stage=retrain", "--data", criteo_preprocessed_dir, "--architecture", tmp_path / "s/architecture.json",
          "--mode", "hard", "--out", tmp_path / "r", "--train.epochs=5", "--train.patience=5")
