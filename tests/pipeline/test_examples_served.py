@@ -8,6 +8,10 @@ One short training per dataset (the point is the chain, not the AUC).
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ from pipeline.job import run_spec
 from serving import cli as serving_cli
 from serving import configs
 from serving.client import ServingClient
-from serving.server import ModelServer, ServerOptions
+from tests.conftest import ROOT
 from tests.pipeline.conftest import EXAMPLE_DATA, SCORING_ROWS, SEQUENCE_FILES
 from trainer import cli as trainer_cli
 
@@ -38,7 +42,8 @@ def _train(data, out) -> None:
 
 @pytest.fixture(scope="module")
 def served(request, tmp_path_factory):
-    """Trains and exports every example into one model base dir, then serves it on 127.0.0.1."""
+    """Trains and exports every example into one model base dir; `serving serve` serves it
+    in its own process on 127.0.0.1 (stopped by PID)."""
     base = tmp_path_factory.mktemp("models")
     for name, (fixture, _) in EXAMPLES.items():
         data = request.getfixturevalue(fixture).out
@@ -46,17 +51,26 @@ def served(request, tmp_path_factory):
         _train(data, run)
         assert serving_cli.main(["export", "--run", str(run), "--data", str(data),
                                  "--model_base_path", str(base), "--model_name", name]) == 0
-    server = ModelServer(configs.read_models_config(base / configs.MODELS_CONFIG),
-                         configs.read_batching_config(base / configs.BATCHING_CONFIG),
-                         ServerOptions(host="127.0.0.1", port=0, rest_api_port=0, poll_seconds=0.5))
-    server.start()
+    port_file, log = base / "port", base / "server.log"
+    with log.open("w") as out:  # the server in its own process, as users run it
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "serve", "--model_config_file", str(base / configs.MODELS_CONFIG),
+             "--host", "127.0.0.1", "--port", "0", "--port_file", str(port_file)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        with ServingClient(f"127.0.0.1:{server.port}", timeout=60) as client:
-            for name in EXAMPLES:
-                client.wait_until_available(name, timeout=120)
+        deadline = time.monotonic() + 300  # it writes the port file once every model is AVAILABLE
+        while not port_file.exists():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        with ServingClient(f"127.0.0.1:{port_file.read_text().split()[0]}", timeout=60) as client:
             yield client
     finally:
-        server.stop()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
 
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
