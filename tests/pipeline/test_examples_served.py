@@ -8,10 +8,6 @@ One short training per dataset (the point is the chain, not the AUC).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +17,7 @@ from pipeline.job import run_spec
 from serving import cli as serving_cli
 from serving import configs
 from serving.client import ServingClient
-from tests.conftest import ROOT
+from tests import server_process
 from tests.pipeline.conftest import EXAMPLE_DATA, SCORING_ROWS, SEQUENCE_FILES
 from trainer import cli as trainer_cli
 
@@ -51,26 +47,9 @@ def served(request, tmp_path_factory):
         _train(data, run)
         assert serving_cli.main(["export", "--run", str(run), "--data", str(data),
                                  "--model_base_path", str(base), "--model_name", name]) == 0
-    port_file, log = base / "port", base / "server.log"
-    with log.open("w") as out:  # the server in its own process, as users run it
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "serve", "--model_config_file", str(base / configs.MODELS_CONFIG),
-             "--host", "127.0.0.1", "--port", "0", "--port_file", str(port_file)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300  # it writes the port file once every model is AVAILABLE
-        while not port_file.exists():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        with ServingClient(f"127.0.0.1:{port_file.read_text().split()[0]}", timeout=60) as client:
-            yield client
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+    with server_process.serving(base / configs.MODELS_CONFIG, base, list(EXAMPLES)) as server, \
+            ServingClient(server.target, timeout=60) as client:
+        yield client
 
 
 @pytest.mark.parametrize("name", list(EXAMPLES))

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -20,9 +16,8 @@ from serving.batching import Batcher, QueueFullError
 from serving.client import ServingClient
 from serving.protos import BatchingParameters, MonitoringConfig
 from serving.server import free_port
+from tests import server_process
 from tests.serving import tiny
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_config_files_round_trip_through_their_protos(tmp_path):
@@ -214,33 +209,15 @@ def test_serve_rejects_a_bad_config_with_exit_2(tmp_path, capsys):
 
 
 def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
-    port_file = tmp_path / "port"
-    log = tmp_path / "server.log"  # a file, not a pipe: an undrained pipe can block the server
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
-             str(tiny_base / "models.config"), "--port", "0", "--host", "127.0.0.1",
-             "--rest_api_port", str(free_port()), "--port_file", str(port_file)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-        grpc_port, rest_port = port_file.read_text().split()
-        assert "version 1 AVAILABLE" in log.read_text()  # loaded before it listens
-        with ServingClient(f"127.0.0.1:{grpc_port}", timeout=30) as client:
+    with server_process.serving(tiny_base / "models.config", tmp_path, ["tiny", "tiny_versions"],
+                                "--rest_api_port", str(free_port())) as server:
+        assert "version 1 AVAILABLE" in server.log_text()  # loaded before it listens
+        with ServingClient(server.target, timeout=30) as client:
             assert client.status("tiny")[1] == client_lib.AVAILABLE
             rows = examples.serialize_rows(tiny.ROWS, examples.feature_kinds(tiny.RAW_SPEC))
             assert client.predict_examples("tiny", rows).shape == (4,)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-    output = log.read_text()
+        assert server.stop() == 0, server.describe()
+    output = server.log_text()
     assert output.index("version 1 AVAILABLE") < output.index("serving tiny, tiny_versions on")
-    assert f"REST at http://127.0.0.1:{rest_port}/v1/models/NAME" in output
+    assert f"REST at http://127.0.0.1:{server.rest_port}/v1/models/NAME" in output
     assert "stopped cleanly" in output and "tiny predict: 1 requests, 0 errors" in output

@@ -9,8 +9,6 @@ from __future__ import annotations
 import pathlib
 import random
 import shutil
-import socket
-import subprocess
 
 import grpc
 import numpy as np
@@ -22,7 +20,8 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import cli, configs, examples, session_loader
 from serving.client import ServingClient
 from serving.protos import BatchingParameters, MonitoringConfig
-from serving.server import ModelServer, ServerOptions
+from serving.server import ModelServer, ServerOptions, free_port
+from tests import server_process
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow
@@ -78,18 +77,14 @@ def bundled_target(criteo_base):
 
 
 @pytest.fixture(scope="session")
-def official_target(criteo_base):
+def official_target(criteo_base, tmp_path_factory):
     binary = shutil.which("tensorflow_model_server")
     if binary is None:
         pytest.skip("tensorflow_model_server is not on PATH: official-server contract tests skipped")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = configs.official_server_command(criteo_base, grpc_port=port, rest_port=0).split()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=30)
+    with server_process.started(command, tmp_path_factory.mktemp("official"), grpc_port=port) as server:
+        yield server.wait_ready([MODEL], timeout=120).target
 
 
 @pytest.fixture(scope="session", params=["bundled", "tensorflow_model_server"])

@@ -10,10 +10,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -32,9 +29,9 @@ from tensorflow_serving.apis import (
 from serving import configs, examples
 from serving.client import RestClient, ServingClient
 from serving.server import free_port
+from tests import server_process
 from tests.serving import tiny
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 MAX_ROWS = 1000
 HTTP_THREADS = 2
@@ -58,15 +55,6 @@ def _refused(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _wait_for(condition, what: str, process: subprocess.Popen, log: pathlib.Path,
-              timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"server exited: {log.read_text()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {log.read_text()}"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Served:
     """`serving serve` started before its model has a version; the version comes later."""
@@ -79,32 +67,20 @@ def served(tmp_path_factory) -> Served:
         max_enqueued_batches=100))
     configs.write_monitoring_config(base)
     grpc_port, rest_port = free_port(), free_port()
-    port_file, log = base / "ports", base / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
-             str(base / "models.config"), "--host", "127.0.0.1", "--port", str(grpc_port),
-             "--rest_api_port", str(rest_port), "--port_file", str(port_file),
-             "--max_rows_per_request", str(MAX_ROWS), "--rest_api_num_threads",
-             str(HTTP_THREADS), "--rest_api_timeout_in_ms", str(IDLE_TIMEOUT_MS),
-             "--file_system_poll_wait_seconds", "0.2"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for(lambda: "waiting for model tiny" in log.read_text(), "the model wait",
-                  process, log)
+    port_file = base / "ports"
+    command = server_process.serve_command(
+        base / "models.config", port_file, "--rest_api_port", str(rest_port),
+        "--max_rows_per_request", str(MAX_ROWS), "--rest_api_num_threads", str(HTTP_THREADS),
+        "--rest_api_timeout_in_ms", str(IDLE_TIMEOUT_MS), "--file_system_poll_wait_seconds", "0.2",
+        port=grpc_port)
+    with server_process.started(command, base, port_file=port_file) as server:
+        server.wait_for(lambda: "waiting for model tiny" in server.log_text(), "the model wait")
         time.sleep(0.5)
         refused = {port: _refused(port) for port in (grpc_port, rest_port)}
         tiny.write_version(base / "tiny", 1, "tiny")
-        _wait_for(port_file.exists, "the port file", process, log)
-        assert port_file.read_text().split() == [str(grpc_port), str(rest_port)]
-        yield Served(process.pid, f"127.0.0.1:{grpc_port}", rest_port, log, refused)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        server.wait_ready(["tiny"])
+        assert (server.grpc_port, server.rest_port) == (grpc_port, rest_port)
+        yield Served(server.pid, server.target, rest_port, server.log, refused)
 
 
 def _proc_status(pid: int, field: str) -> int:
