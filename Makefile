@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint
+.PHONY: demo test test-dist install lint
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,13 @@ install: $(BIN)/activate
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
+# `test` is every test but the multi-process TF_CONFIG ones (marker `dist`), which
+# `test-dist` runs; CI (.ci/run) runs both.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not dist"
+
+test-dist: install
+	$(BIN)/python -m pytest -q -m dist
 
 # ruff (pyproject [tool.ruff]) and mypy (pyproject [tool.mypy]) over the three packages.
 LINT_PATHS := pipeline trainer serving

@@ -92,6 +92,7 @@ def _history(out):
 
 
 @pytest.mark.slow
+@pytest.mark.dist  # several processes with TF_CONFIG: `make test-dist`
 def test_two_workers_match_one_process(four_shard_dir, single_history, tmp_path):
     out = tmp_path / "multi"
     codes = _wait(_start_workers(four_shard_dir, out, "--train.epochs=2"), DEADLINE_S)
@@ -110,6 +111,7 @@ def test_two_workers_match_one_process(four_shard_dir, single_history, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.dist  # several processes with TF_CONFIG: `make test-dist`
 def test_killed_worker_job_resumes_from_last_checkpoint(four_shard_dir, tmp_path):
     out = tmp_path / "killed"
     procs = _start_workers(four_shard_dir, out, "--train.epochs=3", "--train.batch_size=32")
@@ -143,6 +145,7 @@ def _start(data, out, tf_config, log_name, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.dist  # several processes with TF_CONFIG: `make test-dist`
 def test_parameter_servers_match_one_process_resume_and_restore_under_default(four_shard_dir, request, tmp_path):
     """1 chief + 2 workers + 2 ps, every variable of 512 bytes or more (the
     embedding table among them) split over the 2 ps tasks. Updates are
