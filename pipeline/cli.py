@@ -13,12 +13,20 @@ import sys
 
 from pipeline.errors import EXIT_USAGE, UsageError
 from pipeline.features import SPLIT_MODES
+from pipeline.job import WRITE_MODES
 from pipeline.specs import DATASET_NAMES
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     """Flags of both jobs: output, bad rows, sizes, Beam runner."""
-    parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="output directory, or a URI on any Beam filesystem (gs://B/prefix)")
+    parser.add_argument("--write_mode", choices=WRITE_MODES, default="auto",
+                        help="how a URI --output is written. auto (default): staged for the DirectRunner, direct "
+                             "for any other runner. staged: built in this machine's TMPDIR, then uploaded with "
+                             "DONE.json last (workers must share that disk). direct: the Beam workers write a "
+                             "scratch prefix beside the URI, published into it with DONE.json last. A local DIR "
+                             "is always built beside itself and renamed, unless direct is given")
     parser.add_argument("--max_bad_fraction", type=float, default=0.01,
                         help="fail if an input has more rejected rows than this fraction (default 0.01)")
     parser.add_argument("--overwrite", action="store_true",
@@ -121,7 +129,7 @@ def _run_job(argv: list[str]) -> int:
     common = dict(
         inputs=tuple(args.input), output=args.output.rstrip("/"), max_bad_fraction=args.max_bad_fraction,
         overwrite=args.overwrite, batch_lines=args.batch_lines, range_bytes=args.range_mb << 20,
-        output_shards=args.output_shards, beam_args=_beam_args(args, extra),
+        output_shards=args.output_shards, beam_args=_beam_args(args, extra), write_mode=args.write_mode,
     )
     try:
         if transform:

@@ -9,6 +9,17 @@ when complete, so a killed job never leaves a DIR that looks finished (see
 pipeline.dataset_info). A later run on the same DIR removes the scratch
 directories whose process is gone. Rejected rows of a job that fails over
 --max_bad_fraction are kept beside DIR as `DIR.rejected-<UTC time>`.
+
+An `--output` URI is written one of two ways (`write_mode`, `--write_mode`):
+- staged (default for the DirectRunner): the job above into a local temp dir
+  (TMPDIR), then published to the URI by `pipeline.remote.publish`;
+- direct (default for every other runner, whose workers do not share this
+  machine's disk): the scratch is the sibling prefix `PARENT/.NAME.partial-<pid>-<hex>`
+  on the URI itself; the workers write the records and TFT its graph there, the
+  stats are read back, and the same `publish` copies it into the final prefix
+  (DONE.json last) before the scratch is deleted, all through Beam's
+  FileSystems. Stale scratch prefixes are removed by age (another machine's
+  pid cannot be checked).
 """
 
 from __future__ import annotations
@@ -21,7 +32,9 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 
+from pipeline import remote
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import STATS_FILE, is_finished_output, is_uri, read_dataset_info
 from pipeline.errors import UsageError
@@ -44,6 +57,11 @@ from pipeline.specs import DATASET_NAMES, DatasetSpec, SpecError, load_spec, spe
 TIME_KINDS = ("timestamp", "hour", "integer")
 # What the transform graph of a run is made of: copied into a `pipeline transform` output.
 GRAPH_DIRS = ("transform_fn", "transformed_metadata", "metadata")
+WRITE_MODES = ("auto", "direct", "staged")
+# Runners whose workers share this machine's disk (Beam's names, lower case, without "Runner").
+LOCAL_RUNNERS = frozenset({"direct", "bundlebaseddirect", "switchingdirect", "prism"})
+# A direct run's scratch prefix not written to for this long is taken for a killed run's.
+STALE_PARTIAL_AGE_S = 24 * 3600.0
 
 # pipeline.beam_graph (Beam/TFT) loads lazily in `run`, so that bad invocations fail in a second.
 
@@ -76,6 +94,53 @@ class RunConfig:
     # `pipeline transform`: the finished run whose graph is applied, and the spec it was built for.
     run_dir: str | None = None
     graph_spec: DatasetSpec | None = None
+    # `--run` as given, when a URI: what the Beam workers of a direct run read the graph from.
+    run_uri: str | None = None
+    write_mode: str = "auto"  # one of WRITE_MODES, resolved by `write_mode`
+
+
+def runner_name(beam_args: tuple[str, ...]) -> str:
+    """The Beam runner of the job: the last --runner among its Beam arguments (Beam's default otherwise)."""
+    name = "DirectRunner"
+    for arg, following in zip(beam_args, (*beam_args[1:], ""), strict=True):
+        if arg.startswith("--runner="):
+            name = arg.split("=", 1)[1]
+        elif arg == "--runner" and following:
+            name = following
+    return name
+
+
+def write_mode(config: RunConfig) -> str:
+    """"local" (a local DIR: scratch dir then rename), or for a URI "staged" or "direct" (module docstring).
+
+    A URI is staged by default only where the workers share this machine's
+    disk (LOCAL_RUNNERS): elsewhere they would write the launcher's temp path
+    onto their own disks. `--write_mode=direct` forces direct writes for a local DIR too.
+    """
+    if config.write_mode not in WRITE_MODES:
+        raise UsageError(f"--write_mode {config.write_mode!r}; expected one of {WRITE_MODES}")
+    if config.write_mode == "direct":
+        return "direct"
+    if not is_uri(config.output):
+        return "local"
+    if config.write_mode == "staged":
+        return "staged"
+    runner = runner_name(config.beam_args).lower().removesuffix("runner")
+    return "staged" if runner in LOCAL_RUNNERS else "direct"
+
+
+def direct_target(output: str) -> tuple[str, str]:
+    """(parent, name) of a direct run's output: a URI, or a local path made absolute (the workers' cwd may differ)."""
+    if not is_uri(output):
+        path = pathlib.Path(output).absolute()
+        return str(path.parent), path.name
+    parent, _, name = output.rstrip("/").rpartition("/")
+    if "://" not in parent or not name:
+        raise UsageError(
+            f"--output {output}: name a prefix inside the bucket (e.g. {output.rstrip('/')}/criteo); "
+            "the job writes its scratch prefix beside the output"
+        )
+    return parent, name
 
 
 def _check_output(output: pathlib.Path, overwrite: bool) -> None:
@@ -95,9 +160,9 @@ def _check_output(output: pathlib.Path, overwrite: bool) -> None:
         )
 
 
-def _partial_pattern(output: pathlib.Path) -> re.Pattern[str]:
-    """Names of this output's scratch dirs: `.NAME.partial-<pid>-<hex8>` (and `.NAME.partial-<hex8>`, pid-less)."""
-    return re.compile(rf"\.{re.escape(output.name)}\.partial-(?:(?P<pid>\d+)-)?[0-9a-f]{{8}}")
+def _partial_pattern(name: str) -> re.Pattern[str]:
+    """Names of the scratch dirs of output NAME: `.NAME.partial-<pid>-<hex8>` (and `.NAME.partial-<hex8>`, pid-less)."""
+    return re.compile(rf"\.{re.escape(name)}\.partial-(?:(?P<pid>\d+)-)?[0-9a-f]{{8}}")
 
 
 def _alive(pid: int) -> bool:
@@ -112,7 +177,7 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_partials(output: pathlib.Path) -> list[pathlib.Path]:
     """Deletes scratch dirs of `output` left by killed runs (only this output's naming, owner gone)."""
-    pattern = _partial_pattern(output)
+    pattern = _partial_pattern(output.name)
     removed: list[pathlib.Path] = []
     if not output.parent.is_dir():
         return removed
@@ -123,6 +188,26 @@ def remove_stale_partials(output: pathlib.Path) -> list[pathlib.Path]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+def remove_stale_prefixes(output: str, max_age_s: float = STALE_PARTIAL_AGE_S, now: float | None = None) -> list[str]:
+    """Deletes scratch prefixes of a direct run's `output` whose newest object is older than `max_age_s`.
+
+    Their writers may have run on other machines, so no pid is checked: a
+    prefix counts as a killed run's once nothing under it changed for a day.
+    """
+    parent, name = direct_target(output)
+    pattern = _partial_pattern(name)
+    newest: dict[str, float] = {}
+    for path, (_, updated) in remote.objects_under(f"{parent}/.{name}.partial-").items():
+        first = path[len(parent) + 1:].split("/", 1)[0]
+        if pattern.fullmatch(first):
+            newest[first] = max(newest.get(first, 0.0), updated)
+    now = time.time() if now is None else now
+    stale = [f"{parent}/{first}" for first, updated in sorted(newest.items()) if now - updated > max_age_s]
+    for prefix in stale:
+        remote.delete_prefix(prefix)
+    return stale
 
 
 def _inputs_per_split(config: RunConfig) -> list[tuple[str | None, str]]:
@@ -161,17 +246,28 @@ def _check_time_field(config: RunConfig) -> None:
         )
 
 
+def _direct_work_dir(config: RunConfig) -> str:
+    """Checks a direct run's target (Beam's FileSystems, then tf.io.gfile for TFT); its scratch prefix."""
+    parent, name = direct_target(config.output)
+    target = f"{parent}/{name}"
+    remote.check_target(target, config.overwrite)
+    default = "" if config.write_mode == "direct" else f", the default for {runner_name(config.beam_args)}"
+    remote.check_tf_writes(target, f"is written directly by the Beam workers (--write_mode=direct{default})")
+    return f"{parent}/.{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def prepare(config: RunConfig) -> JobSpec:
     """Validates inputs and output before anything is written; UsageError on bad input."""
-    if is_uri(config.output):
-        # pathlib would fold `gs://b/x` into a local `gs:/b/x`; publishing to object stores
-        # (temporary prefix, marker last) is not implemented yet.
-        raise UsageError(
-            f"--output {config.output}: only local or mounted paths are supported as output; "
-            "write to a local DIR and copy it (gsutil -m cp -r DIR URI), readers accept the URI"
-        )
-    output = pathlib.Path(config.output)
-    _check_output(output, config.overwrite)
+    direct = write_mode(config) == "direct"
+    if direct:
+        work_dir = _direct_work_dir(config)
+    elif is_uri(config.output):
+        # pathlib would fold `gs://b/x` into a local `gs:/b/x`: `run` builds a staged URI in a local dir.
+        raise UsageError(f"--output {config.output}: a staged URI output is built by pipeline.job.run, not prepare")
+    else:
+        output = pathlib.Path(config.output)
+        _check_output(output, config.overwrite)
+        work_dir = str(output.parent / f".{output.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     if config.min_count < 1:
         raise UsageError(f"--min_count must be >= 1, got {config.min_count}")
     if not 0 <= config.max_bad_fraction <= 1:
@@ -185,13 +281,12 @@ def prepare(config: RunConfig) -> JobSpec:
                 raise UsageError(f"input {path} is given twice; each file is read once")
             layouts[path] = detect_layout(first_line(path).decode("utf-8", "replace"), config.spec, path, split)
             files.append((path, size))
-    work_dir = output.parent / f".{output.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     ranges = plan_ranges(files, config.range_bytes)
     return JobSpec(
         spec=config.spec,
         ranges=tuple(ranges),
         layouts=layouts,
-        work_dir=str(work_dir),
+        work_dir=work_dir,
         seed=config.seed,
         min_count=config.min_count,
         batch_lines=config.batch_lines,
@@ -200,24 +295,41 @@ def prepare(config: RunConfig) -> JobSpec:
         beam_args=config.beam_args,
         split_names=(DATA_SPLIT,) if config.run_dir is not None else SPLIT_NAMES,
         time_field=config.time_field,
-        run_dir=config.run_dir,
+        run_dir=config.run_uri if direct and config.run_uri else config.run_dir,
         graph_spec=config.graph_spec,
     )
 
 
-def _vocab_sizes(work_dir: pathlib.Path, spec: DatasetSpec) -> dict[str, int]:
-    """Ids per field, from the int_domain TFT's output records for each transformed field."""
-    import tensorflow_transform as tft
-
-    output = tft.TFTransformOutput(str(work_dir))
-    return {name: output.num_buckets_for_transformed_feature(name) for name in spec.field_names}
+Reader = Callable[[str], bytes]  # the scratch's file `name` (relative) -> its bytes
 
 
-def _read_json(path: pathlib.Path):
-    return json.loads(path.read_text())
+def _vocab_sizes(read: Reader, spec: DatasetSpec) -> dict[str, int]:
+    """Ids per field: the int_domain TFT records for each transformed field (TFTransformOutput's rule).
+
+    The schema is read with the job's own reader rather than tf.io.gfile, so
+    that a direct run reads its stats back through Beam's FileSystems only.
+    """
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    text = read("transformed_metadata/schema.pbtxt").decode()
+    schema = text_format.Parse(text, schema_pb2.Schema(), allow_unknown_extension=True)
+    domains = schema_utils.schema_as_feature_spec(schema).domains
+    sizes = {}
+    for name in spec.field_names:
+        domain = domains.get(name)
+        if not isinstance(domain, schema_pb2.IntDomain) or domain.min != 0:
+            raise JobIntegrityError(f"transformed field {name} has no integer domain from 0 in TFT's schema: {domain}")
+        sizes[name] = domain.max + 1
+    return sizes
 
 
-def _split_record(config: RunConfig, work_dir: pathlib.Path) -> dict:
+def _read_json(read: Reader, name: str):
+    return json.loads(read(name))
+
+
+def _split_record(config: RunConfig, read: Reader) -> dict:
     """How rows were assigned to splits (stats.json "split")."""
     if config.run_dir is not None:
         return {"mode": "transform", "transform_run": config.run_dir}
@@ -225,7 +337,7 @@ def _split_record(config: RunConfig, work_dir: pathlib.Path) -> dict:
         return {"mode": "given", "inputs": {s: [p for s2, p in _inputs_per_split(config) if s2 == s]
                                             for s in SPLIT_NAMES}}
     if config.split == "time":
-        cutoffs = _read_json(work_dir / STATS_TMP / TIME_SPLIT_FILE)
+        cutoffs = _read_json(read, f"{STATS_TMP}/{TIME_SPLIT_FILE}")
         return {"mode": "time", "time_field": config.time_field, "fractions": [0.8, 0.1, 0.1], **cutoffs}
     return {"mode": "hash", "seed": config.seed, "fractions": [0.8, 0.1, 0.1]}
 
@@ -248,12 +360,11 @@ def label_warnings(splits: dict[str, dict], labeled: bool) -> list[str]:
     return warnings
 
 
-def _field_records(job: JobSpec, config: RunConfig, by_split: dict[str, SplitStats]) -> list[dict]:
-    work_dir = pathlib.Path(job.work_dir)
+def _field_records(job: JobSpec, config: RunConfig, by_split: dict[str, SplitStats], read: Reader) -> list[dict]:
     if config.run_dir is not None:
         sizes = {f.name: f.vocab_size for f in read_dataset_info(config.run_dir).fields}
     else:
-        sizes = _vocab_sizes(work_dir, job.spec)
+        sizes = _vocab_sizes(read, job.spec)
     max_lens = job.spec.max_lens
     records = []
     for name in job.spec.field_names:
@@ -270,18 +381,17 @@ def _field_records(job: JobSpec, config: RunConfig, by_split: dict[str, SplitSta
     return records
 
 
-def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
-    """stats.json content from the job's partial statistics and vocabulary asset."""
-    work_dir = pathlib.Path(job.work_dir)
+def collect_stats(job: JobSpec, config: RunConfig, seconds: float, read: Reader) -> dict:
+    """stats.json content from the job's partial statistics and TFT's schema, read from the scratch by `read`."""
     inputs = []
     total = InputCounts.zero()
-    for doc in sorted(_read_json(work_dir / STATS_TMP / INPUT_COUNTS_FILE), key=lambda d: d["path"]):
+    for doc in sorted(_read_json(read, f"{STATS_TMP}/{INPUT_COUNTS_FILE}"), key=lambda d: d["path"]):
         counts = InputCounts.from_json(doc)
         total += counts
         inputs.append({"path": doc["path"], "lines": counts.lines, "rejected": counts.rejected})
     rejected = total.rejected
     by_split = {
-        split: SplitStats.from_json(_read_json(work_dir / STATS_TMP / split_stats_file(split)))
+        split: SplitStats.from_json(_read_json(read, f"{STATS_TMP}/{split_stats_file(split)}"))
         for split in job.split_names
     }
     labeled = job.spec.labeled
@@ -303,9 +413,9 @@ def collect_stats(job: JobSpec, config: RunConfig, seconds: float) -> dict:
         "dataset": job.spec.name,
         "label_key": LABEL_KEY,
         "labeled": labeled,
-        "fields": _field_records(job, config, by_split),
+        "fields": _field_records(job, config, by_split, read),
         "splits": splits,
-        "split": _split_record(config, work_dir),
+        "split": _split_record(config, read),
         "warnings": label_warnings(splits, labeled),
         "rejected": {**rejected, "total": sum(rejected.values())},
         "inputs": inputs,
@@ -381,64 +491,161 @@ def _publish(work_dir: pathlib.Path, output: pathlib.Path) -> None:
         work_dir.rename(output)
 
 
+def _is_job_scratch(name: str) -> bool:
+    """Scratch of the Beam job inside its work dir: partial stats, TFT temp, fileio's .temp* dirs."""
+    first = name.split("/", 1)[0]
+    return first in (STATS_TMP, TFT_TMP) or first.startswith(".temp")
+
+
+class LocalScratch:
+    """A local DIR: the scratch dir beside it is renamed onto it when finished."""
+
+    def __init__(self, work_dir: str, output: str):
+        self.work = pathlib.Path(work_dir)
+        self.output = pathlib.Path(output)
+
+    def remove_stale(self) -> None:
+        remove_stale_partials(self.output)
+
+    def read_bytes(self, name: str) -> bytes:
+        return (self.work / name).read_bytes()
+
+    def write_text(self, name: str, text: str) -> None:
+        write_text_atomic(self.work / name, text)
+
+    def add_tree(self, local: pathlib.Path, name: str) -> None:
+        shutil.copytree(local, self.work / name)
+
+    def drop_job_scratch(self) -> None:
+        for path in self.work.iterdir():
+            if _is_job_scratch(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def keep_rejected(self) -> str | None:
+        kept = keep_rejected(self.work, self.output)
+        return None if kept is None else str(kept)
+
+    def publish(self, overwrite: bool) -> None:
+        _publish(self.work, self.output)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class DirectScratch:
+    """A direct run: a scratch prefix beside the URI, written by the workers; the rest through Beam's FileSystems."""
+
+    def __init__(self, work_dir: str, output: str):
+        self.work = work_dir
+        parent, name = direct_target(output)
+        self.output = f"{parent}/{name}"
+
+    def remove_stale(self) -> None:
+        remove_stale_prefixes(self.output)
+
+    def read_bytes(self, name: str) -> bytes:
+        return remote.read_bytes(f"{self.work}/{name}")
+
+    def write_text(self, name: str, text: str) -> None:
+        remote.write_bytes(f"{self.work}/{name}", text.encode())
+
+    def add_tree(self, local: pathlib.Path, name: str) -> None:
+        files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        remote.copy_objects(str(local), f"{self.work}/{name}", files)
+
+    def drop_job_scratch(self) -> None:
+        remote.delete_objects(self.work, sorted(n for n in remote.list_objects(self.work) if _is_job_scratch(n)))
+
+    def keep_rejected(self) -> str | None:
+        """Copies rejected/ beside the output as `NAME.rejected-<UTC time>`; its prefix."""
+        names = sorted(n for n in remote.list_objects(self.work) if n.startswith("rejected/"))
+        if not names:
+            return None
+        kept = f"{self.output}.rejected-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        if remote.list_objects(kept):
+            kept = f"{kept}-{uuid.uuid4().hex[:4]}"
+        remote.copy_objects(f"{self.work}/rejected", kept, [n.split("/", 1)[1] for n in names])
+        return kept
+
+    def publish(self, overwrite: bool) -> None:
+        remote.publish(self.work, self.output, overwrite)
+
+    def discard(self) -> None:
+        remote.delete_prefix(self.work)
+
+
+Scratch = LocalScratch | DirectScratch
+
+
+def scratch_for(config: RunConfig, job: JobSpec) -> Scratch:
+    """The job's scratch protocol: a local DIR's, or a direct run's (`write_mode`)."""
+    if write_mode(config) == "direct":
+        return DirectScratch(job.work_dir, config.output)
+    return LocalScratch(job.work_dir, config.output)
+
+
 def run(config: RunConfig) -> dict:
     """Runs the job; returns stats. UsageError, TooManyBadRows on failure (nothing in DIR)."""
-    if is_uri(config.output):
-        return _run_to_uri(config)
+    if write_mode(config) == "staged":
+        return _run_staged(config)
     job = prepare(config)
     from pipeline.beam_graph import build_and_run
 
-    output = pathlib.Path(config.output)
-    remove_stale_partials(output)
-    work_dir = pathlib.Path(job.work_dir)
+    scratch = scratch_for(config, job)
+    scratch.remove_stale()
     start = time.perf_counter()
     try:
         build_and_run(job)
-        if config.run_dir is not None:
-            for name in GRAPH_DIRS:
-                shutil.copytree(pathlib.Path(config.run_dir) / name, work_dir / name)
-        stats = collect_stats(job, config, time.perf_counter() - start)
-        try:
-            first = job.split_names[0]
-            if stats["splits"][first]["rows"] == 0:
-                reasons = ", ".join(f"{r}={n}" for r, n in stats["rejected"].items() if n and r != "total")
-                raise UsageError(
-                    f"no valid {first} rows in {', '.join(config.inputs)} (rejected: {reasons or 'none'}); "
-                    "check --dataset/--schema"
-                )
-            check_bad_fraction(stats, config.max_bad_fraction)
-        except (UsageError, TooManyBadRows) as err:
-            kept = keep_rejected(work_dir, output)
-            if kept is None:
-                raise
-            raise type(err)(f"{err}; the rejected rows are kept in {kept}") from None
-        # Scratch of the Beam job: partial stats, TFT temp, fileio's .temp* dirs.
-        for scratch in [work_dir / STATS_TMP, work_dir / TFT_TMP, *work_dir.glob(".temp*")]:
-            shutil.rmtree(scratch, ignore_errors=True)
-        write_text_atomic(work_dir / STATS_FILE, json.dumps(stats, indent=1) + "\n")
-        write_text_atomic(work_dir / DONE_FILE, json.dumps(done_summary(stats), indent=1) + "\n")
-        _publish(work_dir, output)
+        return finish(job, config, scratch, time.perf_counter() - start)
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        scratch.discard()
+
+
+def finish(job: JobSpec, config: RunConfig, scratch: Scratch, seconds: float) -> dict:
+    """After the Beam job: stats read back, checks, job scratch removed, stats.json, DONE.json last, publish.
+
+    On a check's failure the rejected rows are kept beside the output and
+    nothing is published; the caller discards the scratch either way.
+    """
+    if config.run_dir is not None:
+        for name in GRAPH_DIRS:
+            scratch.add_tree(pathlib.Path(config.run_dir) / name, name)
+    stats = collect_stats(job, config, seconds, scratch.read_bytes)
+    try:
+        first = job.split_names[0]
+        if stats["splits"][first]["rows"] == 0:
+            reasons = ", ".join(f"{r}={n}" for r, n in stats["rejected"].items() if n and r != "total")
+            raise UsageError(
+                f"no valid {first} rows in {', '.join(config.inputs)} (rejected: {reasons or 'none'}); "
+                "check --dataset/--schema"
+            )
+        check_bad_fraction(stats, config.max_bad_fraction)
+    except (UsageError, TooManyBadRows) as err:
+        kept = scratch.keep_rejected()
+        if kept is None:
+            raise
+        raise type(err)(f"{err}; the rejected rows are kept in {kept}") from None
+    scratch.drop_job_scratch()
+    scratch.write_text(STATS_FILE, json.dumps(stats, indent=1) + "\n")
+    scratch.write_text(DONE_FILE, json.dumps(done_summary(stats), indent=1) + "\n")
+    scratch.publish(config.overwrite)
     return stats
 
 
-def _run_to_uri(config: RunConfig) -> dict:
-    """`--output URI`: the job into a local temp dir (TMPDIR), then published with the marker last.
+def _run_staged(config: RunConfig) -> dict:
+    """`--output URI`, staged: the job into a local temp dir (TMPDIR), then published with the marker last.
 
     The target is checked before the job runs. On failure the temp dir is kept
     (its rejected rows are there, named by the job's error) and nothing is published.
     """
     import tempfile
 
-    from pipeline.remote import check_target, publish
-
     uri = config.output.rstrip("/")
-    check_target(uri, config.overwrite)
+    remote.check_target(uri, config.overwrite)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="optfusion-publish-"))
     local = tmp / "output"
     stats = run(dataclasses.replace(config, output=str(local), overwrite=False))
-    publish(local, uri, overwrite=config.overwrite)
+    remote.publish(local, uri, overwrite=config.overwrite)
     shutil.rmtree(tmp, ignore_errors=True)
     return stats
 
@@ -456,11 +663,10 @@ def run_spec(run_dir: str) -> DatasetSpec:
 
 def transform_config(run_dir: str, unlabeled: bool, **kwargs) -> RunConfig:
     """RunConfig of `pipeline transform`: the run's spec and graph applied to new files."""
-    from pipeline.remote import stage
-
-    run_path = stage(run_dir) if is_uri(run_dir) else pathlib.Path(run_dir).resolve()
+    run_path = remote.stage(run_dir) if is_uri(run_dir) else pathlib.Path(run_dir).resolve()
     if not (run_path / "transform_fn").is_dir():
         raise UsageError(f"--run {run_dir} holds no transform_fn/: give a finished `pipeline` output")
     graph_spec = run_spec(str(run_path))
     spec = graph_spec.without_label() if unlabeled else graph_spec
-    return RunConfig(spec=spec, graph_spec=graph_spec, run_dir=str(run_path), **kwargs)
+    return RunConfig(spec=spec, graph_spec=graph_spec, run_dir=str(run_path),
+                     run_uri=run_dir.rstrip("/") if is_uri(run_dir) else None, **kwargs)

@@ -7,9 +7,11 @@ at an emulator such as the tests' `STORAGE_EMULATOR_HOST`), and `s3://` or
 TF 2.21 (`undefined symbol: TF_VLog`). Beam's FileSystems serve every scheme
 the pipeline reads and writes, and honour the emulator.
 
-- Writing (`publish`, called by `pipeline.job.run`): the Beam job writes its output locally as
-  always (scratch dir, DONE.json last, rename); the finished tree is then copied
-  to the URI through Beam's FileSystems, every object first and DONE.json last.
+- Writing (`publish`, called by `pipeline.job.run`): a finished output, either
+  built locally (`--write_mode=staged`) or written by the Beam workers into a
+  scratch prefix beside the URI (`--write_mode=direct`), is copied to the URI
+  through Beam's FileSystems, every object first and DONE.json last (server-side
+  within one filesystem: an object store's rename is a copy and a delete anyway).
   Object stores have no atomic rename: the marker is what makes the prefix a
   finished run, so a reader never trusts a prefix without it
   (`pipeline.dataset_info`). Replacing a run deletes its marker first.
@@ -39,6 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from pipeline.atomic import atomic_path
 from pipeline.dataset_info import DatasetInfoError, is_uri
 from pipeline.errors import UsageError
 from pipeline.features import DONE_FILE
@@ -96,17 +99,55 @@ def _uncompressed():
     return CompressionTypes.UNCOMPRESSED
 
 
-def list_objects(uri: str) -> dict[str, int]:
-    """Relative name -> size of every object under the prefix `uri/`."""
-    prefix = uri.rstrip("/") + "/"
+def _local_objects(prefix: str) -> dict[str, tuple[int, float]]:
+    """Every file whose path starts with `prefix` (hidden ones too, unlike Beam's local glob)."""
+    parent, start = os.path.split(prefix)
+    found: dict[str, tuple[int, float]] = {}
+    if not os.path.isdir(parent):
+        return found
+    for entry in os.scandir(parent):
+        if not entry.name.startswith(start):
+            continue
+        paths = [entry.path] if entry.is_file() else [
+            os.path.join(root, name) for root, _, names in os.walk(entry.path) for name in names
+        ]
+        for path in paths:
+            stat = os.stat(path)
+            found[path] = (stat.st_size, stat.st_mtime)
+    return found
+
+
+def objects_under(prefix: str) -> dict[str, tuple[int, float]]:
+    """Path -> (size, last update in epoch seconds) of every object whose path starts with `prefix`."""
+    if not is_uri(prefix):
+        return _local_objects(os.path.abspath(prefix) + ("/" if prefix.endswith("/") else ""))
     result = _filesystems().match([prefix + "**"])[0]
-    return {m.path[len(prefix):]: m.size_in_bytes for m in result.metadata_list if m.path.startswith(prefix)}
+    return {m.path: (m.size_in_bytes, m.last_updated_in_seconds)
+            for m in result.metadata_list if m.path.startswith(prefix)}
+
+
+def list_objects(uri: str | pathlib.Path) -> dict[str, int]:
+    """Relative name -> size of every object under the prefix (or local directory) `uri/`."""
+    prefix = str(uri).rstrip("/") + "/"
+    if not is_uri(prefix):
+        prefix = os.path.abspath(prefix) + "/"
+    return {path[len(prefix):]: size for path, (size, _) in objects_under(prefix).items()}
 
 
 def read_bytes(uri: str) -> bytes:
     """The whole object at `uri` (used for the small marker and stats files)."""
     with _filesystems().open(uri, compression_type=_uncompressed()) as handle:
         return handle.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes one object whole (an object store makes it visible at close; a local file is renamed into place)."""
+    if not is_uri(uri):
+        with atomic_path(uri) as tmp:
+            tmp.write_bytes(data)
+        return
+    with _filesystems().create(uri, mime_type="application/octet-stream", compression_type=_uncompressed()) as dst:
+        dst.write(data)
 
 
 def _copy_stream(src, dst) -> int:
@@ -117,11 +158,39 @@ def _copy_stream(src, dst) -> int:
     return copied
 
 
-def _upload(local: pathlib.Path, uri: str) -> None:
+def copy_objects(src: str, dst: str, names: list[str]) -> None:
+    """Copies `src/NAME` to `dst/NAME` for each name: server-side within one filesystem, streamed across two."""
+    if not names:
+        return
     fs = _filesystems()
-    with local.open("rb") as src, fs.create(uri, mime_type="application/octet-stream",
-                                            compression_type=_uncompressed()) as dst:
-        _copy_stream(src, dst)
+    sources, targets = [f"{src}/{n}" for n in names], [f"{dst}/{n}" for n in names]
+    if scheme(src) != scheme(dst):
+        for source, target in zip(sources, targets, strict=True):
+            with fs.open(source, compression_type=_uncompressed()) as reader, fs.create(
+                target, mime_type="application/octet-stream", compression_type=_uncompressed()
+            ) as writer:
+                _copy_stream(reader, writer)
+        return
+    if not is_uri(dst):
+        for target in targets:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+    # FileSystems.copy, not rename: GCS renames in batches of copies that the emulator
+    # answers 404, and a rename is a copy plus a delete there anyway (the caller deletes src).
+    fs.copy(sources, targets)
+
+
+def delete_objects(uri: str, names: list[str]) -> None:
+    """Deletes `uri/NAME` for each name (one batched call on object stores)."""
+    if names:
+        _filesystems().delete([f"{uri}/{n}" for n in names])
+
+
+def delete_prefix(uri: str) -> None:
+    """Deletes everything under the prefix (or local directory) `uri/`."""
+    if not is_uri(uri):
+        shutil.rmtree(uri, ignore_errors=True)
+        return
+    delete_objects(uri, sorted(list_objects(uri)))
 
 
 def _download(uri: str, local: pathlib.Path, size: int) -> None:
@@ -157,27 +226,42 @@ def check_target(uri: str, overwrite: bool) -> dict[str, int]:
     return objects
 
 
-def publish(local_dir: str | pathlib.Path, uri: str, overwrite: bool = False) -> None:
-    """Copies a finished local output to `uri`: every file, then DONE.json last.
+def check_tf_writes(uri: str, why: str) -> None:
+    """UsageError where tf.io.gfile cannot write `uri` here: TFT would fail mid-job writing the transform graph."""
+    if tf_can_read(uri):
+        return
+    name = scheme(uri)
+    reason = (
+        f"TensorFlow's gs:// client cannot be pointed at the emulator in {EMULATOR_ENV}" if name == "gs"
+        else f"tf.io.gfile serves no {name}:// here (tensorflow-io's plugin does not load with TF 2.21)"
+    )
+    raise UsageError(
+        f"--output {uri} {why}: TFT writes the transform graph and its temp files through tf.io.gfile, "
+        f"and {reason}; give a gs:// output on GCP, or --write_mode=staged (the output is built in this "
+        "machine's TMPDIR and then uploaded, so the Beam workers must share that disk)"
+    )
+
+
+def publish(src: str | pathlib.Path, uri: str, overwrite: bool = False) -> None:
+    """Copies a finished output (a local dir or a direct run's scratch prefix) to `uri`: every object, DONE.json last.
 
     A replaced run loses its marker before anything else changes, so readers
-    refuse the prefix from the first deleted object to the new marker.
+    refuse the prefix from the first deleted object to the new marker. The
+    caller removes `src` afterwards.
     """
-    local = pathlib.Path(local_dir)
+    source = str(src).rstrip("/")
+    if not is_uri(source):
+        source = os.path.abspath(source)
     uri = uri.rstrip("/")
-    if not (local / DONE_FILE).is_file():
-        raise UsageError(f"{local} is not a finished pipeline output (no {DONE_FILE}); nothing published to {uri}")
+    objects = list_objects(source)
+    if DONE_FILE not in objects:
+        raise UsageError(f"{source} is not a finished pipeline output (no {DONE_FILE}); nothing published to {uri}")
     old = check_target(uri, overwrite)
-    fs = _filesystems()
     if old:
-        fs.delete([f"{uri}/{DONE_FILE}"])
-        rest = [f"{uri}/{name}" for name in old if name != DONE_FILE]
-        if rest:
-            fs.delete(rest)
-    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != DONE_FILE)
-    for path in files:
-        _upload(path, f"{uri}/{path.relative_to(local).as_posix()}")
-    _upload(local / DONE_FILE, f"{uri}/{DONE_FILE}")
+        delete_objects(uri, [DONE_FILE])
+        delete_objects(uri, sorted(name for name in old if name != DONE_FILE))
+    copy_objects(source, uri, sorted(name for name in objects if name != DONE_FILE))
+    copy_objects(source, uri, [DONE_FILE])
 
 
 def default_cache_root() -> pathlib.Path:
