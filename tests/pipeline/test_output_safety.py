@@ -194,3 +194,36 @@ def test_uri_of_an_unknown_scheme_is_refused_not_written_locally(tmp_path, crite
     assert result.returncode == 2, result.stderr[-2000:]
     assert "--output foo://bucket/out: no Beam filesystem serves the scheme 'foo'" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_direct_write_mode_end_to_end_with_worker_processes(tmp_path, criteo_generated_file, criteo_preprocessed_dir):
+    """`--write_mode=direct` on a local directory standing in for the bucket, Beam workers in their own processes.
+
+    The DirectRunner's multi_processing mode runs the graph in separate SDK
+    worker processes, which write the records, rejected rows and partial
+    stats into the scratch prefix beside the target (as Dataflow workers would
+    on gs://); TFT writes its graph there; the launcher reads the stats back,
+    publishes with DONE.json last and removes the scratch, all through Beam's
+    FileSystems (tests/test_gcs.py runs those steps against a GCS emulator).
+    """
+    from pipeline import remote
+    from trainer.data import make_dataset
+
+    out = tmp_path / "bucket" / "criteo"
+    run_pipeline("--dataset", "criteo", "--input", str(criteo_generated_file), "--output", str(out),
+                 "--write_mode=direct", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    objects = remote.list_objects(out)
+    assert DONE_FILE in objects and "stats.json" in objects
+    assert any(n.startswith("transform_fn/") for n in objects) and any(n.startswith("train-") for n in objects)
+    assert not [n for n in objects if n.startswith(("_partial_stats", "_tft_tmp", ".temp", "rejected"))]
+    assert not _partials(out) and sorted(p.name for p in out.parent.iterdir()) == ["criteo"]
+    stats = json.loads((out / "stats.json").read_text())
+    local = json.loads((criteo_preprocessed_dir / "stats.json").read_text())
+    assert stats["splits"] == local["splits"] and stats["rows"] + stats["rejected"]["total"] == GENERATED_ROWS
+    vocab = [[(f["name"], f["vocab_size"]) for f in doc["fields"]] for doc in (stats, local)]
+    assert vocab[0] == vocab[1]
+    info = read_dataset_info(out)
+    for split in info.splits:
+        rows = sum(int(labels.shape[0]) for _, labels in make_dataset(info, split, 1024, shuffle=False))
+        assert rows == stats["splits"][split]["rows"], split
