@@ -263,6 +263,8 @@ def test_direct_output_is_refused_where_tft_cannot_write_and_unmarked_prefixes_t
                                          r"for DataflowRunner\): TFT writes .* cannot be pointed at the emulator"):
         prepare(config)
     assert not remote.list_objects(f"gs://{BUCKET}/refused")
+    with pytest.raises(UsageError, match="--output foo://b/x: no Beam filesystem serves the scheme 'foo'"):
+        prepare(dataclasses_replace(config, output="foo://b/x"))
     remote.write_bytes(f"{uri}/notes.txt", b"mine")
     for overwrite in (False, True):
         with pytest.raises(UsageError, match="holds 1 objects but no finished pipeline run"):
