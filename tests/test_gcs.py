@@ -1,9 +1,10 @@
 """Pipeline outputs on gs://, against a GCS emulator the test starts and stops (127.0.0.1, by PID).
 
 TensorFlow's own gs:// client cannot be pointed at an emulator, so these
-tests cover the path that can: Beam's FileSystems publish (marker last) and
+tests cover the path that can: Beam's FileSystems publish (marker last),
 `pipeline.remote.local_view` staging for the trainer and export
-(docs/SCALING.md, "Object stores").
+(docs/SCALING.md, "Object stores"), and each FileSystems step of a direct
+run (`--write_mode=direct`; what cannot reach the emulator is said below).
 """
 
 from __future__ import annotations
