@@ -7,6 +7,7 @@ session here and every test that needs preprocessed data reuses the result.
 from __future__ import annotations
 
 import pathlib
+import random
 import subprocess
 import sys
 
@@ -53,3 +54,30 @@ def criteo_preprocessed_dir(criteo_generated_file, tmp_path_factory) -> pathlib.
     out = tmp_path_factory.mktemp("criteo_preprocessed") / "data"
     run_pipeline("--dataset", "criteo", "--input", str(criteo_generated_file), "--output", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def criteo_run_dir(criteo_preprocessed_dir, tmp_path_factory) -> pathlib.Path:
+    """A tiny Soft retrain (every edge, every op mixed) of the preprocessed Criteo data: a finished run
+    that the serving contract tests export and the scoring tests reuse (one training, not one each)."""
+    from trainer.architecture import (
+        Architecture,
+        candidate_inputs,
+        connectable_components,
+        fusing_components,
+    )
+    from trainer.cli import run
+
+    out = tmp_path_factory.mktemp("criteo_retrain")
+    n, rng = 2, random.Random(0)
+    Architecture(
+        n=n,
+        alpha={c: {s: 0.5 for s in candidate_inputs(c, n)} for c in connectable_components(n)},
+        beta={c: [rng.gauss(0, 1) for _ in range(4)] for c in fusing_components(n)},
+        description="every edge, a soft mix of every op",
+    ).save(out / "arch.json")
+    run(["--stage=retrain", "--data", str(criteo_preprocessed_dir), "--architecture",
+         str(out / "arch.json"), "--mode", "soft", "--out", str(out / "run"), "--model.n=2",
+         "--model.emb_dim=4", "--train.epochs=1", "--train.max_steps_per_epoch=5",
+         "--train.batch_size=256"])
+    return out / "run"

@@ -63,11 +63,10 @@ def test_example_is_trained_and_served(served, request, name):
     assert np.ptp(probabilities) > 0, "the served model ignores its inputs"
 
 
-def test_unlabeled_criteo_is_scored_with_an_existing_runs_graph(criteo_preprocessed_dir, criteo_scoring, tmp_path):
-    run = tmp_path / "run"
-    _train(criteo_preprocessed_dir, run)
+def test_unlabeled_criteo_is_scored_with_an_existing_runs_graph(criteo_run_dir, criteo_scoring, tmp_path):
+    # criteo_run_dir is a run on criteo_preprocessed_dir, the run whose graph made criteo_scoring
     scores = tmp_path / "scores.tsv"
-    assert trainer_cli.main(["--stage=predict", f"--data={criteo_scoring.out}", f"--run_dir={run}",
+    assert trainer_cli.main(["--stage=predict", f"--data={criteo_scoring.out}", f"--run_dir={criteo_run_dir}",
                              f"--output={scores}"]) == 0
     lines = scores.read_text().splitlines()
     header, body = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
