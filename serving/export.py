@@ -262,7 +262,7 @@ def export(
 
     from pipeline.dataset_info import read_dataset_info
     from pipeline.remote import local_view
-    from trainer.model_io import load_model
+    from trainer.model_io import load_model, serving_form
 
     data_dir = str(local_view(data_dir))  # a URI TF cannot read here is staged once, marker checked
     try:
@@ -301,7 +301,8 @@ def export(
     tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     tmp_dir.chmod(0o755)  # mkdtemp makes it 0700: a server running as another user could not read it
     try:
-        module.write_savedmodel(tmp_dir, model, transform_layer, raw_spec, info.field_names)
+        # The exported form may differ (a folded head); it is verified against the trained model.
+        module.write_savedmodel(tmp_dir, serving_form(model), transform_layer, raw_spec, info.field_names)
         verification = verify(tmp_dir, model, transform_layer, raw_spec, info.field_names,
                               rows, source, tolerance)
         warmup = write_warmup(tmp_dir, model_name, raw_spec, rows)

@@ -102,6 +102,13 @@ def warm_start(model: keras.Model, path: pathlib.Path) -> list[str]:
         raise UsageError(f"{path}: {err}") from err
 
 
+def serving_form(model: keras.Model) -> keras.Model:
+    """The model as it is exported: a retrained Supernet with H's CONCAT folded into
+    its head (same logits, fewer bytes read per request: trainer/model/supernet.py);
+    any other model as it is."""
+    return model.serving_form() if isinstance(model, Supernet) else model
+
+
 def copy_weights_by_path(model: Any, saved: dict[str, np.ndarray], saved_inputs: dict[str, list[str]]) -> list[str]:
     """Assigns `saved` (variable path -> value) to `model`'s weights of the same path.
 

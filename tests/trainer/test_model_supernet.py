@@ -18,7 +18,7 @@ CFG = SupernetConfig(n=1, emb_dim=2, att_dim=3, emb_std=0.3)  # d = 4
 
 def _features(batch=5, seed=0):
     rng = np.random.default_rng(seed)
-    return {name: tf.constant(rng.integers(0, v, batch), tf.int64) for name, v in zip(NAMES, VOCABS)}
+    return {name: tf.constant(rng.integers(0, v, batch), tf.int64) for name, v in zip(NAMES, VOCABS, strict=True)}
 
 
 def _model(config=CFG, **kwargs):
@@ -75,7 +75,7 @@ def test_gradients_reach_every_alpha_and_beta_in_search():
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(model(_features(), training=True))
     grads = tape.gradient(loss, model.arch_variables)
-    for var, grad in zip(model.arch_variables, grads):
+    for var, grad in zip(model.arch_variables, grads, strict=True):
         assert grad is not None and np.all(np.abs(grad.numpy()) > 0), var.path
 
 
@@ -111,6 +111,42 @@ def test_hard_mode_equals_fixed_op_search_and_pruning_keeps_the_function():
     _copy_by_path(search, hard)  # fails if hard has a weight search lacks
     feats = _features()
     np.testing.assert_allclose(hard(feats).numpy(), search(feats).numpy(), rtol=1e-5)
+
+
+def _random_weights(model, seed=1):
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        v.assign(rng.normal(0.0, 0.5, v.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("mode, beta", [
+    ("soft", [0.3, -0.2, 0.5, 0.1]),  # H mixes all four ops, CONCAT among them
+    ("hard", [0.0, 0.0, 20.0, 0.0]),  # H is a CONCAT alone
+])
+def test_serving_form_folds_h_concat_into_the_head(mode, beta):
+    arch = Architecture(n=2, alpha={c: {s: 1.0 for s in candidate_inputs(c, 2)} for c in connectable_components(2)},
+                        beta={c: list(beta) for c in fusing_components(2)})
+    model = _model(SupernetConfig(n=2, emb_dim=2, att_dim=3), architecture=arch, mode=mode)
+    _random_weights(model)
+    folded = model.serving_form()
+    k, d = len(model.component_inputs["H"]), 2 * 2  # H fuses E, S0, S1, D1, S2, D2
+    assert folded.head_concat.shape == (k * d, 1)
+    paths = {v.path for v in folded.weights}
+    assert not any(p.endswith("fusion_H/concat_kernel") for p in paths)  # the [k*d, d] matrix is gone
+    # By hand: head(x W_c) = x (W_c w) + b, the vector the fold keeps.
+    w_c, w = model.fusions["H"].concat_kernel.numpy(), model.blocks["H"].kernel.numpy()
+    np.testing.assert_allclose(folded.head_concat.numpy(), w_c @ w, rtol=1e-5)
+    feats = _features(batch=64)
+    np.testing.assert_allclose(folded(feats).numpy(), model(feats).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_serving_form_is_the_model_itself_without_h_concat():
+    arch = _all_on(op="add")
+    model = _model(architecture=arch, mode="hard")
+    assert model.serving_form() is model
+    assert _model().serving_form().mode == "search"  # nothing is folded while searching
+    with pytest.raises(ValueError, match="fold_head"):
+        _model(architecture=arch, mode="hard", fold_head=True)
 
 
 def test_component_without_inputs_outputs_its_bias():

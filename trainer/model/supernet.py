@@ -21,6 +21,12 @@ Modes share one `call`:
 - "hard": frozen architecture, argmax(beta) op per component.
 - "soft": frozen architecture, fixed softmax(beta) mixture.
 Whenever connections are frozen, components without a path to H are not built.
+
+Serving form (`serving_form()`, used by `serving export`): H is linear in its
+fused input (Dense(1)), so H's CONCAT term folds into one vector,
+w . (x W_c) = x . (W_c w): the exported graph reads a [k * d] vector where
+the trained model reads a [k * d, d] matrix (3.1 MB of float32 for the CPU
+preset's eight inputs of H), the logits equal to float rounding.
 """
 
 from __future__ import annotations
@@ -131,6 +137,9 @@ class Supernet(keras.Model):
         fixed_op: search connections with this op fixed everywhere.
         max_lens: ids per field (default 1 each); a multi-valued field is
             pooled by `config.pooling`.
+        fold_head: the serving form (module docstring): H's CONCAT kernel
+            is replaced by `head_concat` = W_c . w_head; built by
+            `serving_form()`, which fills it, never trained.
 
     Call: features {field: int [B], multi-valued: [B, max_len]} -> logits [B, 1].
     """
@@ -145,6 +154,7 @@ class Supernet(keras.Model):
         search_ops_only: bool = False,
         fixed_op: str | None = None,
         max_lens: Sequence[int] | None = None,
+        fold_head: bool = False,
         **kwargs,
     ) -> None:
         kwargs.setdefault("name", "supernet")
@@ -176,6 +186,12 @@ class Supernet(keras.Model):
         else:
             op_names = {c: OPS for c in fusing_components(n)}
         self._soft = architecture.soft_weights() if mode == "soft" and architecture is not None else {}
+        self.fold_head = bool(fold_head)
+        if self.fold_head:
+            if not frozen_edges or "concat" not in op_names["H"] or not self._sources.get("H"):
+                raise ValueError("fold_head needs frozen connections and CONCAT among H's ops "
+                                 f"(see `serving_form`). Received: mode={mode!r}, H ops {op_names['H']}")
+            op_names["H"] = tuple(o for o in op_names["H"] if o != "concat")
 
         self.embedding = FieldEmbedding(
             self.vocab_sizes, config.emb_dim, std=config.emb_std, max_lens=self.max_lens,
@@ -192,7 +208,7 @@ class Supernet(keras.Model):
                 self.blocks[comp] = make_shallow(config.shallow, len(self.field_names), comp)
             else:
                 self.blocks[comp] = DeepBlock(config.deep_batchnorm, config.dropout, name=comp)
-            if comp != "S0" and self._sources[comp]:
+            if comp != "S0" and self._sources[comp] and op_names[comp]:
                 self.fusions[comp] = Fusion(op_names[comp], config.att_dim, config.prod_norm,
                                             name=f"fusion_{comp}")
             if not frozen_edges:
@@ -207,6 +223,10 @@ class Supernet(keras.Model):
                     shape=(len(OPS),),
                     initializer=keras.initializers.RandomNormal(stddev=BETA_STD),
                 )
+        if self.fold_head:
+            d = len(self.field_names) * config.emb_dim
+            self.head_concat = self.add_weight(name="head_concat", shape=(len(self._sources["H"]) * d, 1),
+                                               initializer="zeros", trainable=False)
         # Build every weight now, so that the variable lists are complete.
         self(dummy_ids(self.field_names, self.max_lens), training=False)
 
@@ -219,6 +239,8 @@ class Supernet(keras.Model):
         emb = self.embedding(stack_ids(features, self.field_names, self.max_lens))
         outputs = {"E": emb}
         for comp in self._order:
+            if comp == "H" and self.fold_head:
+                return self._folded_head(outputs)
             fused = self._fused_input(comp, outputs)
             block = self.blocks[comp]
             if comp == "H":
@@ -234,6 +256,33 @@ class Supernet(keras.Model):
                     trace.update({("out", c): v for c, v in outputs.items()})
                 return out
         raise AssertionError("H is always built")  # pragma: no cover
+
+    def _folded_head(self, outputs: dict):
+        """H's logit in the serving form: head(mixture without CONCAT) + p_concat * x . head_concat."""
+        inputs = [outputs[s] for s in self._sources["H"]]
+        p = dict(zip(OPS, self._soft["H"], strict=True)) if "H" in self._soft else {"concat": 1.0}
+        logit = ops.matmul(ops.concatenate(inputs, axis=-1), self.head_concat) * p["concat"]
+        head = self.blocks["H"]
+        if "H" not in self.fusions:  # CONCAT alone: the head of a zero input is its bias
+            return logit + head(ops.zeros_like(inputs[0]))
+        fusion = self.fusions["H"]  # a Soft mixture's other ops, with their weights
+        return logit + head(fusion(inputs, op_weights=[p[o] for o in fusion.op_names]))
+
+    def serving_form(self) -> Supernet:
+        """This model with H's CONCAT folded into the head (module docstring), or itself
+        where there is nothing to fold (search mode, no CONCAT in H)."""
+        h_ops = self.fusions["H"].op_names if "H" in self.fusions else ()
+        if self.mode == "search" or "concat" not in h_ops:
+            return self
+        folded = Supernet(self.config, self.field_names, self.vocab_sizes, architecture=self._given,
+                          mode=self.mode, max_lens=self.max_lens, fold_head=True, name=self.name)
+        values = {v.path: v for v in self.weights}
+        for v in folded.weights:
+            if v.path != folded.head_concat.path:
+                v.assign(values[v.path])
+        kernel = self.fusions["H"].concat_kernel
+        folded.head_concat.assign(ops.matmul(kernel, self.blocks["H"].kernel))
+        return folded
 
     def _fused_input(self, comp: str, outputs: dict):
         """The component's input: the op mixture over its (connected) sources."""
@@ -330,6 +379,7 @@ class Supernet(keras.Model):
             "search_ops_only": self.search_ops_only,
             "fixed_op": self.fixed_op,
             "max_lens": self.max_lens,
+            "fold_head": self.fold_head,
         }
 
     @classmethod
