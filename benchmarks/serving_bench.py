@@ -179,8 +179,11 @@ class Paths:
 
     def __init__(self, model: Model, version_dir: pathlib.Path, stub, rest_port: int,
                  requests: int, big_batches: int):
+        import numpy as np
         import tensorflow as tf
         from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        from serving.session_loader import SessionModel
 
         payload_1 = held_out_examples(model.data, requests)
         payload_512 = [held_out_examples(model.data, 512)] * big_batches
@@ -198,7 +201,10 @@ class Paths:
         self.rest_1 = [json.dumps({"instances": [{"b64": base64.b64encode(e).decode()}]}).encode()
                        for e in payload_1]
         self._fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+        self._session = SessionModel(version_dir)
+        self._session_fn = self._session.callable("serving_default")
         self._tf = tf
+        self._np = np
         self._stub = stub
         self._path = f"/v1/models/{model.name}:predict"
         self._rest_port = rest_port
@@ -206,6 +212,9 @@ class Paths:
 
     def local(self, serialized: list[bytes]):
         return self._fn(examples=self._tf.constant(serialized))["probabilities"].numpy()
+
+    def session(self, serialized: list[bytes]):
+        return self._session_fn({"examples": self._np.array(serialized, dtype=object)})["probabilities"]
 
     def remote(self, request):
         return self._stub.Predict(request, timeout=60)
@@ -221,6 +230,7 @@ class Paths:
     def warm(self) -> None:
         for _ in range(20):
             self.local(self.local_1[0])
+            self.session(self.local_1[0])
             self.remote(self.grpc_1[0])
             self.rest(self.rest_1[0])
         self.local(self.local_512[0])
@@ -229,6 +239,7 @@ class Paths:
     def round(self, rows: dict[str, list]) -> None:
         """One round of every measurement, appended to `rows`."""
         rows["local1"].append(measure(self.local, self.local_1)[0])
+        rows["session1"].append(measure(self.session, self.local_1)[0])
         rows["grpc1"].append(measure(self.remote, self.grpc_1)[0])
         # A fresh keep-alive connection: the server closes one idle for --rest_api_timeout_in_ms
         # (30 s), as long as the other models' measurements may take.
@@ -243,6 +254,7 @@ class Paths:
 
     def close(self) -> None:
         self._rest.close()
+        self._session.close()
 
 
 def main() -> int:
@@ -309,7 +321,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
          str(work / "models/models.config"), "--port", "0", "--host", "127.0.0.1",
          "--rest_api_port", str(free_port()), "--port_file", str(port_file)], cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = {m.name: {k: [] for k in ("local1", "grpc1", "rest1", "local8", "grpc8", "local512",
+    rows = {m.name: {k: [] for k in ("local1", "session1", "grpc1", "rest1", "local8", "grpc8", "local512",
                                      "grpc512")} for m in models}
     loads: list[float] = []
     no_model: list[list[float]] = []  # GetModelStatus: the gRPC round trip without a model call
@@ -361,16 +373,17 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
         return "met" if ok else "NOT met"
 
     table = [
-        "| model | batch-1 p50 in-process | gRPC | REST | batch-1 p99 in-process | gRPC | REST "
-        "| 8 clients, batch 1: in-process / gRPC | batch 512: in-process / gRPC (gRPC share) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch-1 p50 in-process | session loader | gRPC | REST | batch-1 p99 in-process | gRPC "
+        "| REST | 8 clients, batch 1: in-process / gRPC | batch 512: in-process / gRPC (gRPC share) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for m in models:
         n = m.name
         ratio = tput(n, "grpc512") / tput(n, "local512")
         table.append(
-            f"| {n} | {p(n, 'local1', 50):.2f} ms | {p(n, 'grpc1', 50):.2f} ms | {p(n, 'rest1', 50):.2f} ms "
+            f"| {n} | {p(n, 'local1', 50):.2f} ms | {p(n, 'session1', 50):.2f} ms | {p(n, 'grpc1', 50):.2f} ms "
+            f"| {p(n, 'rest1', 50):.2f} ms "
             f"| {p(n, 'local1', 99):.2f} ms | {p(n, 'grpc1', 99):.2f} ms | {p(n, 'rest1', 99):.2f} ms "
             f"| {tput(n, 'local8'):,.0f} / {tput(n, 'grpc8'):,.0f} ex/s "
             f"| {tput(n, 'local512'):,.0f} / {tput(n, 'grpc512'):,.0f} ex/s ({ratio:.0%}) |")
