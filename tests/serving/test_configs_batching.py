@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import cli, configs, examples
+from serving import cli, configs
 from serving import client as client_lib
 from serving.batching import Batcher, QueueFullError
 from serving.client import ServingClient
@@ -214,8 +214,7 @@ def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
         assert "version 1 AVAILABLE" in server.log_text()  # loaded before it listens
         with ServingClient(server.target, timeout=30) as client:
             assert client.status("tiny")[1] == client_lib.AVAILABLE
-            rows = examples.serialize_rows(tiny.ROWS, examples.feature_kinds(tiny.RAW_SPEC))
-            assert client.predict_examples("tiny", rows).shape == (4,)
+            assert client.predict_examples("tiny", tiny.SERIALIZED).shape == (4,)
         assert server.stop() == 0, server.describe()
     output = server.log_text()
     assert output.index("version 1 AVAILABLE") < output.index("serving tiny, tiny_versions on")

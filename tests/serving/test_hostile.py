@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import configs, examples
+from serving import configs
 from serving.client import RestClient, ServingClient
 from serving.server import free_port
 from tests import server_process
@@ -37,7 +37,7 @@ MAX_ROWS = 1000
 HTTP_THREADS = 2
 IDLE_TIMEOUT_MS = 1000
 MEMORY_BOUND_KB = 50 * 1024  # a refused request may cost at most this much peak RSS
-GOOD = examples.serialize_rows(tiny.ROWS, examples.feature_kinds(tiny.RAW_SPEC))
+GOOD = tiny.SERIALIZED
 
 
 @dataclasses.dataclass

@@ -7,17 +7,13 @@ import http.client
 import json
 import socket
 
-import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import classification_pb2, model_pb2, prediction_service_pb2_grpc
 
 from serving import examples
 from tests.serving import tiny
 
-DTYPES = examples.feature_kinds(tiny.RAW_SPEC)
-SERIALIZED = examples.serialize_rows(tiny.ROWS, DTYPES)
-B64 = [{"b64": base64.b64encode(s).decode()} for s in SERIALIZED]
+B64 = [{"b64": base64.b64encode(s).decode()} for s in tiny.SERIALIZED]
 
 
 def _call(server, method: str, path: str, body: object = None, raw: bytes | None = None):
@@ -34,7 +30,7 @@ def _call(server, method: str, path: str, body: object = None, raw: bytes | None
 
 
 def test_row_and_columnar_predict_equal_grpc(tiny_server, tiny_client):
-    grpc_out = tiny_client.predict_tensors("tiny", {"examples": np.array(SERIALIZED, dtype=object)})
+    grpc_out = tiny_client.predict_tensors("tiny", {"examples": np.array(tiny.SERIALIZED, dtype=object)})
     status, rows = _call(tiny_server, "POST", "/v1/models/tiny:predict", {"instances": B64})
     assert status == 200, rows
     # several outputs -> one object per row, as TF Serving writes it
@@ -62,13 +58,7 @@ def test_raw_fields_rows_as_objects_equal_grpc(tiny_server, tiny_client):
 
 
 def test_classify_json_equals_grpc_classify(tiny_server):
-    request = classification_pb2.ClassificationRequest(
-        model_spec=model_pb2.ModelSpec(name="tiny", signature_name="classification"))
-    for row in tiny.ROWS:
-        request.input.example_list.examples.add().CopyFrom(examples.to_example(row, DTYPES))
-    with grpc.insecure_channel(f"127.0.0.1:{tiny_server.port}") as channel:
-        expected = prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(
-            request, timeout=30)
+    expected = tiny.grpc_classify(f"127.0.0.1:{tiny_server.port}")
     # TF Serving's classify JSON: one object of feature -> value(s) per example
     json_examples = [{k: [v.decode() if isinstance(v, bytes) else v for v in vals]
                       for k, vals in row.items() if vals} for row in tiny.ROWS]
@@ -174,6 +164,6 @@ def test_keep_alive_requests_are_not_held_by_nagle(tiny_server):
         fastest = float("inf")
         for _ in range(20):
             start = time.perf_counter()
-            rest.predict_examples("tiny", SERIALIZED[:1])
+            rest.predict_examples("tiny", tiny.SERIALIZED[:1])
             fastest = min(fastest, time.perf_counter() - start)
     assert fastest < 0.01, f"fastest of 20 keep-alive requests took {fastest * 1e3:.1f} ms"

@@ -25,7 +25,6 @@ from tests.serving import tiny
 from tests.serving.conftest import MAX_MESSAGE_BYTES, TINY_BATCHING
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
-DTYPES = examples.feature_kinds(tiny.RAW_SPEC)
 
 
 def _request(name="tiny", signature="serving_default", version=None, **inputs):
@@ -40,7 +39,7 @@ def _request(name="tiny", signature="serving_default", version=None, **inputs):
 
 
 def _serialized(rows=tiny.ROWS):
-    return examples.serialize_rows(rows, DTYPES)
+    return examples.serialize_rows(rows, tiny.DTYPES)
 
 
 def test_predict_equals_in_process_savedmodel(tiny_base, tiny_client):
@@ -61,15 +60,7 @@ def test_raw_fields_signature_equals_serving_default(tiny_client):
 
 
 def test_classify_scores_are_the_probabilities(tiny_server, tiny_client):
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-    request = classification_pb2.ClassificationRequest(
-        model_spec=model_pb2.ModelSpec(name="tiny", signature_name="classification"))
-    for row in tiny.ROWS:
-        request.input.example_list.examples.add().CopyFrom(examples.to_example(row, DTYPES))
-    with grpc.insecure_channel(f"127.0.0.1:{tiny_server.port}") as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = stub.Classify(request, timeout=30)
+    response = tiny.grpc_classify(f"127.0.0.1:{tiny_server.port}")
     p = tiny_client.predict_examples("tiny", _serialized())
     results = response.result.classifications
     assert [[c.label for c in r.classes] for r in results] == [["0", "1"]] * len(tiny.ROWS)

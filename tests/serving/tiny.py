@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import pathlib
 
+import grpc
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import classification_pb2, model_pb2, prediction_service_pb2_grpc
 
 from serving import examples, export, module
 
@@ -27,6 +29,8 @@ ROWS = [
     {"I1": [-2], "C1": []},
     {"I1": [123456], "C1": [b"x"]},
 ]
+DTYPES = examples.feature_kinds(RAW_SPEC)
+SERIALIZED = examples.serialize_rows(ROWS, DTYPES)
 
 
 class HashTransform(tf.Module):
@@ -77,3 +81,13 @@ def reference_probabilities(path: pathlib.Path, rows: list[dict]) -> np.ndarray:
     serialized = examples.serialize_rows(rows, examples.feature_kinds(RAW_SPEC))
     return loaded.signatures["serving_default"](examples=tf.constant(serialized))[
         "probabilities"].numpy()
+
+
+def grpc_classify(target: str, name: str = "tiny") -> classification_pb2.ClassificationResponse:
+    """A gRPC Classify of ROWS on the `classification` signature (what REST and predict are checked against)."""
+    request = classification_pb2.ClassificationRequest(
+        model_spec=model_pb2.ModelSpec(name=name, signature_name="classification"))
+    for row in ROWS:
+        request.input.example_list.examples.add().CopyFrom(examples.to_example(row, DTYPES))
+    with grpc.insecure_channel(target) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=30)
