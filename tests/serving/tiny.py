@@ -23,7 +23,7 @@ RAW_SPEC = {
 }
 FIELDS = ["I1", "C1"]
 BUCKETS = 50
-ROWS = [
+ROWS: list[dict[str, list]] = [
     {"I1": [5], "C1": [b"abc"]},
     {"I1": [], "C1": [b"never-seen"]},
     {"I1": [-2], "C1": []},
