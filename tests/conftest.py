@@ -30,6 +30,13 @@ def run_pipeline(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def preprocess_criteo(source: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
+    """`pipeline --dataset criteo` on `source`; the finished output dir (workdir/data)."""
+    out = workdir / "data"
+    run_pipeline("--dataset", "criteo", "--input", str(source), "--output", str(out))
+    return out
+
+
 def shared_data(relative: str) -> pathlib.Path:
     """Path of a file under ../shared/data, or skip the test naming the missing path."""
     path = SHARED_DATA / relative
@@ -51,9 +58,7 @@ def criteo_generated_file(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def criteo_preprocessed_dir(criteo_generated_file, tmp_path_factory) -> pathlib.Path:
     """`pipeline --dataset criteo` run on `criteo_generated_file`; the finished output dir."""
-    out = tmp_path_factory.mktemp("criteo_preprocessed") / "data"
-    run_pipeline("--dataset", "criteo", "--input", str(criteo_generated_file), "--output", str(out))
-    return out
+    return preprocess_criteo(criteo_generated_file, tmp_path_factory.mktemp("criteo_preprocessed"))
 
 
 @pytest.fixture(scope="session")

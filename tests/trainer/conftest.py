@@ -14,12 +14,9 @@ def synthetic_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def criteo_sample_dir(tmp_path_factory):
     """`pipeline --dataset criteo` on ../shared/data/criteo/train_head10k.tsv (skips where absent)."""
-    from tests.conftest import run_pipeline, shared_data
+    from tests.conftest import preprocess_criteo, shared_data
 
-    source = shared_data("criteo/train_head10k.tsv")
-    out = tmp_path_factory.mktemp("criteo_sample") / "data"
-    run_pipeline("--dataset", "criteo", "--input", str(source), "--output", str(out))
-    return out
+    return preprocess_criteo(shared_data("criteo/train_head10k.tsv"), tmp_path_factory.mktemp("criteo_sample"))
 
 
 @pytest.fixture(scope="session")
