@@ -8,6 +8,8 @@ was interrupted before it or not.
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
 
 from pipeline.dataset_info import PAD_ID, DatasetInfo, DatasetInfoError, FieldInfo
@@ -57,6 +59,7 @@ def make_dataset(
     seed: int = 0,
     shuffle_buffer: int = 100_000,
     in_file_order: bool = False,
+    file_shard: tuple[int, Any] | None = None,
 ) -> tf.data.Dataset:
     """Batches of `split` (any name in `info.splits`).
 
@@ -67,6 +70,9 @@ def make_dataset(
     `in_file_order` reads the shards one after the other in name order (each
     in file order) instead of interleaving them, so that batch rows follow
     the stored record order (batch scoring numbers its output rows so).
+    `file_shard` (count, index) keeps every count-th file from `index` on
+    (after the shuffle of the file list, the same for every reader): a
+    parameter-server worker reads and decodes only its own files.
     """
     files = split_files(info, split)
     spec = feature_spec(info)
@@ -75,6 +81,8 @@ def make_dataset(
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
+    if file_shard is not None:
+        ds = ds.shard(*file_shard)
     ds = ds.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
         cycle_length=1 if in_file_order else min(len(files), 4),

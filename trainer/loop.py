@@ -330,12 +330,12 @@ class Phase:
         self.state.steps_per_epoch = steps
         return total_loss / max(steps, 1), examples, time.perf_counter() - start
 
-    def _train_dataset(self, epoch: int) -> tf.data.Dataset:
+    def _train_dataset(self, epoch: int, file_shard: tuple[int, Any] | None = None) -> tf.data.Dataset:
         """Epoch `epoch`'s batches (its own shuffle seed, so a resumed epoch sees the same order)."""
         t = self.config.train
         ds = make_dataset(
             self.info, "train", t.batch_size, shuffle=True,
-            seed=self.config.seed * 100_003 + epoch, shuffle_buffer=t.shuffle_buffer,
+            seed=self.config.seed * 100_003 + epoch, shuffle_buffer=t.shuffle_buffer, file_shard=file_shard,
         )
         return ds.take(t.max_steps_per_epoch) if t.max_steps_per_epoch is not None else ds
 
@@ -351,10 +351,11 @@ class Phase:
 
     def _remote_steps(self, epoch: int, bar: tqdm) -> Iterator[tuple[float, int]]:
         """parameter_server: schedules one process's number of steps over the
-        train split on the workers, each reading its own 1/W of the epoch's
-        batches (repeated: the coordinator hands a step to whichever worker is
-        free, so a faster worker may wrap around its share); asynchronous
-        updates, so no two runs are bit-equal. Yields (loss, examples) per step."""
+        train split on the workers, each reading its own 1/W of the train files
+        (of the epoch's batches when there are fewer files than workers), repeated:
+        the coordinator hands a step to whichever worker is free, so a faster
+        worker may wrap around its share; asynchronous updates, so no two runs
+        are bit-equal. Yields (loss, examples) per step."""
         assert self.coordinator is not None
         if self.state.steps_per_epoch is None:
             self.state.steps_per_epoch = self._count_steps()
@@ -365,8 +366,12 @@ class Phase:
                              f"{self.config.train.batch_size}, fewer than the {workers} workers; "
                              "use a smaller --train.batch_size")
 
+        by_file = len(split_files(self.info, "train")) >= workers  # else a worker could get no file
+
         def worker_dataset() -> tf.data.Dataset:
             index = tf.distribute.coordinator.experimental_get_current_worker_index()
+            if by_file:
+                return self._train_dataset(epoch, file_shard=(workers, index)).repeat()
             return self._train_dataset(epoch).shard(workers, index).repeat()
 
         iterator = iter(self.coordinator.create_per_worker_dataset(worker_dataset))

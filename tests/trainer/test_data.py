@@ -23,6 +23,21 @@ def test_batches_hold_every_row_with_int64_ids(synthetic_dir):
         assert 0 <= int(np.min(features[name])) and int(np.max(features[name])) < vocab
 
 
+def test_file_shards_split_the_rows_between_readers(tmp_path):
+    """Two readers with file_shard (2, 0) and (2, 1) of a 4-file split, after the
+    same file shuffle: disjoint, and together every row (a parameter-server worker's files)."""
+    info = read_dataset_info(write_synthetic_run(tmp_path, shards=4))
+
+    def rows(shard):
+        ds = make_dataset(info, "train", batch_size=512, shuffle=True, seed=3, file_shard=shard)
+        return [tuple(int(features[n][i]) for n in info.field_names) + (float(labels[i]),)
+                for features, labels in ds for i in range(int(labels.shape[0]))]
+
+    first, second, every = rows((2, 0)), rows((2, 1)), rows(None)
+    assert 0 < len(first) < len(every) and len(first) + len(second) == len(every) == SPLIT_ROWS["train"]
+    assert sorted(first + second) == sorted(every)
+
+
 def test_shuffle_is_seeded_and_changes_order(synthetic_dir):
     info = read_dataset_info(synthetic_dir)
 
