@@ -21,9 +21,9 @@ pipeline --dataset criteo --input "$OUT/raw/train.tsv" --output "$OUT/data" --ru
 step "3/6 search the fusion architecture (CPU preset)"
 trainer --stage=search --data "$OUT/data" --out "$OUT/search"
 
-step "4/6 retrain the found architecture (Soft)"
+step "4/6 retrain the found architecture (Hard: one operation per component)"
 trainer --stage=retrain --data "$OUT/data" --architecture "$OUT/search/architecture.json" \
-  --mode soft --out "$OUT/retrain"
+  --mode hard --out "$OUT/retrain"
 
 step "5/6 export for TF Serving"
 serving export --run "$OUT/retrain" --data "$OUT/data" --model_base_path "$OUT/models" --model_name ctr
