@@ -19,11 +19,12 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving import tensors
 from serving.batching import Batcher, QueueFullError
 from serving.configs import BatchingSettings
+from serving.session_loader import SessionModel
 
 MAX_MESSAGE_CHARS = 400
 # Rows one request may carry: ~1 s of a CPU-preset model on 2 cores (50,000 rows took 7 s).
@@ -72,25 +73,16 @@ class Servable:
         self.version = version
         self.path = path
         self.max_rows = max_rows
-        proto = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-        self.signature_defs = dict(proto.meta_graphs[0].signature_def)
-        self._loaded = tf.saved_model.load(str(path))
-        self._signatures: dict[str, _Signature] = {}
-        for sig_name, definition in self.signature_defs.items():
-            if sig_name not in self._loaded.signatures:
-                continue  # e.g. __saved_model_init_op
-            fn = self._loaded.signatures[sig_name]
-            self._signatures[sig_name] = _Signature(
-                definition, Batcher(self._runner(fn), batching, f"{name}-{version}-{sig_name}")
-            )
-
-    @staticmethod
-    def _runner(fn: tf.types.experimental.ConcreteFunction):
-        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            outputs = fn(**{k: tf.constant(v) for k, v in inputs.items()})
-            return {k: v.numpy() for k, v in outputs.items()}
-
-        return run
+        # TF Serving's own path: the session loader (restore, init op once), then each
+        # signature as a callable fed and fetched by its SignatureDef tensor names.
+        self._session = SessionModel(path)
+        self.signature_defs = dict(self._session.signature_defs)  # what GetModelMetadata reports
+        self._signatures: dict[str, _Signature] = {
+            sig_name: _Signature(definition, Batcher(self._session.callable(sig_name), batching,
+                                                     f"{name}-{version}-{sig_name}"))
+            for sig_name, definition in self.signature_defs.items()
+            if not sig_name.startswith("__saved_model")  # e.g. __saved_model_init_op: not servable
+        }
 
     def signature(
         self, name: str, method: str | None = None,
@@ -208,3 +200,5 @@ class Servable:
     def stop(self) -> None:
         for signature in self._signatures.values():
             signature.batcher.stop()
+        # The session is not closed here: a request running inline may still use it; it is
+        # released with the last reference to this servable.
