@@ -178,8 +178,9 @@ def verify(
 
     Every signature runs under the session loader (fresh graph and session,
     restore, init op, tensors by SignatureDef name: `tensorflow_model_server`'s
-    path); `serving_default` also under `tf.saved_model.load` (the bundled
-    server's path). Raises ExportError beyond `tolerance` or when a loader fails.
+    path, and the bundled server's); `serving_default` also under
+    `tf.saved_model.load` (Python callers, `trainer`-side tools). Raises
+    ExportError beyond `tolerance` or when a loader fails.
     """
     dtypes = examples.feature_kinds(raw_spec)
     diffs = dict.fromkeys(("session", "fields", "classify", "tf2"), 0.0)
