@@ -12,14 +12,6 @@ def synthetic_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def criteo_sample_dir(tmp_path_factory):
-    """`pipeline --dataset criteo` on ../shared/data/criteo/train_head10k.tsv (skips where absent)."""
-    from tests.conftest import preprocess_criteo, shared_data
-
-    return preprocess_criteo(shared_data("criteo/train_head10k.tsv"), tmp_path_factory.mktemp("criteo_sample"))
-
-
-@pytest.fixture(scope="session")
 def multivalued_dir(tmp_path_factory):
     """The synthetic dir plus a multi-valued field `seq` (1-4 ids, padded to 4) that drives the label."""
     return write_synthetic_run(tmp_path_factory.mktemp("multivalued"), seq_len=4)
