@@ -16,7 +16,8 @@ install: $(BIN)/activate
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-# `test` is every test but the multi-process TF_CONFIG ones (marker `dist`), which
+# `test` is every test but the multi-process ones (TF_CONFIG training, Beam worker
+# processes: marker `dist`), which
 # `test-dist` runs; CI (.ci/run) runs both.
 test: install
 	$(BIN)/python -m pytest -q -m "not dist"

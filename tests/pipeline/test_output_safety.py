@@ -197,6 +197,7 @@ def test_uri_of_an_unknown_scheme_is_refused_not_written_locally(tmp_path, crite
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_direct_write_mode_end_to_end_with_worker_processes(tmp_path, criteo_generated_file, criteo_preprocessed_dir):
     """`--write_mode=direct` on a local directory standing in for the bucket, Beam workers in their own processes.
 
