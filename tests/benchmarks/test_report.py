@@ -37,6 +37,13 @@ def test_markdown_and_html_hold_every_variant(tmp_path):
     assert "Welch's t = 4.90" in md
     page = report.to_html(md)
     assert page.count("<tr>") == 4 and '<img src="f.png"' in page
+    assert "table 3's `optfusion_hard` runs" not in md  # no table 5-7 rows here
+
+
+def test_rows_shared_with_table_3_are_named():
+    records = [{**r, "table": "table5", "variant": "one-shot"} for r in _records() if r["variant"] == "dcn"]
+    md = report.markdown("t", "- setup", report.summarize(records), None, [])
+    assert "`one-shot` is table 3's `optfusion_hard` runs" in md
 
 
 def test_figures_are_written(tmp_path):
