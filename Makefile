@@ -20,7 +20,7 @@ demo: install
 # processes: marker `dist`), which
 # `test-dist` runs; CI (.ci/run) runs both.
 test: install
-	$(BIN)/python -m pytest -q -m "not dist"
+	$(BIN)/python -m pytest -q -m "not dist" --durations=20
 
 test-dist: install
 	$(BIN)/python -m pytest -q -m dist
