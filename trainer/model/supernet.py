@@ -227,6 +227,8 @@ class Supernet(keras.Model):
             d = len(self.field_names) * config.emb_dim
             self.head_concat = self.add_weight(name="head_concat", shape=(len(self._sources["H"]) * d, 1),
                                                initializer="zeros", trainable=False)
+            with keras.name_scope(self.name):  # the head's paths as when built in call (weights copy by path)
+                self.blocks["H"].build((None, d))  # its bias is read even where no other op of H runs
         # Build every weight now, so that the variable lists are complete.
         self(dummy_ids(self.field_names, self.max_lens), training=False)
 
@@ -263,8 +265,8 @@ class Supernet(keras.Model):
         p = dict(zip(OPS, self._soft["H"], strict=True)) if "H" in self._soft else {"concat": 1.0}
         logit = ops.matmul(ops.concatenate(inputs, axis=-1), self.head_concat) * p["concat"]
         head = self.blocks["H"]
-        if "H" not in self.fusions:  # CONCAT alone: the head of a zero input is its bias
-            return logit + head(ops.zeros_like(inputs[0]))
+        if "H" not in self.fusions:  # CONCAT alone: the logit plus the head's bias
+            return logit + head.bias
         fusion = self.fusions["H"]  # a Soft mixture's other ops, with their weights
         return logit + head(fusion(inputs, op_weights=[p[o] for o in fusion.op_names]))
 
