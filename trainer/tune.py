@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -119,6 +120,8 @@ class _StageTuner(kt.engine.base_tuner.BaseTuner):
         config = load_config(self._base, self._grid.overrides(trial.hyperparameters.values))
         run_dir = pathlib.Path(self.get_trial_dir(trial.trial_id)) / "run"
         resume = (run_dir / "run.json").is_file()  # a trial cut short by a kill continues
+        if not resume and run_dir.exists():  # killed before its run recorded itself: nothing to resume
+            shutil.rmtree(run_dir)
         auc = self._trial_fn(config, run_dir, resume)
         return {OBJECTIVE: float(auc)}
 
