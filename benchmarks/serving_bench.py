@@ -182,12 +182,12 @@ class Paths:
     """The in-process, gRPC and REST calls on one served model, requests pre-built."""
 
     def __init__(self, model: Model, version_dir: pathlib.Path, stub, rest_port: int,
-                 requests: int, big_batches: int):
+                 requests: int, big_batches: int, inter_op: int):
         import numpy as np
         import tensorflow as tf
         from tensorflow_serving.apis import model_pb2, predict_pb2
 
-        from serving.session_loader import SessionModel
+        from serving.session_loader import SessionModel, session_config
 
         payload_1 = held_out_examples(model.data, requests)
         payload_512 = [held_out_examples(model.data, 512)] * big_batches
@@ -205,7 +205,7 @@ class Paths:
         self.rest_1 = [json.dumps({"instances": [{"b64": base64.b64encode(e).decode()}]}).encode()
                        for e in payload_1]
         self._fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-        self._session = SessionModel(version_dir)
+        self._session = SessionModel(version_dir, session_config(inter_op))
         self._session_fn = self._session.callable("serving_default")
         self._tf = tf
         self._np = np
@@ -272,6 +272,10 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=20_000, help="generated rows for `worst`")
     parser.add_argument("--requests", type=int, default=400, help="batch-1 requests per measurement")
     parser.add_argument("--big_batches", type=int, default=20, help="batch-512 requests per round")
+    parser.add_argument("--inter_op", type=int, default=0,
+                        help="--tensorflow_inter_op_parallelism of the server and of the "
+                        "in-process session (0: TF picks, TF Serving's default; -1: every op "
+                        "of every batch in the request's thread)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
     parser.add_argument("--work", type=pathlib.Path,
                         help="keep the built data and runs here and reuse them on the next run "
@@ -309,6 +313,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
     from serving.client import ServingClient
     from serving.export import export
     from serving.server import free_port
+    from serving.session_loader import CALLER_THREAD_ROWS
 
     models: list[Model] = []
     if any(m.startswith("preset-") for m in wanted):
@@ -323,7 +328,8 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
     server = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
          str(work / "models/models.config"), "--port", "0", "--host", "127.0.0.1",
-         "--rest_api_port", str(free_port()), "--port_file", str(port_file)], cwd=ROOT,
+         "--rest_api_port", str(free_port()), "--port_file", str(port_file),
+         f"--tensorflow_inter_op_parallelism={args.inter_op}"], cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = {m.name: {k: [] for k in ("local1", "session1", "grpc1", "rest1", "local8", "grpc8", "local512",
                                      "grpc512")} for m in models}
@@ -351,7 +357,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
             status_stub.GetModelStatus(status_request, timeout=60)
 
         paths = {m.name: Paths(m, versions[m.name], stub, int(rest_port), args.requests,
-                               args.big_batches) for m in models}
+                               args.big_batches, args.inter_op) for m in models}
         for path in paths.values():
             path.warm()
         for _ in range(args.rounds):  # interleaved: a slow spell of the machine hits every model
@@ -401,7 +407,9 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
         "Models (one server serves them all; rounds interleave the models):\n\n" + built,
         f"Inputs: serialized raw tf.Examples of each model's test split (REST: as "
         '{"instances": [{"b64": ...}]}). Server: `serving serve` in its own process, default '
-        "batching.config (max 512 rows, 1000 us). "
+        f"batching.config (max 512 rows, 1000 us), --tensorflow_inter_op_parallelism={args.inter_op}, "
+        f"batches of <= {CALLER_THREAD_ROWS} rows in the caller's thread (the in-process session "
+        "alike). "
         f"Median of {args.rounds} rounds; {args.requests} batch-1 requests and {args.big_batches} "
         "batch-512 requests per model and round; requests pre-built. 1-min load average at the "
         f"start of each round and at the end: {', '.join(f'{x:.2f}' for x in loads)}.",

@@ -22,6 +22,7 @@ from pipeline.errors import EXIT_USAGE, UsageError
 
 EXIT_FAILED = 1
 DEFAULT_MAX_ROWS = 8192  # = servable.DEFAULT_MAX_ROWS (not imported: TF loads lazily)
+CALLER_THREAD_ROWS = 4  # = session_loader.CALLER_THREAD_ROWS (idem)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -94,6 +95,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="retries of a failed version load before giving up (0 = load once)")
     p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
                    help="wait between load retries (default 1 minute, as TF Serving)")
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                   help="threads running independent ops of one request (TF Serving's flag): "
+                   "0 = TF picks, -1 = every op in the request's own thread, the lowest "
+                   "batch-1 latency (benchmarks/RESULTS.md)")
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                   help="threads inside one op, e.g. a large matmul (TF Serving's flag): 0 = TF picks")
+    p.add_argument("--caller_thread_max_rows", type=int, default=CALLER_THREAD_ROWS,
+                   help="batches of at most this many rows run every op in the request's own "
+                   "thread, larger ones on the inter-op pool (lower batch-1 latency; not a TF "
+                   "Serving flag); 0 = always the pool")
     p.add_argument("--max_rows_per_request", type=int, default=DEFAULT_MAX_ROWS,
                    help="larger Predict/Classify requests get RESOURCE_EXHAUSTED "
                    "(not a TF Serving flag; bounds one request's compute)")
@@ -166,6 +177,13 @@ def _serve_options(args: argparse.Namespace, metrics_path: str):
     from serving.manager import LoadPolicy
     from serving.server import DEFAULT_THREADS, ServerOptions, parse_channel_arguments
 
+    if args.caller_thread_max_rows < 0:
+        raise UsageError(f"--caller_thread_max_rows must be >= 0. Received: {args.caller_thread_max_rows}")
+    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < -1:
+        raise UsageError("--tensorflow_intra_op_parallelism must be >= 0 and "
+                         "--tensorflow_inter_op_parallelism >= -1. Received: "
+                         f"{args.tensorflow_intra_op_parallelism}, "
+                         f"{args.tensorflow_inter_op_parallelism}")
     for flag in ("max_num_load_retries", "max_rows_per_request", "rest_api_timeout_in_ms"):
         if getattr(args, flag) < (1 if flag != "max_num_load_retries" else 0):
             raise UsageError(f"--{flag} must be positive. Received: {getattr(args, flag)}")
@@ -178,7 +196,10 @@ def _serve_options(args: argparse.Namespace, metrics_path: str):
         rest_timeout_s=args.rest_api_timeout_in_ms / 1000,
         load_policy=LoadPolicy(max_load_retries=args.max_num_load_retries,
                                retry_interval_s=args.load_retry_interval_micros / 1e6,
-                               max_rows=args.max_rows_per_request),
+                               max_rows=args.max_rows_per_request,
+                               inter_op_threads=args.tensorflow_inter_op_parallelism,
+                               intra_op_threads=args.tensorflow_intra_op_parallelism,
+                               caller_thread_rows=args.caller_thread_max_rows),
         model_config_file=args.model_config_file,
         config_poll_seconds=args.model_config_file_poll_wait_seconds,
     )

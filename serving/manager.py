@@ -33,6 +33,7 @@ from serving import handlers
 from serving.configs import BatchingSettings
 from serving.export import WARMUP_FILE, versions
 from serving.servable import DEFAULT_MAX_ROWS, Servable, ServingError
+from serving.session_loader import CALLER_THREAD_ROWS, session_config
 
 State = get_model_status_pb2.ModelVersionStatus.State
 MAX_WARMUP_RECORDS = 1000
@@ -41,11 +42,15 @@ log = logging.getLogger("serving")
 
 @dataclasses.dataclass(frozen=True)
 class LoadPolicy:
-    """How versions are loaded: TF Serving's retry flags and our per-request row limit."""
+    """How versions are loaded: TF Serving's retry and session-thread flags, and our
+    per-request row limit."""
 
     max_load_retries: int = 5
     retry_interval_s: float = 60.0
     max_rows: int = DEFAULT_MAX_ROWS
+    inter_op_threads: int = 0  # --tensorflow_inter_op_parallelism
+    intra_op_threads: int = 0  # --tensorflow_intra_op_parallelism
+    caller_thread_rows: int = CALLER_THREAD_ROWS  # --caller_thread_max_rows
 
 
 class ModelLoadError(RuntimeError):
@@ -209,7 +214,10 @@ class ModelManager:
         self._set(name, version, state=State.LOADING)
         servable = None
         try:
-            servable = Servable(name, version, path, self._batching, self._policy.max_rows)
+            servable = Servable(name, version, path, self._batching, self._policy.max_rows,
+                                session_config(self._policy.inter_op_threads,
+                                               self._policy.intra_op_threads),
+                                self._policy.caller_thread_rows)
             records = replay_warmup(servable)
         except Exception as err:  # noqa: BLE001 - a bad version must not stop the server
             if servable is not None:

@@ -24,7 +24,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from serving import tensors
 from serving.batching import Batcher, QueueFullError
 from serving.configs import BatchingSettings
-from serving.session_loader import SessionModel
+from serving.session_loader import CALLER_THREAD_ROWS, SessionModel
 
 MAX_MESSAGE_CHARS = 400
 # Rows one request may carry: ~1 s of a CPU-preset model on 2 cores (50,000 rows took 7 s).
@@ -68,17 +68,20 @@ class Servable:
     """A SavedModel version, ready to run its signatures on batched requests."""
 
     def __init__(self, name: str, version: int, path: pathlib.Path, batching: BatchingSettings,
-                 max_rows: int = DEFAULT_MAX_ROWS):
+                 max_rows: int = DEFAULT_MAX_ROWS,
+                 session_config: tf.compat.v1.ConfigProto | None = None,
+                 caller_thread_rows: int = CALLER_THREAD_ROWS):
         self.name = name
         self.version = version
         self.path = path
         self.max_rows = max_rows
         # TF Serving's own path: the session loader (restore, init op once), then each
         # signature as a callable fed and fetched by its SignatureDef tensor names.
-        self._session = SessionModel(path)
+        self._session = SessionModel(path, session_config)
         self.signature_defs = dict(self._session.signature_defs)  # what GetModelMetadata reports
         self._signatures: dict[str, _Signature] = {
-            sig_name: _Signature(definition, Batcher(self._session.callable(sig_name), batching,
+            sig_name: _Signature(definition, Batcher(self._session.callable(sig_name, caller_thread_rows),
+                                                     batching,
                                                      f"{name}-{version}-{sig_name}"))
             for sig_name, definition in self.signature_defs.items()
             if not sig_name.startswith("__saved_model")  # e.g. __saved_model_init_op: not servable

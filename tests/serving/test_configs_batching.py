@@ -83,7 +83,7 @@ def test_duplicate_model_names_are_rejected(tmp_path):
 
 
 def test_serve_flags_follow_tf_serving(capsys):
-    from serving import servable
+    from serving import servable, session_loader
     from serving.server import MAX_MESSAGE_BYTES, ServerOptions, parse_channel_arguments
 
     with pytest.raises(SystemExit):
@@ -91,13 +91,15 @@ def test_serve_flags_follow_tf_serving(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--max_num_load_retries", "--load_retry_interval_micros", "--rest_api_port",
                  "--model_config_file_poll_wait_seconds", "--grpc_channel_arguments",
-                 "--max_rows_per_request"):
+                 "--max_rows_per_request", "--tensorflow_inter_op_parallelism",
+                 "--tensorflow_intra_op_parallelism", "--caller_thread_max_rows"):
         assert flag in text
     assert "0.0.0.0 = all interfaces" in text and "127.0.0.1 = this machine only" in text
     args = cli.build_parser().parse_args(["serve", "--model_config_file", "m"])
     assert (args.max_num_load_retries, args.load_retry_interval_micros) == (5, 60_000_000)
     assert args.host == "0.0.0.0" and ServerOptions().max_message_bytes == MAX_MESSAGE_BYTES
     assert args.max_rows_per_request == servable.DEFAULT_MAX_ROWS
+    assert args.caller_thread_max_rows == session_loader.CALLER_THREAD_ROWS
     assert parse_channel_arguments("grpc.max_receive_message_length=1024, grpc.x=abc") == (
         ("grpc.max_receive_message_length", 1024), ("grpc.x", "abc"))
     with pytest.raises(ValueError, match="not key=value"):

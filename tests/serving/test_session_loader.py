@@ -51,6 +51,23 @@ def test_every_signature_equals_keras_under_session_loader(tiny_export):
     assert len(set(np.round(expected, 6))) > 1  # distinct rows, distinct answers
 
 
+@pytest.mark.parametrize("inter_op", [0, -1])
+def test_callable_runs_small_batches_in_the_caller_thread_with_the_same_answers(tiny_export, inter_op):
+    # Batches up to caller_thread_rows run with RunOptions(inter_op_thread_pool=-1), larger
+    # ones on the pool: every row gets the answer of `run`, whichever path its batch took.
+    feed = _feeds(tiny.ROWS)[module.DEFAULT_SIGNATURE]
+    config = session_loader.session_config(inter_op=inter_op)
+    with session_loader.SessionModel(tiny_export, config) as loaded:
+        expected = loaded.run(module.DEFAULT_SIGNATURE, feed)["probabilities"]
+        for rows in (0, 1, len(tiny.ROWS)):
+            call = loaded.callable(module.DEFAULT_SIGNATURE, caller_thread_rows=rows)
+            whole = call(feed)["probabilities"]
+            single = [call({k: v[i:i + 1] for k, v in feed.items()})["probabilities"][0]
+                      for i in range(len(tiny.ROWS))]
+            np.testing.assert_allclose(whole, expected, atol=1e-7)
+            np.testing.assert_allclose(single, expected, atol=1e-6)
+
+
 class _LegacyModule(tf.Module):
     """The old export style: a Keras 3 layer held by a plain tf.Module."""
 
