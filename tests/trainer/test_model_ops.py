@@ -66,6 +66,23 @@ def test_each_op_with_all_inputs_connected(op, expected):
     )
 
 
+def test_concat_by_row_blocks_by_hand():
+    # W rows 1..6 (2 columns): x1 W[0:2] + x2 W[2:4] + x3 W[4:6], the serving form's CONCAT.
+    kernel = np.arange(12, dtype="float32").reshape(6, 2)
+    by_hand = np.array(X1) @ kernel[0:2] + np.array(X2) @ kernel[2:4] + np.array(X3) @ kernel[4:6]
+    for blocks in (False, True):
+        layer = Fusion(("concat",), concat_blocks=blocks)
+        layer.build([(1, 2)] * 3)
+        if blocks:
+            for i, block in enumerate(layer.concat_kernels):
+                block.assign(kernel[2 * i:2 * i + 2])
+        else:
+            layer.concat_kernel.assign(kernel)
+        np.testing.assert_allclose(layer(_inputs()).numpy(), by_hand, rtol=1e-6)
+        masked = layer(_inputs(), connected=tf.constant([1.0, 0.0, 1.0])).numpy()
+        np.testing.assert_allclose(masked, by_hand - np.array(X2) @ kernel[2:4], rtol=1e-6)
+
+
 @pytest.mark.parametrize("op", ["add", "prod", "concat", "att"])
 def test_no_connected_input_fuses_to_zero(op):
     out = _fusion((op,))(_inputs(), connected=tf.constant([0.0, 0.0, 0.0]))
@@ -210,6 +227,7 @@ def test_make_shallow_seam():
     "layer",
     [
         Fusion(("prod", "att"), att_dim=7, prod_norm=True),
+        Fusion(("concat",), concat_blocks=True),
         CrossNet(bias_initializer="ones"),
         CrossNetV2(),
         CIN(num_fields=4),

@@ -140,7 +140,24 @@ def test_serving_form_folds_h_concat_into_the_head(mode, beta):
     np.testing.assert_allclose(folded(feats).numpy(), model(feats).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_serving_form_is_the_model_itself_without_h_concat():
+def test_serving_form_runs_other_concats_by_row_blocks():
+    # H an ADD, every other component a CONCAT: nothing to fold, the CONCATs change form only.
+    arch = Architecture(n=2, alpha={c: {s: 1.0 for s in candidate_inputs(c, 2)} for c in connectable_components(2)},
+                        beta={c: [20.0, 0.0, 0.0, 0.0] if c == "H" else [0.0, 0.0, 20.0, 0.0]
+                              for c in fusing_components(2)})
+    model = _model(SupernetConfig(n=2, emb_dim=2), architecture=arch, mode="hard")
+    _random_weights(model)
+    served = model.serving_form()
+    assert not served.fold_head
+    assert all(f.concat_blocks for c, f in served.fusions.items() if c != "H")
+    kernel = model.fusions["D2"].concat_kernel.numpy()  # D2 fuses E, S0, S1, D1: four [4, 4] blocks
+    blocks = [w.numpy() for w in served.fusions["D2"].concat_kernels]
+    np.testing.assert_array_equal(np.concatenate(blocks), kernel)
+    feats = _features(batch=64)
+    np.testing.assert_allclose(served(feats).numpy(), model(feats).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_serving_form_is_the_model_itself_without_concat():
     arch = _all_on(op="add")
     model = _model(architecture=arch, mode="hard")
     assert model.serving_form() is model

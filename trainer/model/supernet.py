@@ -22,11 +22,13 @@ Modes share one `call`:
 - "soft": frozen architecture, fixed softmax(beta) mixture.
 Whenever connections are frozen, components without a path to H are not built.
 
-Serving form (`serving_form()`, used by `serving export`): H is linear in its
-fused input (Dense(1)), so H's CONCAT term folds into one vector,
-w . (x W_c) = x . (W_c w): the exported graph reads a [k * d] vector where
-the trained model reads a [k * d, d] matrix (3.1 MB of float32 for the CPU
-preset's eight inputs of H), the logits equal to float rounding.
+Serving form (`serving_form()`, used by `serving export`), the logits equal
+to float rounding: H is linear in its fused input (Dense(1)), so H's CONCAT
+term folds into one vector, w . (x W_c) = x . (W_c w): the exported graph
+reads a [k * d] vector where the trained model reads a [k * d, d] matrix
+(3.1 MB of float32 for the CPU preset's eight inputs of H). Every other
+CONCAT runs as k matmuls over its kernel's row blocks (`Fusion`'s
+`concat_blocks`), faster at serving batch sizes.
 """
 
 from __future__ import annotations
@@ -140,6 +142,8 @@ class Supernet(keras.Model):
         fold_head: the serving form (module docstring): H's CONCAT kernel
             is replaced by `head_concat` = W_c . w_head; built by
             `serving_form()`, which fills it, never trained.
+        concat_blocks: the serving form's CONCAT of the other components
+            (`Fusion`'s `concat_blocks`).
 
     Call: features {field: int [B], multi-valued: [B, max_len]} -> logits [B, 1].
     """
@@ -155,6 +159,7 @@ class Supernet(keras.Model):
         fixed_op: str | None = None,
         max_lens: Sequence[int] | None = None,
         fold_head: bool = False,
+        concat_blocks: bool = False,
         **kwargs,
     ) -> None:
         kwargs.setdefault("name", "supernet")
@@ -187,6 +192,7 @@ class Supernet(keras.Model):
             op_names = {c: OPS for c in fusing_components(n)}
         self._soft = architecture.soft_weights() if mode == "soft" and architecture is not None else {}
         self.fold_head = bool(fold_head)
+        self.concat_blocks = bool(concat_blocks)
         if self.fold_head:
             if not frozen_edges or "concat" not in op_names["H"] or not self._sources.get("H"):
                 raise ValueError("fold_head needs frozen connections and CONCAT among H's ops "
@@ -210,7 +216,7 @@ class Supernet(keras.Model):
                 self.blocks[comp] = DeepBlock(config.deep_batchnorm, config.dropout, name=comp)
             if comp != "S0" and self._sources[comp] and op_names[comp]:
                 self.fusions[comp] = Fusion(op_names[comp], config.att_dim, config.prod_norm,
-                                            name=f"fusion_{comp}")
+                                            concat_blocks=self.concat_blocks, name=f"fusion_{comp}")
             if not frozen_edges:
                 self.alpha[comp] = self.add_weight(
                     name=f"alpha_{comp}",
@@ -271,20 +277,28 @@ class Supernet(keras.Model):
         return logit + head(fusion(inputs, op_weights=[p[o] for o in fusion.op_names]))
 
     def serving_form(self) -> Supernet:
-        """This model with H's CONCAT folded into the head (module docstring), or itself
-        where there is nothing to fold (search mode, no CONCAT in H)."""
-        h_ops = self.fusions["H"].op_names if "H" in self.fusions else ()
-        if self.mode == "search" or "concat" not in h_ops:
+        """This model as exported (module docstring): H's CONCAT folded into the head, the
+        other CONCATs as row-block matmuls; itself while searching or without any CONCAT."""
+        if self.mode == "search" or not any("concat" in f.op_names for f in self.fusions.values()):
             return self
-        folded = Supernet(self.config, self.field_names, self.vocab_sizes, architecture=self._given,
-                          mode=self.mode, max_lens=self.max_lens, fold_head=True, name=self.name)
+        fold = "H" in self.fusions and "concat" in self.fusions["H"].op_names
+        served = Supernet(self.config, self.field_names, self.vocab_sizes, architecture=self._given,
+                          mode=self.mode, max_lens=self.max_lens, fold_head=fold, concat_blocks=True,
+                          name=self.name)
         values = {v.path: v for v in self.weights}
-        for v in folded.weights:
-            if v.path != folded.head_concat.path:
+        for comp, fusion in served.fusions.items():  # CONCAT kernels as row blocks
+            if "concat" in fusion.op_names:
+                d = int(fusion.concat_kernels[0].shape[0])
+                kernel = self.fusions[comp].concat_kernel
+                for i, block in enumerate(fusion.concat_kernels):
+                    values[block.path] = kernel[i * d:(i + 1) * d]
+        for v in served.weights:
+            if not (fold and v.path == served.head_concat.path):
                 v.assign(values[v.path])
-        kernel = self.fusions["H"].concat_kernel
-        folded.head_concat.assign(ops.matmul(kernel, self.blocks["H"].kernel))
-        return folded
+        if fold:
+            kernel = self.fusions["H"].concat_kernel
+            served.head_concat.assign(ops.matmul(kernel, self.blocks["H"].kernel))
+        return served
 
     def _fused_input(self, comp: str, outputs: dict):
         """The component's input: the op mixture over its (connected) sources."""
@@ -382,6 +396,7 @@ class Supernet(keras.Model):
             "fixed_op": self.fixed_op,
             "max_lens": self.max_lens,
             "fold_head": self.fold_head,
+            "concat_blocks": self.concat_blocks,
         }
 
     @classmethod
