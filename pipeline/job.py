@@ -1,41 +1,29 @@
-"""One preprocessing run end to end: checks, scratch dir, Beam graph, stats.json, rename.
+"""One preprocessing run end to end: checks, scratch, Beam graph, stats.json, publish.
 
 `pipeline transform` (`run_dir` set) runs the same protocol with a finished
 run's transform graph instead of an analysis, into one split, "data".
 
-Output is built in a hidden sibling scratch directory `.DIR.partial-<pid>-<hex>`,
-finished with the DONE.json marker written last, and renamed onto DIR only
-when complete, so a killed job never leaves a DIR that looks finished (see
-pipeline.dataset_info). A later run on the same DIR removes the scratch
-directories whose process is gone. Rejected rows of a job that fails over
---max_bad_fraction are kept beside DIR as `DIR.rejected-<UTC time>`.
-
-An `--output` URI is written one of two ways (`write_mode`, `--write_mode`):
-- staged (default for the DirectRunner): the job above into a local temp dir
+The job writes into a scratch beside the output and publishes it with
+DONE.json last (pipeline.scratch: naming, publishing, stale scratch). An
+`--output` URI is written one of two ways (`write_mode`, `--write_mode`):
+- staged (default for the DirectRunner): the job into a local temp dir
   (TMPDIR), then published to the URI by `pipeline.remote.publish`;
 - direct (default for every other runner, whose workers do not share this
-  machine's disk): the scratch is the sibling prefix `PARENT/.NAME.partial-<pid>-<hex>`
-  on the URI itself; the workers write the records and TFT its graph there, the
-  stats are read back, and the same `publish` copies it into the final prefix
-  (DONE.json last) before the scratch is deleted, all through Beam's
-  FileSystems. Stale scratch prefixes are removed by age (another machine's
-  pid cannot be checked).
+  machine's disk): the scratch is a prefix beside the URI, written by the
+  workers (records, TFT's graph) and published through Beam's FileSystems
+  (`pipeline.scratch.DirectScratch`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 
 from pipeline import remote
-from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import STATS_FILE, is_finished_output, is_uri, read_dataset_info
 from pipeline.errors import UsageError
 from pipeline.features import DATA_SPLIT, DONE_FILE, LABEL_KEY, SPLIT_MODES, SPLIT_NAMES, id_layout
@@ -43,13 +31,13 @@ from pipeline.file_layout import detect_layout
 from pipeline.job_spec import (
     INPUT_COUNTS_FILE,
     STATS_TMP,
-    TFT_TMP,
     TIME_SPLIT_FILE,
     InputCounts,
     JobSpec,
     SplitStats,
     split_stats_file,
 )
+from pipeline.scratch import DirectScratch, LocalScratch, Scratch, direct_target, scratch_name
 from pipeline.sources import first_line, is_compressed, plan_ranges, resolve_inputs
 from pipeline.specs import DATASET_NAMES, DatasetSpec, SpecError, load_spec, spec_from_doc
 
@@ -60,8 +48,6 @@ GRAPH_DIRS = ("transform_fn", "transformed_metadata", "metadata")
 WRITE_MODES = ("auto", "direct", "staged")
 # Runners whose workers share this machine's disk (Beam's names, lower case, without "Runner").
 LOCAL_RUNNERS = frozenset({"direct", "bundlebaseddirect", "switchingdirect", "prism"})
-# A direct run's scratch prefix not written to for this long is taken for a killed run's.
-STALE_PARTIAL_AGE_S = 24 * 3600.0
 
 # pipeline.beam_graph (Beam/TFT) loads lazily in `run`, so that bad invocations fail in a second.
 
@@ -129,20 +115,6 @@ def write_mode(config: RunConfig) -> str:
     return "staged" if runner in LOCAL_RUNNERS else "direct"
 
 
-def direct_target(output: str) -> tuple[str, str]:
-    """(parent, name) of a direct run's output: a URI, or a local path made absolute (the workers' cwd may differ)."""
-    if not is_uri(output):
-        path = pathlib.Path(output).absolute()
-        return str(path.parent), path.name
-    parent, _, name = output.rstrip("/").rpartition("/")
-    if "://" not in parent or not name:
-        raise UsageError(
-            f"--output {output}: name a prefix inside the bucket (e.g. {output.rstrip('/')}/criteo); "
-            "the job writes its scratch prefix beside the output"
-        )
-    return parent, name
-
-
 def _check_output(output: pathlib.Path, overwrite: bool) -> None:
     """UsageError unless DIR is absent, empty, or (with --overwrite) a finished run."""
     if output.exists() and not output.is_dir():
@@ -158,56 +130,6 @@ def _check_output(output: pathlib.Path, overwrite: bool) -> None:
         raise UsageError(
             f"output {output} holds a finished run; pass --overwrite to replace it or choose another --output"
         )
-
-
-def _partial_pattern(name: str) -> re.Pattern[str]:
-    """Names of the scratch dirs of output NAME: `.NAME.partial-<pid>-<hex8>` (and `.NAME.partial-<hex8>`, pid-less)."""
-    return re.compile(rf"\.{re.escape(name)}\.partial-(?:(?P<pid>\d+)-)?[0-9a-f]{{8}}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def remove_stale_partials(output: pathlib.Path) -> list[pathlib.Path]:
-    """Deletes scratch dirs of `output` left by killed runs (only this output's naming, owner gone)."""
-    pattern = _partial_pattern(output.name)
-    removed: list[pathlib.Path] = []
-    if not output.parent.is_dir():
-        return removed
-    for path in sorted(output.parent.iterdir()):
-        match = pattern.fullmatch(path.name)
-        if not match or not path.is_dir() or (match["pid"] and _alive(int(match["pid"]))):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def remove_stale_prefixes(output: str, max_age_s: float = STALE_PARTIAL_AGE_S, now: float | None = None) -> list[str]:
-    """Deletes scratch prefixes of a direct run's `output` whose newest object is older than `max_age_s`.
-
-    Their writers may have run on other machines, so no pid is checked: a
-    prefix counts as a killed run's once nothing under it changed for a day.
-    """
-    parent, name = direct_target(output)
-    pattern = _partial_pattern(name)
-    newest: dict[str, float] = {}
-    for path, (_, updated) in remote.objects_under(f"{parent}/.{name}.partial-").items():
-        first = path[len(parent) + 1:].split("/", 1)[0]
-        if pattern.fullmatch(first):
-            newest[first] = max(newest.get(first, 0.0), updated)
-    now = time.time() if now is None else now
-    stale = [f"{parent}/{first}" for first, updated in sorted(newest.items()) if now - updated > max_age_s]
-    for prefix in stale:
-        remote.delete_prefix(prefix)
-    return stale
 
 
 def _inputs_per_split(config: RunConfig) -> list[tuple[str | None, str]]:
@@ -253,7 +175,7 @@ def _direct_work_dir(config: RunConfig) -> str:
     remote.check_target(target, config.overwrite)
     default = "" if config.write_mode == "direct" else f", the default for {runner_name(config.beam_args)}"
     remote.check_tf_writes(target, f"is written directly by the Beam workers (--write_mode=direct{default})")
-    return f"{parent}/.{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f"{parent}/{scratch_name(name)}"
 
 
 def prepare(config: RunConfig) -> JobSpec:
@@ -267,7 +189,7 @@ def prepare(config: RunConfig) -> JobSpec:
     else:
         output = pathlib.Path(config.output)
         _check_output(output, config.overwrite)
-        work_dir = str(output.parent / f".{output.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        work_dir = str(output.parent / scratch_name(output.name))
     if config.min_count < 1:
         raise UsageError(f"--min_count must be >= 1, got {config.min_count}")
     if not 0 <= config.max_bad_fraction <= 1:
@@ -457,19 +379,6 @@ def check_bad_fraction(stats: dict, limit: float) -> None:
         )
 
 
-def keep_rejected(work_dir: pathlib.Path, output: pathlib.Path) -> pathlib.Path | None:
-    """Moves a failed job's rejected/ rows beside DIR as `DIR.rejected-<UTC time>`; its path."""
-    rejected = work_dir / "rejected"
-    if not rejected.is_dir():
-        return None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    kept = output.parent / f"{output.name}.rejected-{stamp}"
-    if kept.exists():
-        kept = kept.with_name(f"{kept.name}-{uuid.uuid4().hex[:4]}")
-    rejected.rename(kept)
-    return kept
-
-
 def done_summary(stats: dict) -> dict:
     """DONE.json: what a reader may check without parsing stats.json."""
     return {
@@ -479,102 +388,6 @@ def done_summary(stats: dict) -> dict:
         "rejected": stats["rejected"]["total"],
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _publish(work_dir: pathlib.Path, output: pathlib.Path) -> None:
-    if output.exists():
-        trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-        output.rename(trash)
-        work_dir.rename(output)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        work_dir.rename(output)
-
-
-def _is_job_scratch(name: str) -> bool:
-    """Scratch of the Beam job inside its work dir: partial stats, TFT temp, fileio's .temp* dirs."""
-    first = name.split("/", 1)[0]
-    return first in (STATS_TMP, TFT_TMP) or first.startswith(".temp")
-
-
-class LocalScratch:
-    """A local DIR: the scratch dir beside it is renamed onto it when finished."""
-
-    def __init__(self, work_dir: str, output: str):
-        self.work = pathlib.Path(work_dir)
-        self.output = pathlib.Path(output)
-
-    def remove_stale(self) -> None:
-        remove_stale_partials(self.output)
-
-    def read_bytes(self, name: str) -> bytes:
-        return (self.work / name).read_bytes()
-
-    def write_text(self, name: str, text: str) -> None:
-        write_text_atomic(self.work / name, text)
-
-    def add_tree(self, local: pathlib.Path, name: str) -> None:
-        shutil.copytree(local, self.work / name)
-
-    def drop_job_scratch(self) -> None:
-        for path in self.work.iterdir():
-            if _is_job_scratch(path.name):
-                shutil.rmtree(path, ignore_errors=True)
-
-    def keep_rejected(self) -> str | None:
-        kept = keep_rejected(self.work, self.output)
-        return None if kept is None else str(kept)
-
-    def publish(self, overwrite: bool) -> None:
-        _publish(self.work, self.output)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-class DirectScratch:
-    """A direct run: a scratch prefix beside the URI, written by the workers; the rest through Beam's FileSystems."""
-
-    def __init__(self, work_dir: str, output: str):
-        self.work = work_dir
-        parent, name = direct_target(output)
-        self.output = f"{parent}/{name}"
-
-    def remove_stale(self) -> None:
-        remove_stale_prefixes(self.output)
-
-    def read_bytes(self, name: str) -> bytes:
-        return remote.read_bytes(f"{self.work}/{name}")
-
-    def write_text(self, name: str, text: str) -> None:
-        remote.write_bytes(f"{self.work}/{name}", text.encode())
-
-    def add_tree(self, local: pathlib.Path, name: str) -> None:
-        files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
-        remote.copy_objects(str(local), f"{self.work}/{name}", files)
-
-    def drop_job_scratch(self) -> None:
-        remote.delete_objects(self.work, sorted(n for n in remote.list_objects(self.work) if _is_job_scratch(n)))
-
-    def keep_rejected(self) -> str | None:
-        """Copies rejected/ beside the output as `NAME.rejected-<UTC time>`; its prefix."""
-        names = sorted(n for n in remote.list_objects(self.work) if n.startswith("rejected/"))
-        if not names:
-            return None
-        kept = f"{self.output}.rejected-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        if remote.list_objects(kept):
-            kept = f"{kept}-{uuid.uuid4().hex[:4]}"
-        remote.copy_objects(f"{self.work}/rejected", kept, [n.split("/", 1)[1] for n in names])
-        return kept
-
-    def publish(self, overwrite: bool) -> None:
-        remote.publish(self.work, self.output, overwrite)
-
-    def discard(self) -> None:
-        remote.delete_prefix(self.work)
-
-
-Scratch = LocalScratch | DirectScratch
 
 
 def scratch_for(config: RunConfig, job: JobSpec) -> Scratch:

@@ -239,7 +239,8 @@ def copy_log(monkeypatch) -> list[tuple[str, str, list[str]]]:
 
 
 def test_direct_is_the_default_off_the_direct_runner(emulator):
-    from pipeline.job import direct_target, write_mode
+    from pipeline.job import write_mode
+    from pipeline.scratch import direct_target
 
     uri = f"gs://{BUCKET}/modes/criteo"
     for runner, mode in [("DirectRunner", "staged"), ("DataflowRunner", "direct"), ("FlinkRunner", "direct"),
@@ -275,7 +276,8 @@ def test_direct_output_is_refused_where_tft_cannot_write_and_unmarked_prefixes_t
 
 def test_direct_finish_reads_stats_back_and_publishes_marker_last(emulator, criteo_preprocessed_dir, copy_log,
                                                                   tmp_path):
-    from pipeline.job import DirectScratch, finish, scratch_for
+    from pipeline.job import finish, scratch_for
+    from pipeline.scratch import DirectScratch
     from trainer.data import make_dataset
 
     uri = f"gs://{BUCKET}/direct/criteo"
@@ -317,7 +319,8 @@ def test_direct_finish_reads_stats_back_and_publishes_marker_last(emulator, crit
 
 
 def test_failed_direct_runs_leave_no_marker(emulator, criteo_preprocessed_dir, monkeypatch):
-    from pipeline.job import DirectScratch, TooManyBadRows, finish
+    from pipeline.job import TooManyBadRows, finish
+    from pipeline.scratch import DirectScratch
 
     uri = f"gs://{BUCKET}/failed/criteo"
     config = _direct_config(uri)
@@ -353,7 +356,7 @@ def test_failed_direct_runs_leave_no_marker(emulator, criteo_preprocessed_dir, m
 def test_stale_direct_scratch_prefixes_are_removed_by_age_only(emulator):
     import time
 
-    from pipeline.job import remove_stale_prefixes
+    from pipeline.scratch import remove_stale_prefixes
 
     parent = f"gs://{BUCKET}/stale"
     names = {

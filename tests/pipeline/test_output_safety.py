@@ -69,7 +69,7 @@ class TestOverwrite:
 
 class TestStalePartials:
     def test_removes_only_dead_scratch_dirs_of_its_own_output(self, tmp_path):
-        from pipeline.job import remove_stale_partials
+        from pipeline.scratch import remove_stale_partials
 
         dead = _dead_pid()
         names = {
@@ -87,9 +87,20 @@ class TestStalePartials:
         assert sorted(p.name for p in removed) == sorted(n for n, gone in names.items() if gone)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, gone in names.items() if not gone)
 
+    def test_a_new_scratch_name_is_recognized_and_kept_while_its_run_lives(self, tmp_path):
+        from pipeline.scratch import remove_stale_partials, scratch_name
+
+        live = tmp_path / scratch_name("out")
+        live.mkdir()
+        assert live.name.startswith(f".out.partial-{os.getpid()}-")
+        assert remove_stale_partials(tmp_path / "out") == [] and live.is_dir()
+        dead = tmp_path / live.name.replace(f"-{os.getpid()}-", f"-{_dead_pid()}-")
+        live.rename(dead)
+        assert remove_stale_partials(tmp_path / "out") == [dead] and not dead.exists()
+
 
 def test_keep_rejected_moves_the_rows_beside_the_output(tmp_path):
-    from pipeline.job import keep_rejected
+    from pipeline.scratch import keep_rejected
 
     work = tmp_path / ".out.partial-1-0123abcd"
     (work / "rejected").mkdir(parents=True)

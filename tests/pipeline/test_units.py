@@ -255,7 +255,7 @@ class TestOutputProtocol:
             _check_output(tmp_path / "file", overwrite=True)
 
     def test_publish_replaces_atomically(self, tmp_path):
-        from pipeline.job import _publish
+        from pipeline.scratch import _publish
 
         old, new = tmp_path / "out", tmp_path / ".out.partial-1"
         old.mkdir()
