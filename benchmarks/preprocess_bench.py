@@ -69,7 +69,9 @@ def pandas_reference(path: pathlib.Path, out_dir: pathlib.Path, seed: int = 0, m
             labels = part["label"].tolist()
             columns = {col: ids[col].tolist() for col in ids}
             for row in tqdm(range(len(part)), desc=f"pandas {split}", unit="row", mininterval=5):
-                feature = {col: tf.train.Feature(int64_list=tf.train.Int64List(value=[columns[col][row]])) for col in columns}
+                feature = {
+                    col: tf.train.Feature(int64_list=tf.train.Int64List(value=[columns[col][row]])) for col in columns
+                }
                 feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[labels[row]]))
                 writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
                 written += 1
@@ -78,7 +80,7 @@ def pandas_reference(path: pathlib.Path, out_dir: pathlib.Path, seed: int = 0, m
 
 def _timed(cmd: list[str]) -> float:
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"preprocess_bench: {' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{data.stat().st_size / 1e6:.0f} MB; 1-min load average at end {load_end:.1f} "
         "(the machine is shared: compare only the ratio, measured in this one run)\n\n"
         "| method | wall s | rows/s |\n|---|---|---|\n"
-        f"| Beam/TFT job (`pipeline`{' ' + args.job_args if args.job_args else ''}) | {job_s:.1f} | {rows / job_s:,.0f} |\n"
+        f"| Beam/TFT job (`pipeline`{' ' + args.job_args if args.job_args else ''}) "
+        f"| {job_s:.1f} | {rows / job_s:,.0f} |\n"
         f"| pandas reference method, single process | {ref_s:.1f} | {rows / ref_s:,.0f} |\n\n"
         f"Job speed-up over the pandas method: **{ratio:.2f}x** (target >= 2x). "
         "Both wall times include process start-up and all output writing; the job's also includes "

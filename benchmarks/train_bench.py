@@ -47,8 +47,8 @@ def measure(kind: str, jit: bool, steps: int, warmup: int, batch: int) -> dict:
     config = Config(model=SupernetConfig(n=3, emb_dim=16, att_dim=64),
                     train=TrainConfig(batch_size=batch, jit_compile=jit, lr=1e-3, emb_lr=1e-3, emb_l2=1e-6))
     info = DatasetInfo(pathlib.Path("."), "criteo", "label",
-                       tuple(FieldInfo(n, v) for n, v in zip(FIELDS, VOCABS)))
-    fields = [{"name": n, "vocab_size": v} for n, v in zip(FIELDS, VOCABS)]
+                       tuple(FieldInfo(n, v) for n, v in zip(FIELDS, VOCABS, strict=True)))
+    fields = [{"name": n, "vocab_size": v} for n, v in zip(FIELDS, VOCABS, strict=True)]
     if kind == "search":
         model = build_model(config, fields, mode="search")
     else:  # every edge on, every op mixed: the costliest Soft model of this space
@@ -62,7 +62,7 @@ def measure(kind: str, jit: bool, steps: int, warmup: int, batch: int) -> dict:
     tmp = pathlib.Path("/tmp/train_bench_unused")
     phase = Phase(kind, model, config, info, tmp / "ckpt", tmp / "tb", train_arch=kind == "search")
     rng = np.random.default_rng(1)
-    features = {n: tf.constant(rng.integers(0, v, batch), tf.int64) for n, v in zip(FIELDS, VOCABS)}
+    features = {n: tf.constant(rng.integers(0, v, batch), tf.int64) for n, v in zip(FIELDS, VOCABS, strict=True)}
     labels = tf.constant(rng.integers(0, 2, batch), tf.float32)
     for _ in range(warmup):
         float(phase.train_step(features, labels))
@@ -132,7 +132,8 @@ def main() -> int:
             f"batch {args.batch}, synthetic ids in memory, {args.warmup} warm-up + {args.steps} timed steps "
             f"per run, median step time; {args.rounds} interleaved rounds, the best kept (the machine is shared: "
             "other jobs slow single runs by up to 2x). One subprocess per run (peak RSS = its ru_maxrss). "
-            "Soft = every edge on, all four ops mixed (the costliest retrained model).\n\n" + "\n".join(table) + "\n\n" + verdict
+            "Soft = every edge on, all four ops mixed (the costliest retrained model).\n\n"
+            + "\n".join(table) + "\n\n" + verdict
         )
         print(f"wrote {write_section('Training', body)}")
     return 0

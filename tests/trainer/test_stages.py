@@ -87,7 +87,7 @@ def test_arch_weights_move_in_search_and_stay_frozen_in_retrain(synthetic_dir, s
     search = build_model(config, fields, mode="search")
     before = [v.numpy().copy() for v in search.arch_variables]
     Phase("s", search, config, info, tmp_path / "s", tmp_path / "tb", train_arch=True).fit()
-    assert all(not np.allclose(b, v.numpy()) for b, v in zip(before, search.arch_variables))
+    assert all(not np.allclose(b, v.numpy()) for b, v in zip(before, search.arch_variables, strict=True))
 
     arch = Architecture.load(search_run / "architecture.json")
     retrain = build_model(config, fields, mode="soft", architecture=arch)
@@ -97,7 +97,7 @@ def test_arch_weights_move_in_search_and_stay_frozen_in_retrain(synthetic_dir, s
     assert [name for name, _, _ in phase.groups] == ["embedding", "dense"]
     assert retrain.arch_variables == []
     assert retrain.architecture().to_dict() == arch.to_dict()
-    assert any(not np.allclose(b, v.numpy()) for b, v in zip(dense_before, retrain.dense_variables))
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(dense_before, retrain.dense_variables, strict=True))
 
 
 def test_sequential_fixed_op_search_freezes_connections_of_phase_one(synthetic_dir, tmp_path):
@@ -140,7 +140,7 @@ def test_resume_after_kill9_mid_epoch_matches_an_uninterrupted_run(synthetic_dir
     got = json.loads((out / "metrics.json").read_text())
     want = json.loads((reference / "metrics.json").read_text())
     assert [h["epoch"] for h in got["history"]] == [1, 2, 3, 4]
-    for g, w in zip(got["history"], want["history"]):
+    for g, w in zip(got["history"], want["history"], strict=True):
         assert g["valid_auc"] == pytest.approx(w["valid_auc"], abs=1e-6)
         assert g["train_loss"] == pytest.approx(w["train_loss"], abs=1e-5)
     assert got["test_auc"] == pytest.approx(want["test_auc"], abs=1e-6)
