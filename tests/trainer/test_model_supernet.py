@@ -130,12 +130,28 @@ def test_serving_form_folds_h_concat_into_the_head(mode, beta):
     _random_weights(model)
     folded = model.serving_form()
     k, d = len(model.component_inputs["H"]), 2 * 2  # H fuses E, S0, S1, D1, S2, D2
-    assert folded.head_concat.shape == (k * d, 1)
     paths = {v.path for v in folded.weights}
     assert not any(p.endswith("fusion_H/concat_kernel") for p in paths)  # the [k*d, d] matrix is gone
     # By hand: head(x W_c) = x (W_c w) + b, the vector the fold keeps.
     w_c, w = model.fusions["H"].concat_kernel.numpy(), model.blocks["H"].kernel.numpy()
-    np.testing.assert_allclose(folded.head_concat.numpy(), w_c @ w, rtol=1e-5)
+    if mode == "soft":
+        assert folded.head_concat.shape == (k * d, 1) and folded.fold_shallow == []
+        np.testing.assert_allclose(folded.head_concat.numpy(), w_c @ w, rtol=1e-5)
+    else:  # H a CONCAT alone: S2 (a CrossNet on a CONCAT, read by H only) folds in too
+        assert folded.fold_shallow == ["S2"] and "S2" not in folded.blocks
+        assert not any("fusion_S2" in p for p in paths)
+        h = w_c @ w
+        slot = model.component_inputs["H"].index("S2")
+        h_s2 = h[slot * d:(slot + 1) * d]
+        np.testing.assert_allclose(folded.head_concat.numpy(), np.delete(h, np.s_[slot * d:(slot + 1) * d], 0),
+                                   rtol=1e-5)
+        w_s2, cross = model.fusions["S2"].concat_kernel.numpy(), model.blocks["S2"]
+        projections, x0_head = (v.numpy() for v in folded.shallow_fold["S2"])
+        np.testing.assert_allclose(projections, np.concatenate([w_s2 @ cross.kernel.numpy(), w_s2 @ h_s2], 1),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(x0_head, h_s2, rtol=1e-6)
+        np.testing.assert_allclose(folded.blocks["H"].bias.numpy(),
+                                   model.blocks["H"].bias.numpy() + cross.bias.numpy() @ h_s2, rtol=1e-5)
     feats = _features(batch=64)
     np.testing.assert_allclose(folded(feats).numpy(), model(feats).numpy(), rtol=1e-5, atol=1e-5)
 
@@ -155,6 +171,16 @@ def test_serving_form_runs_other_concats_by_row_blocks():
     np.testing.assert_array_equal(np.concatenate(blocks), kernel)
     feats = _features(batch=64)
     np.testing.assert_allclose(served(feats).numpy(), model(feats).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_only_crossnet_layers_read_by_h_alone_fold_into_the_head():
+    arch = _all_on(n=2, op="concat")
+    served = _model(SupernetConfig(n=2, emb_dim=2, shallow="crossnetv2"), architecture=arch,
+                    mode="hard").serving_form()
+    assert served.fold_head and served.fold_shallow == []  # a full-matrix cross layer does not fold
+    with pytest.raises(ValueError, match="fold_shallow"):  # S1 is read by S2 and D2
+        _model(SupernetConfig(n=2, emb_dim=2), architecture=arch, mode="hard", fold_head=True,
+               fold_shallow=["S1"])
 
 
 def test_serving_form_is_the_model_itself_without_concat():

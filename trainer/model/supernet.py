@@ -28,7 +28,13 @@ term folds into one vector, w . (x W_c) = x . (W_c w): the exported graph
 reads a [k * d] vector where the trained model reads a [k * d, d] matrix
 (3.1 MB of float32 for the CPU preset's eight inputs of H). Every other
 CONCAT runs as k matmuls over its kernel's row blocks (`Fusion`'s
-`concat_blocks`), faster at serving batch sizes.
+`concat_blocks`), faster at serving batch sizes. And where H is a CONCAT
+alone, a CrossNet S that only H reads and whose input is a CONCAT
+(x = f W, f its k inputs side by side) folds into the head as well: its
+share of the logit is h_S . (x0 * (x . w) + b + x)
+= (f . W w)(x0 . h_S) + f . W h_S + b . h_S, so the [k d, d] matrix W
+(2.3 MB for the CPU preset's S3) becomes a [k d, 2] one and b . h_S joins
+the head's bias.
 """
 
 from __future__ import annotations
@@ -144,6 +150,8 @@ class Supernet(keras.Model):
             `serving_form()`, which fills it, never trained.
         concat_blocks: the serving form's CONCAT of the other components
             (`Fusion`'s `concat_blocks`).
+        fold_shallow: shallow components folded into the head (module
+            docstring; needs fold_head); built by `serving_form()`.
 
     Call: features {field: int [B], multi-valued: [B, max_len]} -> logits [B, 1].
     """
@@ -160,6 +168,7 @@ class Supernet(keras.Model):
         max_lens: Sequence[int] | None = None,
         fold_head: bool = False,
         concat_blocks: bool = False,
+        fold_shallow: Sequence[str] = (),
         **kwargs,
     ) -> None:
         kwargs.setdefault("name", "supernet")
@@ -193,6 +202,12 @@ class Supernet(keras.Model):
         self._soft = architecture.soft_weights() if mode == "soft" and architecture is not None else {}
         self.fold_head = bool(fold_head)
         self.concat_blocks = bool(concat_blocks)
+        self.fold_shallow = list(fold_shallow)
+        if self.fold_shallow and not (self.fold_head and mode == "hard" and op_names["H"] == ("concat",)
+                                      and set(self.fold_shallow) <= set(self._foldable(op_names))):
+            raise ValueError("fold_shallow needs fold_head on a Hard model whose H is a CONCAT, and "
+                             "CrossNet components fed by a CONCAT that only H reads (see `serving_form`). "
+                             f"Received: fold_shallow={self.fold_shallow}")
         if self.fold_head:
             if not frozen_edges or "concat" not in op_names["H"] or not self._sources.get("H"):
                 raise ValueError("fold_head needs frozen connections and CONCAT among H's ops "
@@ -208,6 +223,8 @@ class Supernet(keras.Model):
         self.alpha: dict[str, keras.Variable] = {}
         self.beta: dict[str, keras.Variable] = {}
         for comp in self._order:
+            if comp in self.fold_shallow:
+                continue  # read through `shallow_fold` (built below)
             if comp == "H":
                 self.blocks[comp] = keras.layers.Dense(1, name="head")
             elif comp.startswith("S"):
@@ -229,10 +246,20 @@ class Supernet(keras.Model):
                     shape=(len(OPS),),
                     initializer=keras.initializers.RandomNormal(stddev=BETA_STD),
                 )
+        self.shallow_fold: dict[str, tuple[keras.Variable, keras.Variable]] = {}
         if self.fold_head:
             d = len(self.field_names) * config.emb_dim
-            self.head_concat = self.add_weight(name="head_concat", shape=(len(self._sources["H"]) * d, 1),
+            kept = [s for s in self._sources["H"] if s not in self.fold_shallow]
+            self.head_concat = self.add_weight(name="head_concat", shape=(len(kept) * d, 1),
                                                initializer="zeros", trainable=False)
+            # Per folded S: [W w, W h_S] and h_S (module docstring).
+            self.shallow_fold = {
+                comp: (self.add_weight(name=f"fold_{comp}", shape=(len(self._sources[comp]) * d, 2),
+                                       initializer="zeros", trainable=False),
+                       self.add_weight(name=f"fold_{comp}_x0", shape=(d, 1), initializer="zeros",
+                                       trainable=False))
+                for comp in self.fold_shallow
+            }
             with keras.name_scope(self.name):  # the head's paths as when built in call (weights copy by path)
                 self.blocks["H"].build((None, d))  # its bias is read even where no other op of H runs
         # Build every weight now, so that the variable lists are complete.
@@ -249,6 +276,8 @@ class Supernet(keras.Model):
         for comp in self._order:
             if comp == "H" and self.fold_head:
                 return self._folded_head(outputs)
+            if comp in self.fold_shallow:
+                continue  # only H reads it: `_folded_head`
             fused = self._fused_input(comp, outputs)
             block = self.blocks[comp]
             if comp == "H":
@@ -267,25 +296,42 @@ class Supernet(keras.Model):
 
     def _folded_head(self, outputs: dict):
         """H's logit in the serving form: head(mixture without CONCAT) + p_concat * x . head_concat."""
-        inputs = [outputs[s] for s in self._sources["H"]]
+        inputs = [outputs[s] for s in self._sources["H"] if s not in self.fold_shallow]
         p = dict(zip(OPS, self._soft["H"], strict=True)) if "H" in self._soft else {"concat": 1.0}
         logit = ops.matmul(ops.concatenate(inputs, axis=-1), self.head_concat) * p["concat"]
+        for comp, (projections, x0_head) in self.shallow_fold.items():
+            f = ops.concatenate([outputs[s] for s in self._sources[comp]], axis=-1)
+            xw_xh = ops.matmul(f, projections)  # [B, 2]: x . w and x . h_S
+            logit = logit + xw_xh[:, :1] * ops.matmul(outputs["E"], x0_head) + xw_xh[:, 1:]
         head = self.blocks["H"]
         if "H" not in self.fusions:  # CONCAT alone: the logit plus the head's bias
             return logit + head.bias
         fusion = self.fusions["H"]  # a Soft mixture's other ops, with their weights
         return logit + head(fusion(inputs, op_weights=[p[o] for o in fusion.op_names]))
 
+    def _foldable(self, op_names: dict[str, tuple[str, ...]]) -> list[str]:
+        """Shallow components the serving form can fold into a CONCAT head: CrossNet
+        layers fed by a CONCAT, read by H alone."""
+        readers = {s for c, sources in self._sources.items() if c != "H" for s in sources}
+        return [c for c in self._order if c.startswith("S") and c != "S0" and c not in readers
+                and self.config.shallow == "crossnet" and op_names.get(c) == ("concat",)]
+
     def serving_form(self) -> Supernet:
-        """This model as exported (module docstring): H's CONCAT folded into the head, the
-        other CONCATs as row-block matmuls; itself while searching or without any CONCAT."""
+        """This model as exported (module docstring): H's CONCAT folded into the head, with
+        the CrossNet layers only it reads where H is a CONCAT alone, the other CONCATs as
+        row-block matmuls; itself while searching or without any CONCAT."""
         if self.mode == "search" or not any("concat" in f.op_names for f in self.fusions.values()):
             return self
         fold = "H" in self.fusions and "concat" in self.fusions["H"].op_names
+        op_names = {c: f.op_names for c, f in self.fusions.items()}
+        fold_shallow = self._foldable(op_names) if fold and op_names["H"] == ("concat",) else []
         served = Supernet(self.config, self.field_names, self.vocab_sizes, architecture=self._given,
                           mode=self.mode, max_lens=self.max_lens, fold_head=fold, concat_blocks=True,
-                          name=self.name)
+                          fold_shallow=fold_shallow, name=self.name)
         values = {v.path: v for v in self.weights}
+        derived = {v.path for pair in served.shallow_fold.values() for v in pair}  # filled below
+        if fold:
+            derived.add(served.head_concat.path)
         for comp, fusion in served.fusions.items():  # CONCAT kernels as row blocks
             if "concat" in fusion.op_names:
                 d = int(fusion.concat_kernels[0].shape[0])
@@ -293,12 +339,27 @@ class Supernet(keras.Model):
                 for i, block in enumerate(fusion.concat_kernels):
                     values[block.path] = kernel[i * d:(i + 1) * d]
         for v in served.weights:
-            if not (fold and v.path == served.head_concat.path):
+            if v.path not in derived:
                 v.assign(values[v.path])
         if fold:
-            kernel = self.fusions["H"].concat_kernel
-            served.head_concat.assign(ops.matmul(kernel, self.blocks["H"].kernel))
+            self._fill_head_fold(served)
         return served
+
+    def _fill_head_fold(self, served: Supernet) -> None:
+        """Sets the served model's folded head from this model's weights (module docstring)."""
+        d = len(self.field_names) * self.config.emb_dim
+        head = ops.matmul(self.fusions["H"].concat_kernel, self.blocks["H"].kernel)  # [k d, 1]
+        slots = {s: head[i * d:(i + 1) * d] for i, s in enumerate(self._sources["H"])}
+        served.head_concat.assign(ops.concatenate(
+            [slots[s] for s in self._sources["H"] if s not in served.shallow_fold], axis=0))
+        bias = self.blocks["H"].bias
+        for comp, (projections, x0_head) in served.shallow_fold.items():
+            w_c, cross = self.fusions[comp].concat_kernel, self.blocks[comp]
+            projections.assign(ops.concatenate(
+                [ops.matmul(w_c, cross.kernel), ops.matmul(w_c, slots[comp])], axis=1))
+            x0_head.assign(slots[comp])
+            bias = bias + ops.matmul(ops.expand_dims(cross.bias, 0), slots[comp])[0]
+        served.blocks["H"].bias.assign(bias)
 
     def _fused_input(self, comp: str, outputs: dict):
         """The component's input: the op mixture over its (connected) sources."""
@@ -397,6 +458,7 @@ class Supernet(keras.Model):
             "max_lens": self.max_lens,
             "fold_head": self.fold_head,
             "concat_blocks": self.concat_blocks,
+            "fold_shallow": self.fold_shallow,
         }
 
     @classmethod
