@@ -46,6 +46,9 @@ SIZES_ASSET = "vocabulary_sizes.txt"  # values kept per vocabulary field, one li
 _FIELD_SHIFT = 54
 _STRING_FLAG = 1 << (_FIELD_SHIFT + FIELD_INDEX_BITS)
 _INT_OFFSET = 1 << 52
+# Columns per feature in `_first_values_stacked`: more than the values one tf.Example
+# can hold for a feature within any message size limit.
+_CELL_WIDTH = 1 << 32
 
 
 def field_of_key(keys: np.ndarray) -> np.ndarray:
@@ -72,21 +75,23 @@ def _first_values(sparse: tf.SparseTensor, default) -> tuple[tf.Tensor, tf.Tenso
 def _first_values_stacked(sparses: list[tf.SparseTensor], default) -> tuple[tf.Tensor, tf.Tensor]:
     """(first value, present mask), both [rows, F], of F VarLen features of one dtype.
 
-    A fixed number of graph ops whatever F: the exported TFT graph runs per
-    serving request, where the cost at batch 1 is per op, not per value.
+    A fixed number of graph ops whatever F (no op per feature): the exported
+    TFT graph runs per serving request, where the cost at batch 1 is per op,
+    not per value. One SparseConcat joins the F features, each widened to
+    `_CELL_WIDTH` columns, so that value c of feature j lands in column
+    j * _CELL_WIDTH + c and one indices tensor gives every value's field.
     """
     rows = sparses[0].dense_shape[0]
     shape = tf.stack([rows, len(sparses)])
-    sizes = tf.concat([tf.shape(s.values, out_type=tf.int64) for s in sparses], axis=0)
-    field = tf.repeat(tf.range(len(sparses), dtype=tf.int64), sizes)
-    indices = tf.concat([s.indices for s in sparses], axis=0)
-    values = tf.concat([s.values for s in sparses], axis=0)
-    cell = tf.stack([indices[:, 0], field], axis=1)  # (row, field) of every value
-    present = tf.scatter_nd(cell, tf.ones_like(field), shape) > 0
-    first = tf.equal(indices[:, 1], 0)
+    wide = tf.stack([rows, _CELL_WIDTH])
+    joined = tf.sparse.concat(1, [tf.SparseTensor(s.indices, s.values, wide) for s in sparses])
+    row, column = joined.indices[:, 0], joined.indices[:, 1]
+    cell = tf.stack([row, column // _CELL_WIDTH], axis=1)  # (row, field) of every value
+    present = tf.scatter_nd(cell, tf.ones_like(row), shape) > 0
+    first = tf.where(tf.equal(column % _CELL_WIDTH, 0))[:, 0]
     dense = tf.tensor_scatter_nd_update(
-        tf.fill(shape, tf.constant(default, values.dtype)),
-        tf.boolean_mask(cell, first), tf.boolean_mask(values, first),
+        tf.fill(shape, tf.constant(default, joined.values.dtype)),
+        tf.gather(cell, first), tf.gather(joined.values, first),
     )
     return dense, present
 
@@ -369,6 +374,8 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
                 tf.strings.split(tf.strings.strip(tf.io.read_file(sizes_asset)), "\n"), tf.int64
             )
             ids = tft.apply_vocabulary(stacked, asset, lookup_fn=_lookup)
+            # Single-valued fields: one where and one unstack for all (no ops per field).
+            single = tf.unstack(tf.where(all_present, ids, MISSING_ID), axis=1)
             for name, (start, width) in columns.items():
                 if spec.column(name).kind == "multi":
                     here = all_present[:, start:start + width]
@@ -378,7 +385,7 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
                                            tf.equal(tf.range(width), 0)[tf.newaxis, :])
                     outputs[name] = tf.where(first, tf.constant(MISSING_ID, tf.int64), field_ids)
                 else:
-                    outputs[name] = tf.where(all_present[:, start], ids[:, start], MISSING_ID)
+                    outputs[name] = single[start]
                 _set_id_range(outputs[name], kept[position[name]])
         if spec.labeled:
             outputs[LABEL_KEY] = inputs[LABEL_KEY]

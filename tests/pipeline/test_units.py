@@ -48,6 +48,27 @@ class TestDiscretize:
         values, present = _first_values(empty, "")
         assert values.numpy().tolist() == [b"", b""] and not present.numpy().any()
 
+    def test_first_values_of_several_features_by_hand(self):
+        import tensorflow as tf
+
+        from pipeline.transform import _first_values_stacked
+
+        def sparse(cells, width):  # {(row, position): value} of 3 rows
+            keys = sorted(cells)
+            return tf.SparseTensor(tf.constant(keys, tf.int64, [len(keys), 2]),
+                                   tf.constant([cells[k] for k in keys], tf.int64), [3, width])
+
+        features = [
+            sparse({(0, 0): 5, (2, 0): 7}, 1),
+            sparse({(0, 0): 1, (0, 1): 2, (1, 0): 3, (1, 1): 4, (1, 2): 6}, 3),  # several values: the first counts
+            sparse({}, 0),  # missing in every row of the batch
+            sparse({(1, 0): 9}, 1),
+        ]
+        values, present = _first_values_stacked(features, -1)
+        assert values.numpy().tolist() == [[5, 1, -1, -1], [-1, 3, -1, 9], [7, -1, -1, -1]]
+        assert present.numpy().tolist() == [[True, True, False, False], [False, True, False, True],
+                                            [True, False, False, False]]
+
 
 class TestVocabulary:
     def test_oov_by_count_and_frequency_order(self):
