@@ -7,7 +7,8 @@ at an emulator such as the tests' `STORAGE_EMULATOR_HOST`), and `s3://` or
 TF 2.21 (`undefined symbol: TF_VLog`). Beam's FileSystems serve every scheme
 the pipeline reads and writes, and honour the emulator.
 
-- Writing (`publish`, called by `pipeline.job.run`): a finished output, either
+- Writing (`publish`, called by `pipeline.job` for staged runs and by
+  `pipeline.scratch.DirectScratch`): a finished output, either
   built locally (`--write_mode=staged`) or written by the Beam workers into a
   scratch prefix beside the URI (`--write_mode=direct`), is copied to the URI
   through Beam's FileSystems, every object first and DONE.json last (server-side
