@@ -384,19 +384,22 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
 
     table = [
         "| model | batch-1 p50 in-process | session loader | gRPC | REST | batch-1 p99 in-process | gRPC "
-        "| REST | 8 clients, batch 1: in-process / gRPC | batch 512: in-process / gRPC (gRPC share) |",
+        "| REST | 8 clients, batch 1: in-process / gRPC | batch 512: in-process / gRPC (gRPC share; "
+        "range over rounds) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for m in models:
         n = m.name
         ratio = tput(n, "grpc512") / tput(n, "local512")
+        shares = [g / loc for g, loc in zip(rows[n]["grpc512"], rows[n]["local512"], strict=True)]
         table.append(
             f"| {n} | {p(n, 'local1', 50):.2f} ms | {p(n, 'session1', 50):.2f} ms | {p(n, 'grpc1', 50):.2f} ms "
             f"| {p(n, 'rest1', 50):.2f} ms "
             f"| {p(n, 'local1', 99):.2f} ms | {p(n, 'grpc1', 99):.2f} ms | {p(n, 'rest1', 99):.2f} ms "
             f"| {tput(n, 'local8'):,.0f} / {tput(n, 'grpc8'):,.0f} ex/s "
-            f"| {tput(n, 'local512'):,.0f} / {tput(n, 'grpc512'):,.0f} ex/s ({ratio:.0%}) |")
+            f"| {tput(n, 'local512'):,.0f} / {tput(n, 'grpc512'):,.0f} ex/s ({ratio:.0%}; "
+            f"{min(shares):.0%}-{max(shares):.0%}) |")
         verdicts.append(
             f"- {n}: in-process batch-1 p50 <= 1 ms {met(p(n, 'local1', 50) <= 1)} (TF2 signature), "
             f"{met(p(n, 'session1', 50) <= 1)} (session loader); gRPC <= 2 ms "
