@@ -97,8 +97,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="wait between load retries (default 1 minute, as TF Serving)")
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
                    help="threads running independent ops of one request (TF Serving's flag): "
-                   "0 = TF picks, -1 = every op in the request's own thread, the lowest "
-                   "batch-1 latency (benchmarks/RESULTS.md)")
+                   "0 = TF picks, -1 = every op of every batch in the request's own thread "
+                   "(slower for large batches: --caller_thread_max_rows does it for small ones)")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                    help="threads inside one op, e.g. a large matmul (TF Serving's flag): 0 = TF picks")
     p.add_argument("--caller_thread_max_rows", type=int, default=CALLER_THREAD_ROWS,
