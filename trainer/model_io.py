@@ -103,8 +103,9 @@ def warm_start(model: keras.Model, path: pathlib.Path) -> list[str]:
 
 
 def serving_form(model: keras.Model) -> keras.Model:
-    """The model as it is exported: a retrained Supernet with H's CONCAT folded into
-    its head (same logits, fewer bytes read per request: trainer/model/supernet.py);
+    """The model as it is exported: a retrained Supernet in its serving form (H's CONCAT
+    and the CrossNet layers only H reads folded into the head, other CONCATs as row
+    blocks; same logits, fewer bytes read per request: trainer/model/supernet.py);
     any other model as it is."""
     return model.serving_form() if isinstance(model, Supernet) else model
 
