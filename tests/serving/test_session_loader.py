@@ -66,6 +66,9 @@ def test_callable_runs_small_batches_in_the_caller_thread_with_the_same_answers(
                       for i in range(len(tiny.ROWS))]
             np.testing.assert_allclose(whole, expected, atol=1e-7)
             np.testing.assert_allclose(single, expected, atol=1e-6)
+            # The handle converts no feed itself: fixed-width bytes arrive as the signature's dtype.
+            fixed = call({k: v.astype(bytes) for k, v in feed.items()})["probabilities"]
+            np.testing.assert_allclose(fixed, expected, atol=1e-7)
 
 
 class _LegacyModule(tf.Module):
