@@ -182,7 +182,7 @@ class Paths:
     """The in-process, gRPC and REST calls on one served model, requests pre-built."""
 
     def __init__(self, model: Model, version_dir: pathlib.Path, stub, rest_port: int,
-                 requests: int, big_batches: int, inter_op: int):
+                 requests: int, big_batches: int, inter_op: int, intra_op: int):
         import numpy as np
         import tensorflow as tf
         from tensorflow_serving.apis import model_pb2, predict_pb2
@@ -205,7 +205,7 @@ class Paths:
         self.rest_1 = [json.dumps({"instances": [{"b64": base64.b64encode(e).decode()}]}).encode()
                        for e in payload_1]
         self._fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-        self._session = SessionModel(version_dir, session_config(inter_op))
+        self._session = SessionModel(version_dir, session_config(inter_op, intra_op))
         self._session_fn = self._session.callable("serving_default")
         self._tf = tf
         self._np = np
@@ -254,6 +254,7 @@ class Paths:
         rows["local8"].append(len(self.local_1) / measure(self.local, self.local_1, threads=8)[1])
         rows["grpc8"].append(len(self.grpc_1) / measure(self.remote, self.grpc_1, threads=8)[1])
         rows["local512"].append(512 * len(self.local_512) / measure(self.local, self.local_512)[1])
+        rows["session512"].append(512 * len(self.local_512) / measure(self.session, self.local_512)[1])
         rows["grpc512"].append(512 * len(self.grpc_512) / measure(self.remote, self.grpc_512)[1])
 
     def close(self) -> None:
@@ -276,6 +277,9 @@ def main() -> int:
                         help="--tensorflow_inter_op_parallelism of the server and of the "
                         "in-process session (0: TF picks, TF Serving's default; -1: every op "
                         "of every batch in the request's thread)")
+    parser.add_argument("--intra_op", type=int, default=0,
+                        help="--tensorflow_intra_op_parallelism of the server, of the in-process "
+                        "session and of the TF2 call (0: TF picks, TF Serving's default)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
     parser.add_argument("--work", type=pathlib.Path,
                         help="keep the built data and runs here and reuse them on the next run "
@@ -303,6 +307,9 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
     """Builds (or reuses) the models, exports them, serves them and measures every path."""
     import grpc
     import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)  # before TF's first op
     from tensorflow_serving.apis import (
         get_model_status_pb2,
         model_pb2,
@@ -329,10 +336,11 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
         [sys.executable, "-m", "serving.cli", "serve", "--model_config_file",
          str(work / "models/models.config"), "--port", "0", "--host", "127.0.0.1",
          "--rest_api_port", str(free_port()), "--port_file", str(port_file),
-         f"--tensorflow_inter_op_parallelism={args.inter_op}"], cwd=ROOT,
+         f"--tensorflow_inter_op_parallelism={args.inter_op}",
+         f"--tensorflow_intra_op_parallelism={args.intra_op}"], cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = {m.name: {k: [] for k in ("local1", "session1", "grpc1", "rest1", "local8", "grpc8", "local512",
-                                     "grpc512")} for m in models}
+                                     "session512", "grpc512")} for m in models}
     loads: list[float] = []
     no_model: list[list[float]] = []  # GetModelStatus: the gRPC round trip without a model call
     try:
@@ -357,7 +365,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
             status_stub.GetModelStatus(status_request, timeout=60)
 
         paths = {m.name: Paths(m, versions[m.name], stub, int(rest_port), args.requests,
-                               args.big_batches, args.inter_op) for m in models}
+                               args.big_batches, args.inter_op, args.intra_op) for m in models}
         for path in paths.values():
             path.warm()
         for _ in range(args.rounds):  # interleaved: a slow spell of the machine hits every model
@@ -384,8 +392,8 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
 
     table = [
         "| model | batch-1 p50 in-process | session loader | gRPC | REST | batch-1 p99 in-process | gRPC "
-        "| REST | 8 clients, batch 1: in-process / gRPC | batch 512: in-process / gRPC (gRPC share; "
-        "range over rounds) |",
+        "| REST | 8 clients, batch 1: in-process / gRPC | batch 512: in-process / session loader / "
+        "gRPC (gRPC share of in-process; range over rounds; of the session loader) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
@@ -398,8 +406,9 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
             f"| {p(n, 'rest1', 50):.2f} ms "
             f"| {p(n, 'local1', 99):.2f} ms | {p(n, 'grpc1', 99):.2f} ms | {p(n, 'rest1', 99):.2f} ms "
             f"| {tput(n, 'local8'):,.0f} / {tput(n, 'grpc8'):,.0f} ex/s "
-            f"| {tput(n, 'local512'):,.0f} / {tput(n, 'grpc512'):,.0f} ex/s ({ratio:.0%}; "
-            f"{min(shares):.0%}-{max(shares):.0%}) |")
+            f"| {tput(n, 'local512'):,.0f} / {tput(n, 'session512'):,.0f} / {tput(n, 'grpc512'):,.0f} "
+            f"ex/s ({ratio:.0%}; {min(shares):.0%}-{max(shares):.0%}; "
+            f"{tput(n, 'grpc512') / tput(n, 'session512'):.0%}) |")
         verdicts.append(
             f"- {n}: in-process batch-1 p50 <= 1 ms {met(p(n, 'local1', 50) <= 1)} (TF2 signature), "
             f"{met(p(n, 'session1', 50) <= 1)} (session loader); gRPC <= 2 ms "
@@ -411,6 +420,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
         f"Inputs: serialized raw tf.Examples of each model's test split (REST: as "
         '{"instances": [{"b64": ...}]}). Server: `serving serve` in its own process, default '
         f"batching.config (max 512 rows, 1000 us), --tensorflow_inter_op_parallelism={args.inter_op}, "
+        f"--tensorflow_intra_op_parallelism={args.intra_op} (the in-process calls alike), "
         f"batches of <= {CALLER_THREAD_ROWS} rows in the caller's thread (the in-process session "
         "alike). "
         f"Median of {args.rounds} rounds; {args.requests} batch-1 requests and {args.big_batches} "

@@ -100,7 +100,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    "0 = TF picks, -1 = every op of every batch in the request's own thread "
                    "(slower for large batches: --caller_thread_max_rows does it for small ones)")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
-                   help="threads inside one op, e.g. a large matmul (TF Serving's flag): 0 = TF picks")
+                   help="threads inside one op, e.g. a large matmul (TF Serving's flag): 0 = TF "
+                   "picks (one per core); 1 served 512-row requests ~15%% faster on 2 cores")
     p.add_argument("--caller_thread_max_rows", type=int, default=CALLER_THREAD_ROWS,
                    help="batches of at most this many rows run every op in the request's own "
                    "thread, larger ones on the inter-op pool (lower batch-1 latency; not a TF "
