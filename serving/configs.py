@@ -168,12 +168,20 @@ def read_monitoring_config(path: str | os.PathLike) -> message.Message:
     return read_text_proto(path, MonitoringConfig())
 
 
-def official_server_command(base: pathlib.Path, grpc_port: int = 8500, rest_port: int = 8501) -> str:
-    """The `tensorflow_model_server` command line that serves BASE in production."""
+def official_server_command(base: pathlib.Path, grpc_port: int = 8500, rest_port: int = 8501,
+                            grpc_socket_path: str | None = None) -> str:
+    """The `tensorflow_model_server` command line that serves BASE in production.
+
+    TF Serving binds its ports on all interfaces and has no bind-address flag;
+    `grpc_socket_path` serves gRPC on that UNIX socket instead of a TCP port
+    (`--port=0`), off the network, e.g. for a test on a shared machine.
+    """
     base = base.resolve()
+    listen = ([f"--port={grpc_port}"] if grpc_socket_path is None
+              else ["--port=0", f"--grpc_socket_path={grpc_socket_path}"])
     args = [
         "tensorflow_model_server",
-        f"--port={grpc_port}",
+        *listen,
         f"--rest_api_port={rest_port}",
         f"--model_config_file={base / MODELS_CONFIG}",
         "--model_config_file_poll_wait_seconds=60",

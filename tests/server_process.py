@@ -28,14 +28,15 @@ STOP_TIMEOUT_S = 60
 
 
 class ServerProcess:
-    """One started server: its process, log and (once ready) gRPC/REST ports."""
+    """One started server: its process, log and (once ready) gRPC target and REST port."""
 
     def __init__(self, command: Sequence[str], log: pathlib.Path, port_file: pathlib.Path | None,
-                 grpc_port: int | None) -> None:
+                 grpc_target: str | None) -> None:
         self.command = list(command)
         self.log = log
         self.port_file = port_file
-        self.grpc_port = grpc_port
+        self.grpc_target = grpc_target
+        self.grpc_port: int | None = None
         self.rest_port: int | None = None
         with log.open("w") as out:
             self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -47,6 +48,8 @@ class ServerProcess:
 
     @property
     def target(self) -> str:
+        if self.grpc_target is not None:
+            return self.grpc_target
         assert self.grpc_port is not None, "the gRPC port is known once wait_ready() returned"
         return f"127.0.0.1:{self.grpc_port}"
 
@@ -113,9 +116,11 @@ def serve_command(model_config_file: pathlib.Path, port_file: pathlib.Path, *fla
 
 @contextlib.contextmanager
 def started(command: Sequence[str], workdir: pathlib.Path, *, port_file: pathlib.Path | None = None,
-            grpc_port: int | None = None) -> Iterator[ServerProcess]:
-    """Starts `command` (log in workdir/server.log) and stops it by PID on exit, even on failure."""
-    server = ServerProcess(command, workdir / "server.log", port_file, grpc_port)
+            grpc_target: str | None = None) -> Iterator[ServerProcess]:
+    """Starts `command` (log in workdir/server.log) and stops it by PID on exit, even on failure.
+
+    The gRPC target is read from `port_file` once ready, or given (`grpc_target`)."""
+    server = ServerProcess(command, workdir / "server.log", port_file, grpc_target)
     try:
         yield server
     finally:

@@ -40,6 +40,8 @@ def test_config_files_round_trip_through_their_protos(tmp_path):
     for part in ("--port=9000", "--rest_api_port=9001", f"{tmp_path}/models.config",
                  f"{tmp_path}/batching.config", f"{tmp_path}/monitoring.config"):
         assert part in command
+    on_socket = configs.official_server_command(tmp_path, rest_port=0, grpc_socket_path="/s/grpc.sock")
+    assert "--port=0 --grpc_socket_path=/s/grpc.sock --rest_api_port=0" in on_socket
 
 
 def test_unset_batching_fields_keep_defaults_and_bad_values_are_rejected(tmp_path):

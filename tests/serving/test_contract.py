@@ -19,7 +19,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import cli, configs, examples, session_loader
 from serving.client import ServingClient
 from serving.protos import BatchingParameters, MonitoringConfig
-from serving.server import ModelServer, ServerOptions, free_port
+from serving.server import ModelServer, ServerOptions
 from tests import server_process
 from tests.conftest import shared_data
 
@@ -54,9 +54,11 @@ def official_target(criteo_base, tmp_path_factory):
     binary = shutil.which("tensorflow_model_server")
     if binary is None:
         pytest.skip("tensorflow_model_server is not on PATH: official-server contract tests skipped")
-    port = free_port()
-    command = configs.official_server_command(criteo_base, grpc_port=port, rest_port=0).split()
-    with server_process.started(command, tmp_path_factory.mktemp("official"), grpc_port=port) as server:
+    workdir = tmp_path_factory.mktemp("official")
+    socket = workdir / "grpc.sock"  # TF Serving binds TCP ports on all interfaces: a socket instead
+    command = configs.official_server_command(criteo_base, rest_port=0,
+                                              grpc_socket_path=str(socket)).split()
+    with server_process.started(command, workdir, grpc_target=f"unix:{socket}") as server:
         yield server.wait_ready([MODEL], timeout=120).target
 
 
