@@ -154,6 +154,27 @@ def test_requests_queued_behind_a_running_batch_share_one_call():
     assert results == {i: 2 * i for i in range(8)}
 
 
+def test_requests_queued_behind_an_inline_call_run_when_it_ends():
+    # One batch slot, taken by an inline call: the worker is woken by the call's end (and only
+    # then), not by a timer, and runs what queued meanwhile as one batch.
+    recorder = _Recorder()
+    settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=60_000_000,
+                                        num_batch_threads=1, max_enqueued_batches=2)
+    batcher = Batcher(recorder, settings, "t")
+    blocker, _ = _send_all(batcher, [999])
+    while not recorder.sizes:
+        time.sleep(0.01)
+    threads, results = _send_all(batcher, range(3))
+    while batcher._queued_rows < 3:  # all three queued behind the inline call
+        time.sleep(0.01)
+    assert recorder.sizes == [1]
+    recorder.release.set()
+    for t in [*blocker, *threads]:
+        t.join(timeout=30)
+    batcher.stop()
+    assert results == {i: 2 * i for i in range(3)} and recorder.sizes == [1, 3]
+
+
 def test_a_lone_request_does_not_wait_for_the_batch_timeout():
     recorder = _Recorder()
     settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=600_000_000,
