@@ -37,12 +37,12 @@ if [[ -z "$VERSION_DIR" ]]; then
     log "building an export in $WORK (generated rows -> pipeline -> retrain -> serving export)"
     (cd "$ROOT" && "$REPO_PY" - "$WORK" <<'EOF'
 import pathlib, sys
-from benchmarks.serving_bench import build_run
+from benchmarks.serving_bench import build_worst
 from serving.export import export
 
 work = pathlib.Path(sys.argv[1])
-run_dir, data = build_run(work, 5000)
-result = export(str(run_dir), str(data), str(work / "models"), "ctr", verify_rows=200)
+model = build_worst(work, 5000)  # every edge, all four ops mixed: each kind of layer is exported
+result = export(str(model.run), str(model.data), str(work / "models"), "ctr", verify_rows=200)
 (work / "version_dir").write_text(str(result.version_dir))
 EOF
     ) >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; exit 1; }

@@ -8,7 +8,10 @@ refuses model names that would leave --model_base_path.
 
 from __future__ import annotations
 
+import importlib
 import pathlib
+import re
+import subprocess
 
 import keras
 import numpy as np
@@ -16,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from serving import cli, examples, module, session_loader
+from tests.conftest import ROOT
 from tests.serving import tiny
 
 SEED = 3
@@ -116,3 +120,18 @@ def test_export_refuses_unsafe_model_names_and_writes_nothing(name, tmp_path, ca
     assert "--model_name" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
     assert list(base.iterdir()) == []
+
+
+def test_the_runtime_check_script_parses_and_imports_names_that_exist():
+    # scripts/tfserving_runtime_check.sh downloads TensorFlow, so it is not in `make test`;
+    # this keeps its shell and embedded Python from rotting (it once imported a renamed helper).
+    script = ROOT / "scripts" / "tfserving_runtime_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    snippets = re.findall(r"<<'EOF'\n(.*?)\nEOF", script.read_text(), re.S)
+    assert snippets
+    for code in snippets:
+        compile(code, str(script), "exec")
+        for name, imported in re.findall(r"^from ([\w.]+) import (.+)$", code, re.M):
+            found = importlib.import_module(name)
+            for attr in imported.split(","):
+                assert hasattr(found, attr.strip()), f"{script.name}: {name} has no {attr.strip()}"
