@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -136,14 +137,26 @@ def _send_all(batcher: Batcher, values) -> tuple[list[threading.Thread], dict]:
     return threads, results
 
 
-def test_requests_queued_behind_a_running_batch_share_one_call():
+def _wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the batcher"
+        time.sleep(0.01)
+
+
+def _blocked_batcher(num_batch_threads: int) -> tuple[_Recorder, Batcher, list[threading.Thread]]:
+    """A batcher (8 rows, 60 s timeout) whose first call, inline, blocks until `release`."""
     recorder = _Recorder()
     settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=60_000_000,
-                                        num_batch_threads=2, max_enqueued_batches=2)
+                                        num_batch_threads=num_batch_threads, max_enqueued_batches=2)
     batcher = Batcher(recorder, settings, "t")
-    blocker, _ = _send_all(batcher, [999])  # keeps one worker busy: the others must batch up
-    while not recorder.sizes:
-        time.sleep(0.01)
+    blocker, _ = _send_all(batcher, [999])
+    _wait_until(lambda: bool(recorder.sizes))
+    return recorder, batcher, blocker
+
+
+def test_requests_queued_behind_a_running_batch_share_one_call():
+    recorder, batcher, blocker = _blocked_batcher(2)  # one slot busy: the others must batch up
     threads, results = _send_all(batcher, range(8))
     for t in threads:
         t.join(timeout=30)
@@ -157,16 +170,9 @@ def test_requests_queued_behind_a_running_batch_share_one_call():
 def test_requests_queued_behind_an_inline_call_run_when_it_ends():
     # One batch slot, taken by an inline call: the worker is woken by the call's end (and only
     # then), not by a timer, and runs what queued meanwhile as one batch.
-    recorder = _Recorder()
-    settings = configs.BatchingSettings(max_batch_size=8, batch_timeout_micros=60_000_000,
-                                        num_batch_threads=1, max_enqueued_batches=2)
-    batcher = Batcher(recorder, settings, "t")
-    blocker, _ = _send_all(batcher, [999])
-    while not recorder.sizes:
-        time.sleep(0.01)
+    recorder, batcher, blocker = _blocked_batcher(1)
     threads, results = _send_all(batcher, range(3))
-    while batcher._queued_rows < 3:  # all three queued behind the inline call
-        time.sleep(0.01)
+    _wait_until(lambda: batcher._queued_rows == 3)  # all three queued behind the inline call
     assert recorder.sizes == [1]
     recorder.release.set()
     for t in [*blocker, *threads]:
