@@ -73,7 +73,9 @@ def _filesystems():
 
     Beam asks google.auth for default credentials with 4 retries (~20 s of
     backoff) before it connects anonymously; an emulator needs none, so the
-    anonymous result is recorded up front (Beam's process-wide credential cache).
+    anonymous result is recorded up front (Beam's process-wide credential cache, a
+    private API with no public equivalent: tests/test_pinned_private_apis.py fails,
+    naming this function, when a Beam upgrade changes it).
     """
     from apache_beam.io.filesystems import FileSystems
 

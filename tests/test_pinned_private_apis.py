@@ -137,7 +137,8 @@ def test_export_archive_root_saved_by_module_write_savedmodel(tmp_path):
     expected = tf.sigmoid(tiny.tiny_model()(transform(parsed), training=False)).numpy().ravel()
     export_dir = tmp_path / "export"
     module.write_savedmodel(export_dir, tiny.tiny_model(), transform, tiny.RAW_SPEC, tiny.FIELDS)
-    assert (export_dir / "assets" / "salt.txt").read_text() == "pepper", _broken(
+    saved = export_dir / "assets" / "salt.txt"
+    assert saved.is_file() and saved.read_text() == "pepper", _broken(
         patch, library, "attributes of ExportArchive._tf_trackable being saved (the asset is not in assets/)")
     shutil.rmtree(salt.parent)  # the export must not point back at the data dir
     feeds = {"serving_default": {"examples": np.array(examples.serialize_rows(tiny.ROWS, tiny.DTYPES), dtype=object)}}
