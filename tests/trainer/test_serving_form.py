@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import ROOT
 from trainer.architecture import OPS, Architecture, candidate_inputs, connectable_components, fusing_components
 from trainer.model import Supernet, SupernetConfig
 from trainer.model.components import CrossNet
@@ -47,6 +48,8 @@ CASES = [
     ("h_add_other_concats", _hard_all("concat", h_op="add"), "hard", "crossnet", []),
     ("crossnetv2_no_shallow_fold", _hard_all("concat"), "hard", "crossnetv2", []),
     ("h_concat_att_mix", _all_on(1, [-1.0, 0.2, 0.4, 0.3]), "soft", "crossnet", []),
+    ("shipped_parallel_dcn", Architecture.load(ROOT / "trainer" / "architectures" / "parallel_dcn.json"),
+     "hard", "crossnet", []),
 ]
 
 
@@ -121,6 +124,8 @@ def test_serving_form_is_the_model_itself_where_nothing_changes():
     assert serving_form(search) is search  # nothing is folded while searching
     served = serving_form(_trained(_hard_all("concat"), "hard", "crossnet"))
     assert serving_form(served) is served
+    with pytest.raises(ValueError, match="on the trained model"):
+        served.fusion_spread(_features(4, 0))
     with pytest.raises(ValueError, match="a search has none"):
         ServingForm(CFG, NAMES, VOCABS, mode="search")
 

@@ -92,6 +92,9 @@ class ServingForm(Supernet):
         CrossNet layers' shares."""
         if not self.fold_head:
             return super()._logit(outputs, trace)
+        if trace is not None:  # H has no fused input left to trace
+            raise ValueError("A folded serving form has no fused input of H to trace; "
+                             "call fusion_spread on the trained model")
         inputs = [outputs[s] for s in self._sources["H"] if s not in self.fold_shallow]
         p = dict(zip(OPS, self._soft["H"], strict=True)) if "H" in self._soft else {"concat": 1.0}
         logit = ops.matmul(ops.concatenate(inputs, axis=-1), self.head_concat) * p["concat"]
