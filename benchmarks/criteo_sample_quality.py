@@ -33,13 +33,15 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from trainer.architecture import OPS  # noqa: E402
+
 SAMPLES = {
     "criteo": (ROOT.parent / "shared" / "data" / "criteo" / "train_head10k.tsv", ["--dataset", "criteo"],
                "10,000 rows"),
     "frappe": (ROOT.parent / "shared" / "data" / "frappe" / "frappe_valid.tsv",
                ["--schema", str(ROOT / "schemas" / "frappe.yaml")], "57,722 rows"),
 }
-FIXED_OPS = ("add", "prod", "concat", "att")
 DEFAULT_RULE = "remove"  # trainer/config.py SearchConfig.hard_select
 MARGIN = 0.002  # a hard_select_margin to measure (with rule "alone")
 # (key, label, retrain arguments, Hard rule "<hard_select>" or "<hard_select>@<margin>": the
@@ -60,7 +62,7 @@ RETRAINS = [
     ("hard_search", f"OptFusion Hard, --init=search (warm start; hard_select={DEFAULT_RULE})",
      ["--mode", "hard", "--init", "search"], DEFAULT_RULE),
     *[(f"fixed_{op}", f"searched connections, --fixed_op {op}", ["--fixed_op", op, "--init", "fresh"], None)
-      for op in FIXED_OPS],
+      for op in OPS],
     ("fixed_prod_raw", "searched connections, --fixed_op prod, raw PROD (--model.prod_norm=false)",
      ["--fixed_op", "prod", "--init", "fresh", "--model.prod_norm=false"], None),
 ]
@@ -100,7 +102,7 @@ def logistic_regression_auc(data: pathlib.Path, dataset: str, seed: int) -> tupl
 
 def _prod_share(arch_path: pathlib.Path) -> tuple[float, int]:
     """Mean softmax(beta) weight of PROD over components, and how many take it by argmax(beta)."""
-    from trainer.architecture import OPS, Architecture
+    from trainer.architecture import Architecture
 
     arch = Architecture.load(arch_path)
     shares = [w[OPS.index("prod")] for w in arch.soft_weights().values()]

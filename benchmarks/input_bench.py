@@ -136,11 +136,12 @@ def object_store_rates(data: pathlib.Path, info, batch: int) -> dict[str, float]
 
     from pipeline import remote
     from pipeline.dataset_info import read_dataset_info
+    from tests.gcs_emulator import local_emulator
     from trainer.data import feature_spec, split_files
 
     train_rows = sum(1 for _ in tf.data.TFRecordDataset(split_files(info, "train"), compression_type="GZIP"))
     size_mb = sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) / 1e6
-    with remote.local_emulator("bench") as _, tempfile.TemporaryDirectory(prefix="input_bench-cache-") as cache:
+    with local_emulator("bench") as _, tempfile.TemporaryDirectory(prefix="input_bench-cache-") as cache:
         uri = "gs://bench/run"
         start = time.perf_counter()
         remote.publish(data, uri)

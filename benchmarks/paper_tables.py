@@ -29,9 +29,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_text_atomic  # noqa: E402
+from trainer.architecture import OPS  # noqa: E402
 
 TABLES = ("table3", "table4", "table5", "table6", "table7")
-OPS = ("add", "prod", "concat", "att")
 QUICK = ("--train.epochs=1", "--train.max_steps_per_epoch=3", "--train.batch_size=64")
 
 

@@ -319,8 +319,8 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
 
     from serving.client import ServingClient
     from serving.export import export
+    from serving.limits import CALLER_THREAD_ROWS
     from serving.server import free_port
-    from serving.session_loader import CALLER_THREAD_ROWS
 
     models: list[Model] = []
     if any(m.startswith("preset-") for m in wanted):

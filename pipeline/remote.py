@@ -28,19 +28,13 @@ the pipeline reads and writes, and honour the emulator.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
 import pathlib
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
 
 from pipeline.atomic import atomic_path
 from pipeline.dataset_info import DatasetInfoError, is_uri
@@ -79,7 +73,9 @@ def _filesystems():
 
     Beam asks google.auth for default credentials with 4 retries (~20 s of
     backoff) before it connects anonymously; an emulator needs none, so the
-    anonymous result is recorded up front (Beam's process-wide credential cache).
+    anonymous result is recorded up front (Beam's process-wide credential cache, a
+    private API with no public equivalent: tests/test_pinned_private_apis.py fails,
+    naming this function, when a Beam upgrade changes it).
     """
     from apache_beam.io.filesystems import FileSystems
 
@@ -318,44 +314,3 @@ def local_view(data_dir: str | pathlib.Path, cache_root: str | pathlib.Path | No
     if tf_can_read(data_dir):
         return data_dir
     return stage(str(data_dir), cache_root)
-
-
-@contextlib.contextmanager
-def local_emulator(bucket: str, start_timeout_s: float = 30.0) -> Iterator[str]:
-    """gcp-storage-emulator (in memory, one bucket) on a free 127.0.0.1 port, with STORAGE_EMULATOR_HOST set.
-
-    For tests and benchmarks: the emulator is started as a child process and
-    stopped by its PID when the block ends; the variable is restored.
-    """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--in-memory", "--default-bucket", bucket, "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    saved = os.environ.get(EMULATOR_ENV)
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"GCS emulator on 127.0.0.1:{port} did not start (exit {proc.poll()})") from None
-                time.sleep(0.2)
-        os.environ[EMULATOR_ENV] = f"http://127.0.0.1:{port}"
-        yield os.environ[EMULATOR_ENV]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if saved is None:
-            os.environ.pop(EMULATOR_ENV, None)
-        else:
-            os.environ[EMULATOR_ENV] = saved

@@ -19,10 +19,9 @@ from collections.abc import Sequence
 
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import EXIT_USAGE, UsageError
+from serving.limits import CALLER_THREAD_ROWS, DEFAULT_MAX_ROWS
 
 EXIT_FAILED = 1
-DEFAULT_MAX_ROWS = 8192  # = servable.DEFAULT_MAX_ROWS (not imported: TF loads lazily)
-CALLER_THREAD_ROWS = 4  # = session_loader.CALLER_THREAD_ROWS (idem)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:

@@ -32,8 +32,9 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import handlers
 from serving.configs import BatchingSettings
 from serving.export import WARMUP_FILE, versions
-from serving.servable import DEFAULT_MAX_ROWS, Servable, ServingError
-from serving.session_loader import CALLER_THREAD_ROWS, session_config
+from serving.limits import CALLER_THREAD_ROWS, DEFAULT_MAX_ROWS
+from serving.servable import Servable, ServingError
+from serving.session_loader import session_config
 
 State = get_model_status_pb2.ModelVersionStatus.State
 MAX_WARMUP_RECORDS = 1000

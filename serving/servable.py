@@ -24,11 +24,10 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from serving import tensors
 from serving.batching import Batcher, QueueFullError
 from serving.configs import BatchingSettings
-from serving.session_loader import CALLER_THREAD_ROWS, SessionModel
+from serving.limits import CALLER_THREAD_ROWS, DEFAULT_MAX_ROWS
+from serving.session_loader import SessionModel
 
 MAX_MESSAGE_CHARS = 400
-# Rows one request may carry: ~1 s of a CPU-preset model on 2 cores (50,000 rows took 7 s).
-DEFAULT_MAX_ROWS = 8192
 
 
 class ServingError(Exception):

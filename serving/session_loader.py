@@ -29,9 +29,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from serving.limits import CALLER_THREAD_ROWS
+
 SERVE_TAGS = ["serve"]
-# Batches of at most this many rows run in the calling thread (`SessionModel.callable`).
-CALLER_THREAD_ROWS = 4
 WARMUP_PATH = "assets.extra/tf_serving_warmup_requests"
 
 

@@ -22,6 +22,7 @@ from pipeline.dataset_info import STATS_FILE, DatasetInfoError, read_dataset_inf
 from pipeline.errors import UsageError
 from pipeline.features import DONE_FILE
 from tests.conftest import GENERATED_ROWS, run_pipeline
+from tests.gcs_emulator import local_emulator
 
 BUCKET = "optfusion-test"
 
@@ -30,7 +31,7 @@ BUCKET = "optfusion-test"
 def emulator() -> Iterator[str]:
     """The GCS emulator on a free 127.0.0.1 port for this module, stopped by PID at its end."""
     pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is not installed (test extra)")
-    with remote.local_emulator(BUCKET) as host:
+    with local_emulator(BUCKET) as host:
         yield host
 
 

@@ -30,10 +30,13 @@ import json
 import math
 import os
 import pathlib
+import typing
+from typing import Literal
 
 from pipeline.atomic import write_text_atomic
 
-OPS: tuple[str, ...] = ("add", "prod", "concat", "att")
+Op = Literal["add", "prod", "concat", "att"]
+OPS: tuple[str, ...] = typing.get_args(Op)
 """Fusion operations, in the order of each component's beta logits."""
 
 ONE_HOT_LOGIT = 20.0

@@ -37,6 +37,8 @@ from pipeline.dataset_info import read_dataset_info
 from pipeline.errors import EXIT_USAGE, UsageError
 from pipeline.features import SPLIT_NAMES
 from pipeline.remote import local_view
+from trainer.architecture import OPS
+from trainer.strategies import STRATEGIES
 from trainer.zoo import OPTFUSION, ZOO, describe
 
 log = logging.getLogger("trainer")
@@ -80,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("hard", "soft"),
                         help="retrain/train: one op per component or the softmax(beta) mix")
     parser.add_argument("--init", choices=("fresh", "search"), help=INIT_HELP)
-    parser.add_argument("--fixed_op", choices=("add", "prod", "concat", "att"),
+    parser.add_argument("--fixed_op", choices=OPS,
                         help="retrain/train: keep the architecture's connections, use this one operation in "
                         "every component (the paper's table 4; implies --mode=hard)")
     parser.add_argument("--model", choices=(OPTFUSION, *ZOO),
@@ -102,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                         "evaluate: JSON file (default: evaluation.SPLIT.json in --run_dir, replaced by the next "
                         "evaluation of that split); a given --output is never overwritten")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--strategy", choices=("default", "mirrored", "multi_worker", "parameter_server"),
+    parser.add_argument("--strategy", choices=STRATEGIES,
                         help="tf.distribute strategy (config train.strategy, default: default); multi_worker and "
                         "parameter_server read TF_CONFIG, the chief writes --out (multi_worker: the other workers "
                         "write .OUT.worker-K beside it)")

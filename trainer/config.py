@@ -16,8 +16,11 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.atomic import write_text_atomic
 from pipeline.errors import UsageError
+from trainer.architecture import Op
 from trainer.model.supernet import SupernetConfig
+from trainer.strategies import PS_MIN_SHARD_BYTES, Strategy
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
 
@@ -43,8 +46,8 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
     log_every: int = 50  # steps between TensorBoard loss points
     # tf.distribute; see trainer/distribute.py
-    strategy: Literal["default", "mirrored", "multi_worker", "parameter_server"] = "default"
-    ps_min_shard_bytes: int = 256 << 10  # parameter_server: a variable of 2x this is split over the ps tasks
+    strategy: Strategy = "default"
+    ps_min_shard_bytes: int = PS_MIN_SHARD_BYTES  # parameter_server: a variable of 2x this is split over the ps tasks
 
 
 @dataclasses.dataclass
@@ -52,7 +55,7 @@ class SearchConfig:
     """Architecture search: its optimizer and the paper's ablations."""
 
     arch_lr: float = 3e-4  # Adam lr of alpha and beta
-    fixed_op: Literal["add", "prod", "concat", "att"] | None = None  # search connections only
+    fixed_op: Op | None = None  # search connections only
     sequential: bool = False  # connections first (with fixed_op or add), then ops, edges frozen
     # Hard op per component: "beta" = argmax(beta), the paper; "remove" / "alone" = the valid AUC the
     # trained supernet loses without each op / has with it alone (trainer/selection.py, docs/DESIGN.md §3).
@@ -164,9 +167,7 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 def dump_config(config: Config, path: pathlib.Path) -> None:
     """Writes the resolved config, temp-then-rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

@@ -35,8 +35,8 @@ import keras
 import tensorflow as tf
 from tensorflow.python.distribute.sharded_variable import ShardedVariable
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
-PS_MIN_SHARD_BYTES = 256 << 10  # MinSizePartitioner's default: a variable below 2 of these stays whole
+from trainer.strategies import PS_MIN_SHARD_BYTES, STRATEGIES
+
 _PART = "__part_"  # marks a shard's view in variable (and optimizer slot) names
 
 log = logging.getLogger("trainer")

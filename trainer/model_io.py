@@ -21,6 +21,7 @@ from pipeline.errors import UsageError
 from trainer.architecture import Architecture
 from trainer.config import Config, ConfigError, load_config
 from trainer.distribute import active
+from trainer.model.serving_form import serving_form as supernet_serving_form
 from trainer.model.supernet import Supernet
 from trainer.zoo import KERAS_MODELS, ZOO
 
@@ -105,9 +106,9 @@ def warm_start(model: keras.Model, path: pathlib.Path) -> list[str]:
 def serving_form(model: keras.Model) -> keras.Model:
     """The model as it is exported: a retrained Supernet in its serving form (H's CONCAT
     and the CrossNet layers only H reads folded into the head, other CONCATs as row
-    blocks; same logits, fewer bytes read per request: trainer/model/supernet.py);
+    blocks; same logits, fewer bytes read per request: trainer/model/serving_form.py);
     any other model as it is."""
-    return model.serving_form() if isinstance(model, Supernet) else model
+    return supernet_serving_form(model) if isinstance(model, Supernet) else model
 
 
 def copy_weights_by_path(model: Any, saved: dict[str, np.ndarray], saved_inputs: dict[str, list[str]]) -> list[str]:

@@ -79,7 +79,9 @@ class _GridOracle(kt.oracles.GridSearchOracle):
 
     keras-tuner 1.4.8's GridSearchOracle keeps the grid order of its trials
     (`_ordered_ids`, `_populate_next`) only in memory, so a reloaded tuner
-    fails with a KeyError on its next trial. This saves and restores both.
+    fails with a KeyError on its next trial. This saves and restores both
+    (private attributes: tests/test_pinned_private_apis.py fails, naming this
+    class, when a keras-tuner upgrade changes them).
     """
 
     def get_state(self) -> dict[str, Any]:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import ast
-
 import numpy as np
 import pytest
 
 from pipeline import features
 from pipeline.dataset_info import DatasetInfo, DatasetInfoError, FieldInfo
 from pipeline.specs import BUILTIN, DATASET_NAMES, SpecError, load_spec
-from tests.conftest import ROOT
-
-# Packages whose code must take split names from pipeline.features, not spell them out.
-SPLIT_NAME_USERS = ("pipeline", "trainer", "serving")
 
 
 def test_dataset_names_are_the_cli_choices():
@@ -66,23 +60,3 @@ def test_too_many_fields_is_a_spec_error(tmp_path):
     )
     with pytest.raises(SpecError, match=f"at most {features.MAX_FIELDS} fields"):
         load_spec(schema_path=str(schema))
-
-
-def _split_name_literals(path) -> list[int]:
-    tree = ast.parse(path.read_text(), str(path))
-    return [
-        node.lineno
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Tuple, ast.List))
-        and [getattr(e, "value", None) for e in node.elts] == list(features.SPLIT_NAMES)
-    ]
-
-
-def test_split_names_are_spelled_out_only_in_features():
-    found = {
-        str(path.relative_to(ROOT)): lines
-        for package in SPLIT_NAME_USERS
-        for path in (ROOT / package).rglob("*.py")
-        if path.name != "features.py" and (lines := _split_name_literals(path))
-    }
-    assert found == {}, "use pipeline.features.SPLIT_NAMES"

@@ -86,7 +86,7 @@ def test_duplicate_model_names_are_rejected(tmp_path):
 
 
 def test_serve_flags_follow_tf_serving(capsys):
-    from serving import servable, session_loader
+    from serving import limits
     from serving.server import MAX_MESSAGE_BYTES, ServerOptions, parse_channel_arguments
 
     with pytest.raises(SystemExit):
@@ -101,8 +101,8 @@ def test_serve_flags_follow_tf_serving(capsys):
     args = cli.build_parser().parse_args(["serve", "--model_config_file", "m"])
     assert (args.max_num_load_retries, args.load_retry_interval_micros) == (5, 60_000_000)
     assert args.host == "0.0.0.0" and ServerOptions().max_message_bytes == MAX_MESSAGE_BYTES
-    assert args.max_rows_per_request == servable.DEFAULT_MAX_ROWS
-    assert args.caller_thread_max_rows == session_loader.CALLER_THREAD_ROWS
+    assert args.max_rows_per_request == limits.DEFAULT_MAX_ROWS
+    assert args.caller_thread_max_rows == limits.CALLER_THREAD_ROWS
     assert parse_channel_arguments("grpc.max_receive_message_length=1024, grpc.x=abc") == (
         ("grpc.max_receive_message_length", 1024), ("grpc.x", "abc"))
     with pytest.raises(ValueError, match="not key=value"):

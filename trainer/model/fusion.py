@@ -56,7 +56,7 @@ class Fusion(keras.layers.Layer):
         concat_blocks: CONCAT's W held as k [d, d] row blocks W_i (weights
             `concat_kernel_<i>`) and computed as sum_i x_i W_i instead of one
             [B, k * d] x [k * d, d] matmul; same result to float rounding.
-            The serving form (`Supernet.serving_form`, which fills the blocks):
+            The serving form (trainer/model/serving_form.py, which fills the blocks):
             at batch 1 the matmul only streams W, and k matmuls of [d, d]
             blocks took 0.2 ms less than one over the 2.3 MB W of the CPU
             preset (2-core VM, oneDNN); training batches run as one matmul.

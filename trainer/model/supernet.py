@@ -22,19 +22,8 @@ Modes share one `call`:
 - "soft": frozen architecture, fixed softmax(beta) mixture.
 Whenever connections are frozen, components without a path to H are not built.
 
-Serving form (`serving_form()`, used by `serving export`), the logits equal
-to float rounding: H is linear in its fused input (Dense(1)), so H's CONCAT
-term folds into one vector, w . (x W_c) = x . (W_c w): the exported graph
-reads a [k * d] vector where the trained model reads a [k * d, d] matrix
-(3.1 MB of float32 for the CPU preset's eight inputs of H). Every other
-CONCAT runs as k matmuls over its kernel's row blocks (`Fusion`'s
-`concat_blocks`), faster at serving batch sizes. And where H is a CONCAT
-alone, a CrossNet S that only H reads and whose input is a CONCAT
-(x = f W, f its k inputs side by side) folds into the head as well: its
-share of the logit is h_S . (x0 * (x . w) + b + x)
-= (f . W w)(x0 . h_S) + f . W h_S + b . h_S, so the [k d, d] matrix W
-(2.3 MB for the CPU preset's S3) becomes a [k d, 2] one and b . h_S joins
-the head's bias.
+The serving-time rewrites of a retrained model (folds, row-block CONCATs)
+live in trainer/model/serving_form.py; this module is the paper's model.
 """
 
 from __future__ import annotations
@@ -145,13 +134,6 @@ class Supernet(keras.Model):
         fixed_op: search connections with this op fixed everywhere.
         max_lens: ids per field (default 1 each); a multi-valued field is
             pooled by `config.pooling`.
-        fold_head: the serving form (module docstring): H's CONCAT kernel
-            is replaced by `head_concat` = W_c . w_head; built by
-            `serving_form()`, which fills it, never trained.
-        concat_blocks: the serving form's CONCAT of the other components
-            (`Fusion`'s `concat_blocks`).
-        fold_shallow: shallow components folded into the head (module
-            docstring; needs fold_head); built by `serving_form()`.
 
     Call: features {field: int [B], multi-valued: [B, max_len]} -> logits [B, 1].
     """
@@ -166,9 +148,6 @@ class Supernet(keras.Model):
         search_ops_only: bool = False,
         fixed_op: str | None = None,
         max_lens: Sequence[int] | None = None,
-        fold_head: bool = False,
-        concat_blocks: bool = False,
-        fold_shallow: Sequence[str] = (),
         **kwargs,
     ) -> None:
         kwargs.setdefault("name", "supernet")
@@ -183,37 +162,14 @@ class Supernet(keras.Model):
         self.fixed_op = fixed_op
         self._given = architecture
         n = config.n
-        frozen_edges = mode != "search" or search_ops_only
-        if frozen_edges:
+        if self._frozen_edges:
             assert architecture is not None  # _validate: frozen edges come from an architecture
             keep = architecture.reachable()
             self._sources = {c: architecture.inputs(c) for c in connectable_components(n) if c in keep}
         else:
             self._sources = {c: candidate_inputs(c, n) for c in connectable_components(n)}
         self._order = list(self._sources)
-        op_names: dict[str, tuple[str, ...]]
-        if mode == "hard":
-            assert architecture is not None
-            op_names = {c: (op,) for c, op in architecture.hard_ops().items()}
-        elif fixed_op is not None:
-            op_names = {c: (fixed_op,) for c in fusing_components(n)}
-        else:
-            op_names = {c: OPS for c in fusing_components(n)}
         self._soft = architecture.soft_weights() if mode == "soft" and architecture is not None else {}
-        self.fold_head = bool(fold_head)
-        self.concat_blocks = bool(concat_blocks)
-        self.fold_shallow = list(fold_shallow)
-        if self.fold_shallow and not (self.fold_head and mode == "hard" and op_names["H"] == ("concat",)
-                                      and set(self.fold_shallow) <= set(self._foldable(op_names))):
-            raise ValueError("fold_shallow needs fold_head on a Hard model whose H is a CONCAT, and "
-                             "CrossNet components fed by a CONCAT that only H reads (see `serving_form`). "
-                             f"Received: fold_shallow={self.fold_shallow}")
-        if self.fold_head:
-            if not frozen_edges or "concat" not in op_names["H"] or not self._sources.get("H"):
-                raise ValueError("fold_head needs frozen connections and CONCAT among H's ops "
-                                 f"(see `serving_form`). Received: mode={mode!r}, H ops {op_names['H']}")
-            op_names["H"] = tuple(o for o in op_names["H"] if o != "concat")
-
         self.embedding = FieldEmbedding(
             self.vocab_sizes, config.emb_dim, std=config.emb_std, max_lens=self.max_lens,
             pooling=config.pooling, name="embedding"
@@ -222,9 +178,28 @@ class Supernet(keras.Model):
         self.fusions: dict[str, Fusion] = {}
         self.alpha: dict[str, keras.Variable] = {}
         self.beta: dict[str, keras.Variable] = {}
+        self._build_components(self._op_names())
+        # Build every weight now, so that the variable lists are complete.
+        self(dummy_ids(self.field_names, self.max_lens), training=False)
+
+    @property
+    def _frozen_edges(self) -> bool:
+        return self.mode != "search" or self.search_ops_only
+
+    def _op_names(self) -> dict[str, tuple[str, ...]]:
+        """The ops each fusing component computes: its Hard op, the fixed op, or all of OPS."""
+        n = self.config.n
+        if self.mode == "hard":
+            assert self._given is not None  # _validate: hard needs an architecture
+            return {c: (op,) for c, op in self._given.hard_ops().items()}
+        if self.fixed_op is not None:
+            return {c: (self.fixed_op,) for c in fusing_components(n)}
+        return {c: OPS for c in fusing_components(n)}
+
+    def _build_components(self, op_names: dict[str, tuple[str, ...]]) -> None:
+        """The layers of every component in `_order`, and alpha and beta where they are searched."""
+        config = self.config
         for comp in self._order:
-            if comp in self.fold_shallow:
-                continue  # read through `shallow_fold` (built below)
             if comp == "H":
                 self.blocks[comp] = keras.layers.Dense(1, name="head")
             elif comp.startswith("S"):
@@ -232,38 +207,22 @@ class Supernet(keras.Model):
             else:
                 self.blocks[comp] = DeepBlock(config.deep_batchnorm, config.dropout, name=comp)
             if comp != "S0" and self._sources[comp] and op_names[comp]:
-                self.fusions[comp] = Fusion(op_names[comp], config.att_dim, config.prod_norm,
-                                            concat_blocks=self.concat_blocks, name=f"fusion_{comp}")
-            if not frozen_edges:
+                self.fusions[comp] = self._fusion(comp, op_names[comp])
+            if not self._frozen_edges:
                 self.alpha[comp] = self.add_weight(
                     name=f"alpha_{comp}",
                     shape=(len(self._sources[comp]),),
                     initializer=keras.initializers.Constant(config.alpha_init),
                 )
-            if comp in self.fusions and mode == "search" and fixed_op is None:
+            if comp in self.fusions and self.mode == "search" and self.fixed_op is None:
                 self.beta[comp] = self.add_weight(
                     name=f"beta_{comp}",
                     shape=(len(OPS),),
                     initializer=keras.initializers.RandomNormal(stddev=BETA_STD),
                 )
-        self.shallow_fold: dict[str, tuple[keras.Variable, keras.Variable]] = {}
-        if self.fold_head:
-            d = len(self.field_names) * config.emb_dim
-            kept = [s for s in self._sources["H"] if s not in self.fold_shallow]
-            self.head_concat = self.add_weight(name="head_concat", shape=(len(kept) * d, 1),
-                                               initializer="zeros", trainable=False)
-            # Per folded S: [W w, W h_S] and h_S (module docstring).
-            self.shallow_fold = {
-                comp: (self.add_weight(name=f"fold_{comp}", shape=(len(self._sources[comp]) * d, 2),
-                                       initializer="zeros", trainable=False),
-                       self.add_weight(name=f"fold_{comp}_x0", shape=(d, 1), initializer="zeros",
-                                       trainable=False))
-                for comp in self.fold_shallow
-            }
-            with keras.name_scope(self.name):  # the head's paths as when built in call (weights copy by path)
-                self.blocks["H"].build((None, d))  # its bias is read even where no other op of H runs
-        # Build every weight now, so that the variable lists are complete.
-        self(dummy_ids(self.field_names, self.max_lens), training=False)
+
+    def _fusion(self, comp: str, op_names: tuple[str, ...]) -> Fusion:
+        return Fusion(op_names, self.config.att_dim, self.config.prod_norm, name=f"fusion_{comp}")
 
     def call(self, features, training=False):
         return self._forward(features, training)
@@ -273,93 +232,25 @@ class Supernet(keras.Model):
         under its name and each component's output under ("out", name)."""
         emb = self.embedding(stack_ids(features, self.field_names, self.max_lens))
         outputs = {"E": emb}
-        for comp in self._order:
-            if comp == "H" and self.fold_head:
-                return self._folded_head(outputs)
-            if comp in self.fold_shallow:
-                continue  # only H reads it: `_folded_head`
+        for comp in self._order[:-1]:  # H, always built and always last, gives the logit
             fused = self._fused_input(comp, outputs)
             block = self.blocks[comp]
-            if comp == "H":
-                out = block(fused)
-            elif comp.startswith("S"):
-                out = outputs[comp] = block(emb, fused)
+            if comp.startswith("S"):
+                outputs[comp] = block(emb, fused)
             else:
-                out = outputs[comp] = block(fused, training=training)
+                outputs[comp] = block(fused, training=training)
             if trace is not None:
                 trace[comp] = fused
-            if comp == "H":
-                if trace is not None:
-                    trace.update({("out", c): v for c, v in outputs.items()})
-                return out
-        raise AssertionError("H is always built")  # pragma: no cover
+        if trace is not None:
+            trace.update({("out", c): v for c, v in outputs.items()})
+        return self._logit(outputs, trace)
 
-    def _folded_head(self, outputs: dict):
-        """H's logit in the serving form: head(mixture without CONCAT) + p_concat * x . head_concat."""
-        inputs = [outputs[s] for s in self._sources["H"] if s not in self.fold_shallow]
-        p = dict(zip(OPS, self._soft["H"], strict=True)) if "H" in self._soft else {"concat": 1.0}
-        logit = ops.matmul(ops.concatenate(inputs, axis=-1), self.head_concat) * p["concat"]
-        for comp, (projections, x0_head) in self.shallow_fold.items():
-            f = ops.concatenate([outputs[s] for s in self._sources[comp]], axis=-1)
-            xw_xh = ops.matmul(f, projections)  # [B, 2]: x . w and x . h_S
-            logit = logit + xw_xh[:, :1] * ops.matmul(outputs["E"], x0_head) + xw_xh[:, 1:]
-        head = self.blocks["H"]
-        if "H" not in self.fusions:  # CONCAT alone: the logit plus the head's bias
-            return logit + head.bias
-        fusion = self.fusions["H"]  # a Soft mixture's other ops, with their weights
-        return logit + head(fusion(inputs, op_weights=[p[o] for o in fusion.op_names]))
-
-    def _foldable(self, op_names: dict[str, tuple[str, ...]]) -> list[str]:
-        """Shallow components the serving form can fold into a CONCAT head: CrossNet
-        layers fed by a CONCAT, read by H alone."""
-        readers = {s for c, sources in self._sources.items() if c != "H" for s in sources}
-        return [c for c in self._order if c.startswith("S") and c != "S0" and c not in readers
-                and self.config.shallow == "crossnet" and op_names.get(c) == ("concat",)]
-
-    def serving_form(self) -> Supernet:
-        """This model as exported (module docstring): H's CONCAT folded into the head, with
-        the CrossNet layers only it reads where H is a CONCAT alone, the other CONCATs as
-        row-block matmuls; itself while searching or without any CONCAT."""
-        if self.mode == "search" or not any("concat" in f.op_names for f in self.fusions.values()):
-            return self
-        fold = "H" in self.fusions and "concat" in self.fusions["H"].op_names
-        op_names = {c: f.op_names for c, f in self.fusions.items()}
-        fold_shallow = self._foldable(op_names) if fold and op_names["H"] == ("concat",) else []
-        served = Supernet(self.config, self.field_names, self.vocab_sizes, architecture=self._given,
-                          mode=self.mode, max_lens=self.max_lens, fold_head=fold, concat_blocks=True,
-                          fold_shallow=fold_shallow, name=self.name)
-        values = {v.path: v for v in self.weights}
-        derived = {v.path for pair in served.shallow_fold.values() for v in pair}  # filled below
-        if fold:
-            derived.add(served.head_concat.path)
-        for comp, fusion in served.fusions.items():  # CONCAT kernels as row blocks
-            if "concat" in fusion.op_names:
-                d = int(fusion.concat_kernels[0].shape[0])
-                kernel = self.fusions[comp].concat_kernel
-                for i, block in enumerate(fusion.concat_kernels):
-                    values[block.path] = kernel[i * d:(i + 1) * d]
-        for v in served.weights:
-            if v.path not in derived:
-                v.assign(values[v.path])
-        if fold:
-            self._fill_head_fold(served)
-        return served
-
-    def _fill_head_fold(self, served: Supernet) -> None:
-        """Sets the served model's folded head from this model's weights (module docstring)."""
-        d = len(self.field_names) * self.config.emb_dim
-        head = ops.matmul(self.fusions["H"].concat_kernel, self.blocks["H"].kernel)  # [k d, 1]
-        slots = {s: head[i * d:(i + 1) * d] for i, s in enumerate(self._sources["H"])}
-        served.head_concat.assign(ops.concatenate(
-            [slots[s] for s in self._sources["H"] if s not in served.shallow_fold], axis=0))
-        bias = self.blocks["H"].bias
-        for comp, (projections, x0_head) in served.shallow_fold.items():
-            w_c, cross = self.fusions[comp].concat_kernel, self.blocks[comp]
-            projections.assign(ops.concatenate(
-                [ops.matmul(w_c, cross.kernel), ops.matmul(w_c, slots[comp])], axis=1))
-            x0_head.assign(slots[comp])
-            bias = bias + ops.matmul(ops.expand_dims(cross.bias, 0), slots[comp])[0]
-        served.blocks["H"].bias.assign(bias)
+    def _logit(self, outputs: dict, trace: dict | None = None):
+        """H: the head over its fused input."""
+        fused = self._fused_input("H", outputs)
+        if trace is not None:
+            trace["H"] = fused
+        return self.blocks["H"](fused)
 
     def _fused_input(self, comp: str, outputs: dict):
         """The component's input: the op mixture over its (connected) sources."""
@@ -456,9 +347,6 @@ class Supernet(keras.Model):
             "search_ops_only": self.search_ops_only,
             "fixed_op": self.fixed_op,
             "max_lens": self.max_lens,
-            "fold_head": self.fold_head,
-            "concat_blocks": self.concat_blocks,
-            "fold_shallow": self.fold_shallow,
         }
 
     @classmethod
