@@ -291,19 +291,21 @@ def _http_server(options: ServerOptions, metrics: Metrics, api: rest.RestApi,
 
         def _dispatch(self) -> None:
             """Every method: the metrics page, the REST API (which answers methods other than
-            GET and POST "Malformed request", as TF Serving's handler does), else 404."""
+            GET and POST "Malformed request", as TF Serving's handler does), else 404. A body
+            is read whatever the answer, so that it is never taken for the next request."""
+            has_body = self.command == "POST" or "Content-Length" in self.headers
+            body = self._body() if has_body else b""
+            if body is None:
+                return
             if self.command == "GET" and self.path == options.metrics_path:
                 self._send(200, metrics.prometheus().encode(), "text/plain; version=0.0.4")
             elif self.path.lower().startswith(rest.API_PREFIX):
-                body = self._body() if self.headers.get("Content-Length") is not None or \
-                    self.command == "POST" else b""
-                if body is not None:
-                    self._api(self.command, body)
+                self._api(self.command, body)
             else:
                 self._send_json(404, {"error": f"no such path; the REST API is under "
                                                f"{rest.API_PREFIX}, metrics at {options.metrics_path}"})
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 
         def log_message(self, *args: Any) -> None:
             pass
