@@ -2,6 +2,7 @@
 
     serving export  --run RUN --data DATA --model_base_path BASE --model_name NAME
     serving serve   --model_config_file BASE/models.config --port 8500 --rest_api_port 8501
+    serving serve   --model_name NAME --model_base_path BASE/NAME --rest_api_port 8501
     serving predict --target localhost:8500 --model_name NAME --input FILE --format criteo
 """
 
@@ -52,6 +53,20 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=1e-5, help="max abs probability diff")
 
 
+def _bool(text: str) -> bool:
+    """A boolean flag value as tensorflow_model_server's flag parser takes it."""
+    value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false. Received: {text!r}")
+    return value
+
+
+def _add_bool(p: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    """--name, --name=true or --name=false, as TF Serving's boolean flags."""
+    p.add_argument(f"--{name}", type=_bool, nargs="?", const=True, default=default,
+                   metavar="true|false", help=f"{help} (default {str(default).lower()})")
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -63,7 +78,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "(0.0.0.0), as TF Serving does; pass --host 127.0.0.1 to serve this machine only. "
         "SIGTERM or Ctrl-C shut it down cleanly.",
     )
-    p.add_argument("--model_config_file", required=True, help="BASE/models.config")
+    p.add_argument("--model_config_file", default=None,
+                   help="BASE/models.config: the models to serve (when set, --model_name and "
+                   "--model_base_path are ignored, as TF Serving ignores them)")
+    p.add_argument("--model_name", default="default",
+                   help="with --model_base_path: the name to serve one model under, without a "
+                   "config file (default 'default', as TF Serving)")
+    p.add_argument("--model_base_path", default=None,
+                   help="serve the one model whose numbered version dirs are here (BASE/NAME), "
+                   "latest version, without a config file")
     p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
                    help="re-read --model_config_file this often and serve its new model list "
                    "(0 = read once, as TF Serving)")
@@ -83,7 +106,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc_channel_arguments", default="",
                    help="gRPC server arguments, e.g. grpc.max_receive_message_length=67108864 "
                    "(default message limit: 2 GiB - 1, as TF Serving)")
-    p.add_argument("--enable_batching", default="true", choices=["true", "false"])
+    _add_bool(p, "enable_batching", True,
+              "batch concurrent requests as batching.config says (TF Serving's default is false)")
+    _add_bool(p, "enable_model_warmup", True,
+              "replay each version's assets.extra/tf_serving_warmup_requests at load, before "
+              "it is AVAILABLE (TF Serving's flag)")
+    _add_bool(p, "allow_version_labels_for_unavailable_models", False,
+              "allow a config to assign a new version label to a version not loaded yet "
+              "(TF Serving's flag; moving an existing label still needs the version AVAILABLE)")
     p.add_argument("--batching_parameters_file", default=None,
                    help="batching.config (default: BASE/batching.config when present)")
     p.add_argument("--monitoring_config_file", default=None,
@@ -199,39 +229,56 @@ def _serve_options(args: argparse.Namespace, metrics_path: str):
                                max_rows=args.max_rows_per_request,
                                inter_op_threads=args.tensorflow_inter_op_parallelism,
                                intra_op_threads=args.tensorflow_intra_op_parallelism,
-                               caller_thread_rows=args.caller_thread_max_rows),
+                               caller_thread_rows=args.caller_thread_max_rows,
+                               warmup=args.enable_model_warmup,
+                               labels_for_unavailable=(
+                                   args.allow_version_labels_for_unavailable_models)),
         model_config_file=args.model_config_file,
         config_poll_seconds=args.model_config_file_poll_wait_seconds,
     )
 
 
+def _default_file(base: pathlib.Path | None, name: str) -> pathlib.Path | None:
+    """BASE/name when serving BASE/models.config and it exists."""
+    return base / name if base is not None and (base / name).exists() else None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from serving import configs
     from serving.manager import ModelLoadError
+    from serving.servable import ServingError
     from serving.server import ModelServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    base = pathlib.Path(args.model_config_file).parent
+    base = pathlib.Path(args.model_config_file).parent if args.model_config_file else None
     try:
-        model_config = configs.read_models_config(args.model_config_file)
-        batching_file = args.batching_parameters_file or (
-            base / configs.BATCHING_CONFIG if (base / configs.BATCHING_CONFIG).exists() else None)
+        if args.model_config_file:
+            model_config = configs.read_models_config(args.model_config_file)
+        elif args.model_base_path:  # as tensorflow_model_server: one model, no config file
+            model_config = configs.single_model_config(args.model_name, args.model_base_path)
+        else:
+            raise UsageError("nothing to serve: pass --model_config_file BASE/models.config, or "
+                             "--model_base_path BASE/NAME (and --model_name NAME) for one model")
+        batching_file = args.batching_parameters_file or _default_file(base,
+                                                                       configs.BATCHING_CONFIG)
         batching = (configs.read_batching_config(batching_file) if batching_file
                     else configs.BatchingSettings())
-        if args.enable_batching == "false":
+        if not args.enable_batching:
             batching = configs.BatchingSettings(max_batch_size=batching.max_batch_size,
                                                 batch_timeout_micros=0, num_batch_threads=4,
                                                 max_enqueued_batches=batching.max_enqueued_batches)
-        monitoring_file = args.monitoring_config_file or (
-            base / configs.MONITORING_CONFIG if (base / configs.MONITORING_CONFIG).exists() else None)
+        monitoring_file = args.monitoring_config_file or _default_file(base,
+                                                                       configs.MONITORING_CONFIG)
         metrics_path = configs.PROMETHEUS_PATH
         if monitoring_file:
             monitoring = configs.read_monitoring_config(monitoring_file)
             metrics_path = monitoring.prometheus_config.path or metrics_path
         options = _serve_options(args, metrics_path)
+        server = ModelServer(model_config, batching, options)
     except UsageError as err:  # ConfigFileError included
         return _fail(str(err))
-    server = ModelServer(model_config, batching, options)
+    except ServingError as err:  # a version label on a version not loaded yet
+        return _fail(f"cannot serve: {err.message}")
     stop = threading.Event()
 
     def on_signal(*_: object) -> None:

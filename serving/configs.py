@@ -123,6 +123,18 @@ def read_models_config(path: str | os.PathLike) -> model_server_config_pb2.Model
     return config
 
 
+def single_model_config(model_name: str, base_path: str | os.PathLike
+                        ) -> model_server_config_pb2.ModelServerConfig:
+    """The one-model config `--model_name` + `--model_base_path` stand for, as
+    BuildSingleModelConfig (tensorflow_serving/model_servers/server.cc) builds it: the
+    default version policy (latest 1), the base path made absolute."""
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name=check_model_name(model_name, "--model_name"),
+                                        base_path=str(pathlib.Path(base_path).resolve()),
+                                        model_platform="tensorflow")
+    return config
+
+
 def update_models_config(base: pathlib.Path, model_name: str) -> pathlib.Path:
     """Adds (or keeps) `model_name` in BASE/models.config, serving its latest version.
 

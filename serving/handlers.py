@@ -16,6 +16,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import tensors
+from serving.metrics import CLASSIFY
 from serving.module import CLASSIFY_METHOD, DEFAULT_SIGNATURE
 from serving.servable import Servable, ServingError
 
@@ -68,7 +69,7 @@ def classify(
     with_context = request.input.example_list_with_context
     servable.check_rows(len(request.input.example_list.examples) + len(with_context.examples))
     examples = _serialized_examples(request)
-    outputs = servable.run(signature, {input_key: examples}, len(examples))
+    outputs = servable.run(signature, {input_key: examples}, len(examples), api=CLASSIFY)
     scores, classes = outputs.get("scores"), outputs.get("classes")
     response = classification_pb2.ClassificationResponse(model_spec=_model_spec(servable, name))
     width = next(a.shape[1] for a in (scores, classes) if a is not None)

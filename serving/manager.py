@@ -3,13 +3,22 @@
 Mirrors TF Serving's file-system source + manager: every `poll_seconds` each
 model's base_path is scanned for numeric version dirs; the version policy
 (latest N, all, specific) decides which are aspired; new ones are loaded,
-warmed up from `assets.extra/tf_serving_warmup_requests`, and only then
-become AVAILABLE. A failed load is retried `max_load_retries` times,
+warmed up from `assets.extra/tf_serving_warmup_requests` (unless
+`--enable_model_warmup=false`), and only then become AVAILABLE. A version dir
+without saved_model.pb (empty, or still being copied) is skipped with a
+warning naming it, once. A failed load is retried `max_load_retries` times,
 `retry_interval_s` apart (TF Serving's `--max_num_load_retries`,
 `--load_retry_interval_micros`), then ends in END with its error, visible in
 GetModelStatus. Unloading follows TF Serving's availability-preserving
 policy: a version that is no longer aspired stays while no aspired version
 is AVAILABLE, so a broken new version never takes the model down.
+
+Version labels follow ServerCore::UpdateModelVersionLabelMap
+(tensorflow_serving/model_servers/server_core.cc): a config is refused
+(FAILED_PRECONDITION) when a label names a version that is not AVAILABLE,
+unless `--allow_version_labels_for_unavailable_models`, which allows it for a
+new label or one that keeps its version (moving a label still needs the
+target AVAILABLE); a request naming an unknown label is INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -31,20 +40,20 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import handlers
 from serving.configs import BatchingSettings
-from serving.export import WARMUP_FILE, versions
+from serving.export import VERSION_RE, WARMUP_FILE, versions
 from serving.limits import CALLER_THREAD_ROWS, DEFAULT_MAX_ROWS
-from serving.servable import Servable, ServingError
+from serving.servable import RuntimeObserver, Servable, ServingError
 from serving.session_loader import session_config
 
 State = get_model_status_pb2.ModelVersionStatus.State
-MAX_WARMUP_RECORDS = 1000
+MAX_WARMUP_RECORDS = 1000  # WarmupConsts::kMaxNumRecords (saved_model_warmup_util.h)
 log = logging.getLogger("serving")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadPolicy:
-    """How versions are loaded: TF Serving's retry and session-thread flags, and our
-    per-request row limit."""
+    """How versions are loaded and labelled: TF Serving's retry, session-thread, warmup and
+    label flags, and our per-request row limit."""
 
     max_load_retries: int = 5
     retry_interval_s: float = 60.0
@@ -52,6 +61,8 @@ class LoadPolicy:
     inter_op_threads: int = 0  # --tensorflow_inter_op_parallelism
     intra_op_threads: int = 0  # --tensorflow_intra_op_parallelism
     caller_thread_rows: int = CALLER_THREAD_ROWS  # --caller_thread_max_rows
+    warmup: bool = True  # --enable_model_warmup
+    labels_for_unavailable: bool = False  # --allow_version_labels_for_unavailable_models
 
 
 class ModelLoadError(RuntimeError):
@@ -67,12 +78,16 @@ class _Version:
     retry_at: float | None = None  # monotonic time of the next load attempt, while retrying
 
 def replay_warmup(servable: Servable) -> int:
-    """Runs the export's warmup records through the live request path."""
+    """Runs the export's warmup records through the live request path; more than
+    MAX_WARMUP_RECORDS fail the load, as in TF Serving (saved_model_warmup_util.cc)."""
     path = servable.path / "assets.extra" / WARMUP_FILE
     if not path.is_file():
         return 0
     count = 0
-    for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+    for record in tf.data.TFRecordDataset(str(path)):
+        if count == MAX_WARMUP_RECORDS:
+            raise ValueError(f"Number of warmup records exceeds the maximum "
+                             f"({MAX_WARMUP_RECORDS}) at {path}")
         entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         kind = entry.WhichOneof("log_type")
         if kind == "predict_log":
@@ -94,14 +109,20 @@ class ModelManager:
         batching: BatchingSettings,
         poll_seconds: float = 1.0,
         policy: LoadPolicy = LoadPolicy(),
+        on_runtime: RuntimeObserver | None = None,
     ):
+        """ServingError FAILED_PRECONDITION when `config` labels a version not yet loaded
+        (without `policy.labels_for_unavailable`)."""
         self._batching = batching
         self._poll_seconds = poll_seconds
         self._policy = policy
-        self._lock = threading.Lock()  # guards _config and _versions
+        self._on_runtime = on_runtime
+        self._lock = threading.Lock()  # guards _config, _labels and _versions
         self._poll_lock = threading.Lock()  # one poll (load/unload pass) at a time
         self._config: dict[str, model_server_config_pb2.ModelConfig] = {}
+        self._labels: dict[str, dict[str, int]] = {}  # model -> label -> version
         self._versions: dict[str, dict[int, _Version]] = {}
+        self._warned: set[str] = set()  # disk warnings already logged (once each)
         self._set_config(config)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
@@ -111,9 +132,30 @@ class ModelManager:
         with self._lock:
             return name in self._config
 
+    def _label_map(self, config: model_server_config_pb2.ModelServerConfig
+                   ) -> dict[str, dict[str, int]]:
+        """The labels `config` assigns, checked as UpdateModelVersionLabelMap does (caller holds
+        the lock)."""
+        labels: dict[str, dict[str, int]] = {}
+        for model in config.model_config_list.config:
+            known = self._versions.get(model.name, {})
+            for label, version in model.version_labels.items():
+                current = self._labels.get(model.name, {}).get(label)
+                allowed = self._policy.labels_for_unavailable and current in (None, version)
+                entry = known.get(version)
+                if not allowed and (entry is None or entry.state != State.AVAILABLE):
+                    raise ServingError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {model.name}, "
+                        "which is not currently available for inference (to label a version "
+                        "before it loads, pass --allow_version_labels_for_unavailable_models)")
+                labels.setdefault(model.name, {})[label] = version
+        return labels
+
     def _set_config(self, config: model_server_config_pb2.ModelServerConfig) -> list[str]:
-        """Installs a model list; returns the names of models it drops."""
+        """Installs a model list and its labels; returns the names of models it drops."""
         with self._lock:
+            self._labels = self._label_map(config)
             self._config = {m.name: m for m in config.model_config_list.config}
             dropped = [name for name in self._versions if name not in self._config]
             for name in self._config:
@@ -149,13 +191,35 @@ class ModelManager:
             wait = min(wait, max(0.0, min(due) - time.monotonic()))
         return wait
 
+    def _warn_once(self, message: str) -> None:
+        """Logs a disk problem once (polls repeat every second), not on every poll."""
+        with self._lock:
+            if message in self._warned:
+                return
+            self._warned.add(message)
+        log.warning("%s", message)
+
     def _aspired(self, model: model_server_config_pb2.ModelConfig) -> set[int]:
-        on_disk = versions(pathlib.Path(model.base_path))
+        base = pathlib.Path(model.base_path)
+        on_disk = versions(base)
+        if base.is_dir():
+            for child in sorted(base.iterdir()):
+                if VERSION_RE.match(child.name) and int(child.name) not in on_disk:
+                    self._warn_once(f"model {model.name}: version directory {child} has no "
+                                    "saved_model.pb (empty, broken or still being copied); "
+                                    "skipped until it has one")
+        if not on_disk:
+            self._warn_once(f"No versions of servable {model.name} found under base path "
+                            f"{base}. Did you forget to name your leaf directory as a number "
+                            "(eg. '/1/')?")
         policy = model.model_version_policy
         kind = policy.WhichOneof("policy_choice")
         if kind == "all":
             return set(on_disk)
         if kind == "specific":
+            for version in sorted(set(policy.specific.versions) - set(on_disk)):
+                self._warn_once(f"model {model.name}: version {version}, requested as a "
+                                f"'specific' version, was not found under {base}")
             return set(on_disk) & set(policy.specific.versions)
         keep = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
         return set(on_disk[-keep:])
@@ -218,8 +282,8 @@ class ModelManager:
             servable = Servable(name, version, path, self._batching, self._policy.max_rows,
                                 session_config(self._policy.inter_op_threads,
                                                self._policy.intra_op_threads),
-                                self._policy.caller_thread_rows)
-            records = replay_warmup(servable)
+                                self._policy.caller_thread_rows, self._on_runtime)
+            records = replay_warmup(servable) if self._policy.warmup else 0
         except Exception as err:  # noqa: BLE001 - a bad version must not stop the server
             if servable is not None:
                 servable.stop()
@@ -295,7 +359,8 @@ class ModelManager:
     def reload_config(self, config: model_server_config_pb2.ModelServerConfig,
                       stop: threading.Event) -> None:
         """Serves a new model list (ModelService.HandleReloadConfigRequest, the config poll):
-        new models are loaded before this returns; dropped models are unloaded."""
+        new models are loaded before this returns; dropped models are unloaded. A label on a
+        version that is not AVAILABLE refuses the whole list (ServingError), as TF Serving."""
         with self._poll_lock:
             with self._lock:
                 added = [m.name for m in config.model_config_list.config if m.name not in self._config]
@@ -315,27 +380,29 @@ class ModelManager:
         return ServingError(grpc.StatusCode.NOT_FOUND,
                             f"model {shown!r} is not served; served models: {sorted(self._config)}")
 
+    def _labelled(self, spec: model_pb2.ModelSpec) -> int:
+        """The version a spec's label names (caller holds the lock); INVALID_ARGUMENT for an
+        unknown label, as ServerCore::GetModelVersionForLabel answers."""
+        version = self._labels.get(spec.name, {}).get(spec.version_label)
+        if version is None:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Unrecognized servable version label: {spec.version_label[:100]}")
+        return version
+
     def servable(self, spec: model_pb2.ModelSpec) -> Servable:
         """The AVAILABLE servable a request's ModelSpec names (latest when unset)."""
+        choice = spec.WhichOneof("version_choice")
         with self._lock:
             if spec.name not in self._config:
                 raise self._not_served(spec.name)
-            labels = dict(self._config[spec.name].version_labels)
             available = {
                 v: e.servable for v, e in self._versions[spec.name].items()
                 if e.state == State.AVAILABLE and e.servable is not None
             }
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version_label":
-            if spec.version_label not in labels:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"model {spec.name!r} has no version label {spec.version_label!r}",
-                )
-            wanted: int | None = labels[spec.version_label]
-        elif choice == "version":
+            wanted: int | None = self._labelled(spec) if choice == "version_label" else None
+        if choice == "version":
             wanted = spec.version.value
-        else:
+        elif choice is None:
             wanted = max(available) if available else None
         if wanted is None or wanted not in available:
             what = f"version {wanted}" if wanted is not None else "any version"
@@ -349,17 +416,14 @@ class ModelManager:
         self, request: get_model_status_pb2.GetModelStatusRequest
     ) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
+        choice = spec.WhichOneof("version_choice")
         with self._lock:
             if spec.name not in self._config:
                 raise self._not_served(spec.name)
             entries = {v: dataclasses.replace(e) for v, e in self._versions[spec.name].items()}
-            labels = dict(self._config[spec.name].version_labels)
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version_label" and spec.version_label not in labels:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"model {spec.name!r} has no version label {spec.version_label!r}")
+            labelled = self._labelled(spec) if choice == "version_label" else None
         if choice is not None:
-            wanted = labels[spec.version_label] if choice == "version_label" else spec.version.value
+            wanted = labelled if labelled is not None else spec.version.value
             if wanted not in entries:
                 raise ServingError(
                     grpc.StatusCode.NOT_FOUND, f"model {spec.name!r} has no version {wanted}")

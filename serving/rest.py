@@ -11,7 +11,11 @@ numbers, checks and limits. The JSON shapes follow TF Serving's
 util/json_tensor.cc: row requests answer `predictions` (one value per row
 for one output, one object per row for several), columnar ones `outputs`;
 bytes travel as {"b64": ...}; errors are {"error": message} with the HTTP
-code TF Serving maps each gRPC code to (http_server.cc).
+code TF Serving maps each gRPC code to (http_server.cc). Paths are parsed
+as ParseModelInfo (http_rest_api_util.cc) and dispatched as
+HttpRestApiHandler::ProcessRequest (http_rest_api_handler.cc) does: a method
+other than GET/POST, or a path neither regex matches, is "Malformed request";
+a version beyond int64 is "Failed to convert version" (both 400).
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ STATUS_ROUTE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
 API_PREFIX = "/v1/"
+PREDICT_METHODS = ("classify", "regress", "predict")  # compared case-sensitively, as TF Serving
+MAX_VERSION = 2**63 - 1  # int64: absl::SimpleAtoi's limit
+CORS_ORIGIN = re.compile(r"https?://")
 BYTES_SUFFIX = "_bytes"  # string outputs named *_bytes are written as {"b64": ...}
 
 _C = grpc.StatusCode
@@ -101,16 +108,22 @@ class Route:
 
 
 def route(method: str, path: str) -> Route:
-    """Parses a /v1/ path; INVALID_ARGUMENT "Malformed request" as TF Serving answers."""
+    """Parses a /v1/ path as TF Serving does; INVALID_ARGUMENT (HTTP 400) when it cannot."""
     path = urllib.parse.urlsplit(path).path
     pattern = PREDICT_ROUTE if method == "POST" else STATUS_ROUTE if method == "GET" else None
     match = pattern.fullmatch(path) if pattern else None
-    if match is None or not match.group(1):
+    # The regexes ignore case, the dispatch does not: ":PREDICT" is malformed, and
+    # "/METADATA" asks for the status.
+    if match is None or (method == "POST" and match.group(4) not in PREDICT_METHODS):
         raise _bad(f"Malformed request: {method} {path[:200]}")
     name, version, label, action = match.groups()
+    if not name:
+        raise _bad("Missing model name in request.")
+    if version and int(version) > MAX_VERSION:
+        raise _bad(f"Failed to convert version: {version[:40]} to numeric.")
     return Route(
         model=urllib.parse.unquote(name),
-        action=(action or "status").lower(),
+        action=action if method == "POST" else "metadata" if action == "metadata" else "status",
         version=int(version) if version else None,
         label=urllib.parse.unquote(label) if label else None,
     )
@@ -390,12 +403,14 @@ def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> 
 
 @dataclasses.dataclass
 class Reply:
-    """An HTTP answer, with what metrics need to record it."""
+    """An HTTP answer (`body` None: none, a CORS preflight), with what metrics need to record
+    it: the model the path names and, as TF Serving's `API` label of REST requests, the
+    path's method ("predict", "classify", "regress"; "" for GET)."""
 
     http_status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | None
     model: str | None = None
-    api: str = "rest"
+    api: str = ""
     code: grpc.StatusCode = grpc.StatusCode.OK
 
 
@@ -405,11 +420,19 @@ class RestApi:
     def __init__(self, manager: ModelManager):
         self._manager = manager
 
-    def handle(self, method: str, path: str, body: bytes) -> Reply:
+    def handle(self, method: str, path: str, body: bytes, origin: str = "") -> Reply:
+        """Any method on a /v1/ path; `origin` is the Origin header (CORS preflight)."""
         reply = Reply(200, {})
         try:
+            if method == "OPTIONS":  # http_server.cc: a preflight needs an http(s) Origin
+                if not CORS_ORIGIN.search(origin):
+                    raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                                       "Origin header is missing in CORS preflight")
+                reply.body = None
+                return reply
             where = route(method, path)
-            reply.model, reply.api = where.model, where.action
+            reply.model = where.model
+            reply.api = where.action if method == "POST" else ""
             reply.body = self._answer(where, body)
         except ServingError as err:
             reply.code, reply.http_status = err.code, HTTP_STATUS.get(err.code, 500)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -25,9 +26,12 @@ from serving import tensors
 from serving.batching import Batcher, QueueFullError
 from serving.configs import BatchingSettings
 from serving.limits import CALLER_THREAD_ROWS, DEFAULT_MAX_ROWS
+from serving.metrics import PREDICT
 from serving.session_loader import SessionModel
 
 MAX_MESSAGE_CHARS = 400
+# Called after each successful run with (model name, API, microseconds): runtime_latency.
+RuntimeObserver = Callable[[str, str, float], None]
 
 
 class ServingError(Exception):
@@ -69,11 +73,13 @@ class Servable:
     def __init__(self, name: str, version: int, path: pathlib.Path, batching: BatchingSettings,
                  max_rows: int = DEFAULT_MAX_ROWS,
                  session_config: tf.compat.v1.ConfigProto | None = None,
-                 caller_thread_rows: int = CALLER_THREAD_ROWS):
+                 caller_thread_rows: int = CALLER_THREAD_ROWS,
+                 on_runtime: RuntimeObserver | None = None):
         self.name = name
         self.version = version
         self.path = path
         self.max_rows = max_rows
+        self._on_runtime = on_runtime
         # TF Serving's own path: the session loader (restore, init op once), then each
         # signature as a callable fed and fetched by its SignatureDef tensor names.
         self._session = SessionModel(path, session_config)
@@ -173,8 +179,9 @@ class Servable:
 
     def run(
         self, signature: _Signature, arrays: dict[str, np.ndarray], size: int,
-        output_filter: Sequence[str] = (),
+        output_filter: Sequence[str] = (), api: str = PREDICT,
     ) -> dict[str, np.ndarray]:
+        """Runs a batch of `size` rows; `api` (Predict, Classify) labels its runtime_latency."""
         outputs_wanted = list(output_filter) or list(signature.definition.outputs)
         unknown = sorted(set(outputs_wanted) - set(signature.definition.outputs))
         if unknown:
@@ -183,6 +190,7 @@ class Servable:
                 f"output_filter names unknown output(s) {unknown}; "
                 f"the signature has {sorted(signature.definition.outputs)}",
             )
+        start = time.perf_counter()
         try:
             outputs = signature.batcher.run(arrays, size)
         except QueueFullError as err:
@@ -197,6 +205,8 @@ class Servable:
                 _where(arrays) + "malformed value (could not be parsed, e.g. bytes that are not "
                 "a serialized tf.Example)",
             ) from err
+        if self._on_runtime is not None:
+            self._on_runtime(self.name, api, (time.perf_counter() - start) * 1e6)
         return {k: outputs[k] for k in outputs_wanted}
 
     def stop(self) -> None:

@@ -9,8 +9,11 @@ GetModelStatus, HandleReloadConfigRequest), TF Serving's REST API
 config files and model layout, so that client code and contract tests are the
 same against both. As TF Serving does, it listens only once the initial
 models are AVAILABLE. Every failure is a status (gRPC code, or the HTTP code
-TF Serving maps it to), never a crash of the server; undecodable request
-bytes are INVALID_ARGUMENT.
+TF Serving maps it to, always as JSON `{"error": ...}` on REST), never a
+crash of the server; undecodable request bytes are INVALID_ARGUMENT. Metrics
+are recorded where TF Serving records them (serving/metrics.py): Predict and
+Classify on gRPC (prediction_service_impl.cc), every /v1/ request on REST
+(http_server.cc), never GetModelMetadata, GetModelStatus or reloads on gRPC.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from pipeline.errors import UsageError
 from serving import configs, handlers, rest
 from serving.configs import PROMETHEUS_PATH, BatchingSettings
 from serving.manager import LoadPolicy, ModelManager
-from serving.metrics import Metrics
+from serving.metrics import CLASSIFY, GRPC, PREDICT, REST, Metrics
 from serving.servable import ServingError
 
 log = logging.getLogger("serving")
@@ -92,13 +95,14 @@ class _Observer:
     def record(self, model: str | None, api: str, status: str, start: float,
                entrypoint: str) -> None:
         served = model if model is not None and self._manager.serves(model) else None
-        self._metrics.record(served, api, status, (time.perf_counter() - start) * 1e6, entrypoint)
+        self._metrics.record_request(served, api, status, (time.perf_counter() - start) * 1e6,
+                                     entrypoint)
 
 
-def _unary(api: str, request_class: Any, response_class: Any, observer: _Observer,
-           answer: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+def _unary(api: str, request_class: Any, response_class: Any, answer: Callable[[Any], Any],
+           observer: _Observer | None = None) -> grpc.RpcMethodHandler:
     """A method on raw bytes: parse errors are INVALID_ARGUMENT, ServingError its status,
-    anything else INTERNAL; timed and recorded."""
+    anything else INTERNAL; timed and recorded when it has an `observer`."""
 
     def call(raw: bytes, context: grpc.ServicerContext) -> Any:
         start = time.perf_counter()
@@ -121,7 +125,8 @@ def _unary(api: str, request_class: Any, response_class: Any, observer: _Observe
             log.exception("%s failed", api)
             context.abort(grpc.StatusCode.INTERNAL, f"{api}: {type(err).__name__}: {err}"[:400])
         finally:
-            observer.record(model, api, status, start, "GRPC")
+            if observer is not None:
+                observer.record(model, api, status, start, GRPC)
 
     return grpc.unary_unary_rpc_method_handler(
         call, request_deserializer=None, response_serializer=response_class.SerializeToString)
@@ -151,22 +156,22 @@ def _grpc_services(manager: ModelManager, observer: _Observer,
         reload(request.config)
         return model_management_pb2.ReloadConfigResponse()  # status OK
 
+    # Only Predict and Classify are recorded, as in prediction_service_impl.cc.
     prediction = {
-        "Predict": _unary("predict", predict_pb2.PredictRequest, predict_pb2.PredictResponse,
-                          observer, predict),
-        "Classify": _unary("classify", classification_pb2.ClassificationRequest,
-                           classification_pb2.ClassificationResponse, observer, classify),
-        "GetModelMetadata": _unary("metadata", get_model_metadata_pb2.GetModelMetadataRequest,
-                                   get_model_metadata_pb2.GetModelMetadataResponse, observer,
-                                   metadata),
+        "Predict": _unary(PREDICT, predict_pb2.PredictRequest, predict_pb2.PredictResponse,
+                          predict, observer),
+        "Classify": _unary(CLASSIFY, classification_pb2.ClassificationRequest,
+                           classification_pb2.ClassificationResponse, classify, observer),
+        "GetModelMetadata": _unary("GetModelMetadata",
+                                   get_model_metadata_pb2.GetModelMetadataRequest,
+                                   get_model_metadata_pb2.GetModelMetadataResponse, metadata),
     }
     models = {
-        "GetModelStatus": _unary("status", get_model_status_pb2.GetModelStatusRequest,
-                                 get_model_status_pb2.GetModelStatusResponse, observer,
-                                 manager.status),
+        "GetModelStatus": _unary("GetModelStatus", get_model_status_pb2.GetModelStatusRequest,
+                                 get_model_status_pb2.GetModelStatusResponse, manager.status),
         "HandleReloadConfigRequest": _unary(
-            "reload_config", model_management_pb2.ReloadConfigRequest,
-            model_management_pb2.ReloadConfigResponse, observer, reload_config),
+            "HandleReloadConfigRequest", model_management_pb2.ReloadConfigRequest,
+            model_management_pb2.ReloadConfigResponse, reload_config),
     }
     return [grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", prediction),
             grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", models)]
@@ -253,6 +258,14 @@ def _http_server(options: ServerOptions, metrics: Metrics, api: rest.RestApi,
         def _send_json(self, status: int, body: dict[str, Any]) -> None:
             self._send(status, json.dumps(body, indent=1).encode(), "application/json")
 
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
+            """http.server's own errors (over-long URL or headers, bad request line) as
+            JSON, like every other answer, instead of its HTML page."""
+            self.close_connection = True
+            text = message or self.responses.get(code, ("error",))[0]
+            self._send_json(code, {"error": text if not explain else f"{text}: {explain}"})
+
         def _body(self) -> bytes | None:
             """The request body; None (answered) when its length is missing or too large."""
             length = self.headers.get("Content-Length")
@@ -269,23 +282,30 @@ def _http_server(options: ServerOptions, metrics: Metrics, api: rest.RestApi,
 
         def _api(self, method: str, body: bytes) -> None:
             start = time.perf_counter()
-            reply = api.handle(method, self.path, body)
-            observer.record(reply.model, reply.api, reply.code.name, start, "REST")
-            self._send_json(reply.http_status, reply.body)
+            reply = api.handle(method, self.path, body, self.headers.get("Origin", ""))
+            observer.record(reply.model, reply.api, reply.code.name, start, REST)
+            if reply.body is None:  # a CORS preflight answered OK: no body
+                self._send(reply.http_status, b"", "application/json")
+            else:
+                self._send_json(reply.http_status, reply.body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            if self.path == options.metrics_path:
+        def _dispatch(self) -> None:
+            """Every method: the metrics page, the REST API (which answers methods other than
+            GET and POST "Malformed request", as TF Serving's handler does), else 404. A body
+            is read whatever the answer, so that it is never taken for the next request."""
+            has_body = self.command == "POST" or "Content-Length" in self.headers
+            body = self._body() if has_body else b""
+            if body is None:
+                return
+            if self.command == "GET" and self.path == options.metrics_path:
                 self._send(200, metrics.prometheus().encode(), "text/plain; version=0.0.4")
             elif self.path.lower().startswith(rest.API_PREFIX):
-                self._api("GET", b"")
+                self._api(self.command, body)
             else:
                 self._send_json(404, {"error": f"no such path; the REST API is under "
                                                f"{rest.API_PREFIX}, metrics at {options.metrics_path}"})
 
-        def do_POST(self) -> None:  # noqa: N802
-            body = self._body()
-            if body is not None:
-                self._api("POST", body)
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -306,7 +326,8 @@ class ModelServer:
     ):
         self.options = options
         self.metrics = Metrics()
-        self.manager = ModelManager(config, batching, options.poll_seconds, options.load_policy)
+        self.manager = ModelManager(config, batching, options.poll_seconds, options.load_policy,
+                                    on_runtime=self.metrics.record_runtime)
         self._observer = _Observer(self.manager, self.metrics)
         self._file_config = config  # what models.config said last: polls reload when it changes
         self._stopping = threading.Event()

@@ -250,4 +250,4 @@ def test_serve_process_shuts_down_cleanly_on_sigterm(tiny_base, tmp_path):
     output = server.log_text()
     assert output.index("version 1 AVAILABLE") < output.index("serving tiny, tiny_versions on")
     assert f"REST at http://127.0.0.1:{server.rest_port}/v1/models/NAME" in output
-    assert "stopped cleanly" in output and "tiny predict: 1 requests, 0 errors" in output
+    assert "stopped cleanly" in output and "tiny: 1 requests, 0 errors" in output

@@ -91,7 +91,8 @@ def test_status_and_metadata_json(tiny_server):
         ("POST", "/v1/models/nope:predict", {"instances": B64}, 404, "'nope' is not served"),
         ("GET", "/v1/models/nope", None, 404, "'nope' is not served"),
         ("POST", "/v1/models/tiny/versions/9:predict", {"instances": B64}, 404, "version 9"),
-        ("GET", "/v1/models/tiny/labels/canary", None, 404, "label 'canary'"),
+        ("GET", "/v1/models/tiny/labels/canary", None, 400,
+         "Unrecognized servable version label: canary"),
         ("POST", "/v1/models/tiny:predict", {"signature_name": "nope", "instances": B64}, 400,
          'signature key "nope" not found'),
         ("POST", "/v1/models/tiny:predict", {"instances": B64, "inputs": B64}, 400, "only one"),
@@ -109,12 +110,28 @@ def test_status_and_metadata_json(tiny_server):
         ("POST", "/v1/models/tiny:classify", {"examples": []}, 400, "empty"),
         ("POST", "/v1/models/tiny:regress", {"examples": [{}]}, 501, "Regress"),
         ("GET", "/v1/models/tiny/versions/x", None, 400, "Malformed request"),
+        # TF Serving: absl::SimpleAtoi fails beyond int64 (http_rest_api_util.cc ParseModelInfo)
+        ("GET", "/v1/models/tiny/versions/99999999999999999999", None, 400,
+         "Failed to convert version: 99999999999999999999 to numeric."),
+        ("POST", "/v1/models/tiny/versions/99999999999999999999:predict", {"instances": B64},
+         400, "Failed to convert version"),
+        # the dispatch compares the method case-sensitively (http_rest_api_handler.cc)
+        ("POST", "/v1/models/tiny:PREDICT", {"instances": B64}, 400, "Malformed request"),
+        ("PUT", "/v1/models/tiny:predict", {"instances": B64}, 400,
+         "Malformed request: PUT /v1/models/tiny:predict"),
+        ("DELETE", "/v1/models/tiny", None, 400, "Malformed request: DELETE"),
+        ("GET", "/v1/models", None, 400, "Missing model name in request."),
+        ("OPTIONS", "/v1/models/tiny", None, 400, "Origin header is missing in CORS preflight"),
         ("GET", "/v2/models/tiny", None, 404, "/v1/"),
+        ("PUT", "/v2/models/tiny", {}, 404, "/v1/"),
+        ("GET", "/v1/models/" + "x" * 70_000, None, 414, "URI Too Long"),
     ],
     ids=["unknown-model", "status-unknown-model", "unknown-version", "unknown-label",
          "unknown-signature", "both-formats", "no-inputs", "empty-instances", "wrong-type",
          "bad-b64", "bad-example-bytes", "ragged", "plain-list-multi-input", "too-many-rows",
-         "mixed-feature-kinds", "no-examples", "regress", "bad-version", "unknown-path"],
+         "mixed-feature-kinds", "no-examples", "regress", "bad-version", "int64-overflow-version",
+         "int64-overflow-version-predict", "uppercase-method", "put", "delete", "no-model-name",
+         "options-without-origin", "unknown-path", "put-unknown-path", "over-long-url"],
 )
 def test_rest_errors_are_json_with_tf_serving_http_codes(
     tiny_server, method, path, body, http_status, needle
@@ -122,6 +139,7 @@ def test_rest_errors_are_json_with_tf_serving_http_codes(
     status, reply = _call(tiny_server, method, path, body)
     assert status == http_status, reply
     assert set(reply) == {"error"} and needle in reply["error"], reply
+    assert len(reply["error"]) < 1000  # an over-long path is not echoed back in full
     status, _ = _call(tiny_server, "POST", "/v1/models/tiny:predict", {"instances": B64[:1]})
     assert status == 200
 
@@ -143,6 +161,17 @@ def test_unparseable_and_oversized_bodies(tiny_server):
         MAX_MESSAGE_BYTES) in answer
 
 
+def test_cors_preflight_with_an_origin_is_answered_ok_without_a_body(tiny_server):
+    connection = http.client.HTTPConnection("127.0.0.1", tiny_server.rest_port, timeout=30)
+    try:
+        connection.request("OPTIONS", "/v1/models/tiny:predict",
+                           headers={"Origin": "https://example.com"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == b""
+    finally:
+        connection.close()
+
+
 def test_rest_requests_are_counted_under_the_rest_entrypoint(tiny_server):
     _call(tiny_server, "POST", "/v1/models/tiny:predict", {"instances": B64[:1]})
     _, _ = _call(tiny_server, "POST", "/v1/models/unknown-model:predict", {"instances": B64[:1]})
@@ -150,7 +179,9 @@ def test_rest_requests_are_counted_under_the_rest_entrypoint(tiny_server):
     connection.request("GET", "/monitoring/prometheus/metrics")
     page = connection.getresponse().read().decode()
     connection.close()
-    assert 'model_name="tiny",API="predict",entrypoint="REST"' in page
+    # http_server.cc: REST requests carry the URL's method as API, the model run "Predict"
+    assert 'request_latency_bucket{model_name="tiny",API="predict",entrypoint="REST"' in page
+    assert 'runtime_latency_bucket{model_name="tiny",API="Predict",runtime="TF1"' in page
     assert "unknown-model" not in page
 
 

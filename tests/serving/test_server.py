@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
+import threading
 import time
 import urllib.request
 
@@ -225,21 +226,43 @@ def test_metadata_and_status_errors(tiny_server):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_prometheus_metrics_count_requests(tiny_server, tiny_client):
+def _page(server) -> str:
+    url = f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics"
+    return urllib.request.urlopen(url, timeout=10).read().decode()
+
+
+def _sample(page: str, series: str) -> int:
+    values = [int(float(line.split()[-1])) for line in page.splitlines()
+              if line.startswith(series + " ")]
+    return values[0] if values else 0
+
+
+def test_prometheus_metrics_count_predict_and_classify_only(tiny_server, tiny_client):
+    count = ':tensorflow:serving:request_count{model_name="tiny",status="OK"}'
+    latency = (':tensorflow:serving:request_latency_count{model_name="tiny",API="Predict",'
+               'entrypoint="GRPC"}')
+    before = _page(tiny_server)
     tiny_client.predict_examples("tiny", GOOD)
-    url = f"http://127.0.0.1:{tiny_server.rest_port}/monitoring/prometheus/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    ok = [line for line in text.splitlines() if line.startswith(
-        ':tensorflow:serving:request_count{model_name="tiny",API="predict",status="OK"}')]
-    assert ok and int(ok[0].split()[-1]) >= 1
-    assert ':tensorflow:serving:request_latency_bucket{model_name="tiny",API="predict"' in text
+    after_predict = _page(tiny_server)
+    assert _sample(after_predict, count) == _sample(before, count) + 1
+    assert _sample(after_predict, latency) == _sample(before, latency) + 1
+    tiny_client.metadata("tiny")
+    tiny_client.status("tiny")
+    assert _sample(_page(tiny_server), count) == _sample(after_predict, count)  # not counted
+    tiny.grpc_classify(f"127.0.0.1:{tiny_server.port}")
+    page = _page(tiny_server)
+    assert _sample(page, count) == _sample(after_predict, count) + 1
+    assert ':tensorflow:serving:request_latency_count{model_name="tiny",API="Classify",' \
+           'entrypoint="GRPC"}' in page
+    assert ':tensorflow:serving:runtime_latency_count{model_name="tiny",API="Classify",' \
+           'runtime="TF1"}' in page
 
 
 def test_specific_version_policy_and_labels(tmp_path):
     """A config naming versions serves those, not the latest; labels resolve to them."""
     from tensorflow_serving.config import model_server_config_pb2
 
-    from serving.manager import ModelManager
+    from serving.manager import LoadPolicy, ModelManager
     from serving.servable import ServingError
 
     for version in (1, 2):
@@ -248,7 +271,13 @@ def test_specific_version_policy_and_labels(tmp_path):
     model = config.model_config_list.config.add(name="pinned", base_path=str(tmp_path))
     model.model_version_policy.specific.versions.append(1)
     model.version_labels["stable"] = 1
-    manager = ModelManager(config, TINY_BATCHING)
+    # TF Serving refuses a label on a version not loaded yet unless allowed
+    # (server_core.cc UpdateModelVersionLabelMap)
+    with pytest.raises(ServingError) as err:
+        ModelManager(config, TINY_BATCHING)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--allow_version_labels_for_unavailable_models" in err.value.message
+    manager = ModelManager(config, TINY_BATCHING, policy=LoadPolicy(labels_for_unavailable=True))
     try:
         manager.poll_once()
         spec = model_pb2.ModelSpec(name="pinned")
@@ -258,7 +287,14 @@ def test_specific_version_policy_and_labels(tmp_path):
         spec.version_label = "canary"
         with pytest.raises(ServingError) as err:
             manager.servable(spec)
-        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT  # GetModelVersionForLabel
+        # moving an existing label needs its new version AVAILABLE, even when allowed
+        model.version_labels["stable"] = 2
+        with pytest.raises(ServingError) as err:
+            manager.reload_config(config, threading.Event())
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        spec.version_label = "stable"
+        assert manager.servable(spec).version == 1  # the refused list changed nothing
         status = manager.status(get_model_status_pb2.GetModelStatusRequest(
             model_spec=model_pb2.ModelSpec(name="pinned")))
         assert [(s.version, s.state) for s in status.model_version_status] == [(1, AVAILABLE)]
@@ -381,10 +417,10 @@ def test_metric_label_values_are_escaped():
     from serving.metrics import Metrics
 
     metrics = Metrics()
-    metrics.record('a"b\\c\nd', "predict", "OK", 10.0)
-    metrics.record(None, "predict", "NOT_FOUND", 10.0)
+    metrics.record_request('a"b\\c\nd', "Predict", "OK", 10.0, "GRPC")
+    metrics.record_request(None, "Predict", "NOT_FOUND", 10.0, "GRPC")
     page = metrics.prometheus()
-    assert ':tensorflow:serving:request_count{model_name="a\\"b\\\\c\\nd",API="predict",' \
+    assert ':tensorflow:serving:request_count{model_name="a\\"b\\\\c\\nd",' \
            'status="OK"} 1' in page.splitlines()
     assert all(line.startswith((":tensorflow:serving:", "# TYPE")) for line in page.splitlines())
     assert metrics.total() == 2 and "1 requests named no served model" in metrics.summary()
