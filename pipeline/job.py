@@ -173,7 +173,8 @@ def _check_time_field(config: RunConfig) -> None:
         if config.time_field is not None:
             raise UsageError("--time_field is only used with --split time")
         return
-    names = [col.name for col in config.spec.file_columns if col.kind in TIME_KINDS]  # joined fields: no
+    # main-file columns only: a joined field cannot order the rows
+    names = [col.name for col in config.spec.file_columns if col.kind in TIME_KINDS]
     if config.time_field not in names:
         raise UsageError(
             f"--split time needs --time_field naming a {'/'.join(TIME_KINDS)} field of the schema "
