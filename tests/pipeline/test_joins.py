@@ -182,6 +182,12 @@ def test_valid_fraction_with_a_valid_file_exits_2_from_the_cli(tmp_path, capsys)
     assert "give either --input valid=PATH or --valid_fraction, not both" in capsys.readouterr().err
 
 
+def test_a_joined_field_cannot_be_the_time_field(tmp_path):
+    config = _given(tmp_path, "@a", split="time", time_field="release_date")
+    with pytest.raises(UsageError, match=r"--time_field naming .* \(got 'release_date'; candidates: \['timestamp'\]"):
+        prepare(config)
+
+
 def test_the_cut_is_marked_on_the_train_files_only(tmp_path):
     job = prepare(_given(tmp_path, "train=@a", "test=@b", valid_fraction=0.25))
     assert {pathlib.Path(p).name: (lay.split, lay.valid_fraction) for p, lay in job.layouts.items()} == {
