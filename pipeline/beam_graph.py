@@ -41,6 +41,7 @@ from pipeline.job_spec import (
     SplitStats,
     split_stats_file,
 )
+from pipeline.joins import SideTable, join_rows, load_side_tables
 from pipeline.parse import REASONS, parse_lines, raw_arrow_schema
 from pipeline.sources import FileRange, read_line_batches
 from pipeline.specs import DatasetSpec
@@ -63,7 +64,8 @@ class ReadAndParse(beam.DoFn):
     """One file range -> raw record batches tagged by split, rejected lines, counts.
 
     With a `time_field` (`--split time`) every good batch goes to UNSPLIT: its
-    split depends on the time cut-offs of all rows (`SplitByTime`).
+    split depends on the time cut-offs of all rows (`SplitByTime`). `tables`:
+    the schema's side tables (a side input), joined to each parsed batch.
     """
 
     def __init__(self, spec: DatasetSpec, layouts: dict[str, Layout], seed: int, batch_lines: int,
@@ -75,11 +77,12 @@ class ReadAndParse(beam.DoFn):
         self._total_bytes = total_bytes
         self._time_field = time_field
 
-    def process(self, rng: FileRange) -> Iterator:
+    def process(self, rng: FileRange, tables: tuple[SideTable, ...] = ()) -> Iterator:
         layout = self._layouts[rng.path]
         counts = InputCounts.zero()
         for lines in read_line_batches(rng, layout.header, self._batch_lines):
-            parsed = parse_lines(lines, layout, self._spec, self._seed, self._time_field)
+            parsed = join_rows(parse_lines(lines, layout, self._spec, self._seed, self._time_field), self._spec,
+                               tables)
             _advance_progress(self._total_bytes, sum(map(len, lines)) + len(lines))
             rejected = dict.fromkeys(REASONS, 0)
             for reason, line in parsed.rejected:
@@ -229,13 +232,18 @@ def _build_and_run(job: JobSpec) -> None:
     with beam.Pipeline(options=options) as p, tft_beam.Context(
         temp_dir=os.path.join(job.work_dir, TFT_TMP), force_tf_compat_v1=False
     ):
+        side_input = {}
+        if job.spec.joins:  # the side tables, read once by a worker, reach every ReadAndParse as a side input
+            tables = p | "JoinSpec" >> beam.Create([job.spec]) | "ReadSideTables" >> beam.Map(load_side_tables)
+            side_input["tables"] = beam.pvalue.AsSingleton(tables)
         parsed = (
             p
             | "Ranges" >> beam.Create(list(job.ranges))
             | "Distribute" >> beam.Reshuffle()
             | "ReadAndParse"
             >> beam.ParDo(
-                ReadAndParse(job.spec, job.layouts, job.seed, job.batch_lines, job.input_bytes, job.time_field)
+                ReadAndParse(job.spec, job.layouts, job.seed, job.batch_lines, job.input_bytes, job.time_field),
+                **side_input,
             ).with_outputs(*read_tags, "rejected", "counts")
         )
         splits = {split: parsed[split] for split in job.split_names} if not job.time_field else _split_by_time(

@@ -68,7 +68,11 @@ def _job_parser() -> argparse.ArgumentParser:
                              "in --input; time: by --time_field, the latest values holding >= 10%% of the rows "
                              "are test, the latest before them holding >= 10%% valid, ties never split")
     parser.add_argument("--time_field", help="with --split time: a timestamp, hour or integer field")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the hashed 8:1:1 split (default 0)")
+    parser.add_argument("--valid_fraction", type=float, metavar="F",
+                        help="with --split given and only train= and test= inputs: this share of the train rows "
+                             "becomes valid, cut by a keyed hash of each row and --seed (deterministic)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the hashed 8:1:1 split and of --valid_fraction's cut (default 0)")
     parser.add_argument("--min_count", type=int, default=2,
                         help="categorical values seen fewer times in train map to OOV (default 2)")
     _add_common(parser)
@@ -137,7 +141,7 @@ def _run_job(argv: list[str]) -> int:
         else:
             config = RunConfig(
                 spec=load_spec(args.dataset, args.schema), seed=args.seed, min_count=args.min_count,
-                split=args.split, time_field=args.time_field, **common,
+                split=args.split, time_field=args.time_field, valid_fraction=args.valid_fraction, **common,
             )
         stats = run(config)
     except UsageError as err:

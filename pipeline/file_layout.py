@@ -25,7 +25,9 @@ class Layout:
     `libsvm`: lines are `label idx:val ...` and are rewritten to TAB-separated
     `label idx val ...` before splitting (see `pipeline.parse`). `split`: the
     split every row of this file belongs to (`--split given`, `pipeline
-    transform`), None for a split computed per row.
+    transform`), None for a split computed per row. `valid_fraction`: with
+    split "train", the share of its rows cut off to "valid" by a keyed hash
+    (`--valid_fraction`, pipeline.parse.valid_cut); 0 for none.
     """
 
     delimiter: str
@@ -34,6 +36,7 @@ class Layout:
     quoting: bool = False
     libsvm: bool = False
     split: str | None = None
+    valid_fraction: float = 0.0
 
     def index_of(self, column: str) -> int:
         return self.names.index(column)

@@ -37,6 +37,7 @@ from pipeline.job_spec import (
     SplitStats,
     split_stats_file,
 )
+from pipeline.joins import load_side_tables
 from pipeline.scratch import DirectScratch, LocalScratch, Scratch, direct_target, scratch_name
 from pipeline.sources import first_line, is_compressed, plan_ranges, resolve_inputs
 from pipeline.specs import DATASET_NAMES, DatasetSpec, SpecError, load_spec, spec_from_doc
@@ -77,6 +78,8 @@ class RunConfig:
     beam_args: tuple[str, ...] = ()
     split: str = "hash"  # one of SPLIT_MODES
     time_field: str | None = None
+    # `--split given` without a valid file: this share of the train rows, cut by a keyed hash.
+    valid_fraction: float | None = None
     # `pipeline transform`: the finished run whose graph is applied, and the spec it was built for.
     run_dir: str | None = None
     graph_spec: DatasetSpec | None = None
@@ -138,6 +141,8 @@ def _inputs_per_split(config: RunConfig) -> list[tuple[str | None, str]]:
         return [(DATA_SPLIT, pattern) for pattern in config.inputs]
     if config.split not in SPLIT_MODES:
         raise UsageError(f"--split {config.split!r}; expected one of {SPLIT_MODES}")
+    if config.valid_fraction is not None and config.split != "given":
+        raise UsageError("--valid_fraction belongs to --split given (train and test files, valid cut from train)")
     if config.split != "given":
         return [(None, pattern) for pattern in config.inputs]
     pairs: list[tuple[str | None, str]] = []
@@ -149,9 +154,17 @@ def _inputs_per_split(config: RunConfig) -> list[tuple[str | None, str]]:
                 f"{list(SPLIT_NAMES)}, e.g. --input train=a.csv --input valid=b.csv --input test=c.csv"
             )
         pairs.append((split, pattern))
-    absent = [s for s in SPLIT_NAMES if s not in {split for split, _ in pairs}]
+    given = {split for split, _ in pairs}
+    if config.valid_fraction is not None:
+        if not 0 < config.valid_fraction < 1:
+            raise UsageError(f"--valid_fraction must be in (0, 1), got {config.valid_fraction}")
+        if "valid" in given:
+            raise UsageError("--split given: give either --input valid=PATH or --valid_fraction, not both")
+        given.add("valid")
+    absent = [s for s in SPLIT_NAMES if s not in given]
     if absent:
-        raise UsageError(f"--split given: no --input for the splits {absent} (give SPLIT=PATH for each)")
+        raise UsageError(f"--split given: no --input for the splits {absent} (give SPLIT=PATH for each"
+                         + (", or --valid_fraction F for valid)" if absent == ["valid"] else ")"))
     return pairs
 
 
@@ -160,7 +173,8 @@ def _check_time_field(config: RunConfig) -> None:
         if config.time_field is not None:
             raise UsageError("--time_field is only used with --split time")
         return
-    names = [col.name for col in config.spec.raw_columns if col.kind in TIME_KINDS]
+    # main-file columns only: a joined field cannot order the rows
+    names = [col.name for col in config.spec.file_columns if col.kind in TIME_KINDS]
     if config.time_field not in names:
         raise UsageError(
             f"--split time needs --time_field naming a {'/'.join(TIME_KINDS)} field of the schema "
@@ -202,7 +216,10 @@ def prepare(config: RunConfig) -> JobSpec:
             if path in layouts:
                 raise UsageError(f"input {path} is given twice; each file is read once")
             layouts[path] = detect_layout(first_line(path).decode("utf-8", "replace"), config.spec, path, split)
+            if split == "train" and config.valid_fraction is not None:
+                layouts[path] = dataclasses.replace(layouts[path], valid_fraction=config.valid_fraction)
             files.append((path, size))
+    load_side_tables(config.spec)  # a bad side table (duplicate key, bad rows) is a usage error, before the job
     ranges = plan_ranges(files, config.range_bytes)
     return JobSpec(
         spec=config.spec,
@@ -256,8 +273,10 @@ def _split_record(config: RunConfig, read: Reader) -> dict:
     if config.run_dir is not None:
         return {"mode": "transform", "transform_run": config.run_dir}
     if config.split == "given":
-        return {"mode": "given", "inputs": {s: [p for s2, p in _inputs_per_split(config) if s2 == s]
-                                            for s in SPLIT_NAMES}}
+        inputs = {s: [p for s2, p in _inputs_per_split(config) if s2 == s] for s in SPLIT_NAMES}
+        if config.valid_fraction is not None:
+            return {"mode": "given", "inputs": inputs, "valid_fraction": config.valid_fraction, "seed": config.seed}
+        return {"mode": "given", "inputs": inputs}
     if config.split == "time":
         cutoffs = _read_json(read, f"{STATS_TMP}/{TIME_SPLIT_FILE}")
         return {"mode": "time", "time_field": config.time_field, "fractions": [0.8, 0.1, 0.1], **cutoffs}

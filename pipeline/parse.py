@@ -49,19 +49,27 @@ class ParsedBatch:
         return {name: self.rows.filter(pa.array(self.splits == i)) for i, name in enumerate(self.split_names)}
 
 
-def split_ids(lines: list[bytes], seed: int) -> np.ndarray:
-    """Split index into SPLIT_NAMES (8:1:1) from a keyed hash of each line.
-
-    Depends only on the row's bytes and the seed, never on position, so it is
-    identical under any runner, sharding and parallelism.
-    """
+def _line_hashes(lines: list[bytes], seed: int) -> np.ndarray:
+    """A 64-bit keyed hash of each line: depends only on the row's bytes and the seed, never on
+    position, so that a split made from it is identical under any runner, sharding and parallelism."""
     key = seed.to_bytes(8, "little", signed=True)
-    buckets = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(line, digest_size=8, key=key).digest(), "little") % 10 for line in lines),
-        dtype=np.int64,
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(line, digest_size=8, key=key).digest(), "little") for line in lines),
+        dtype=np.uint64,
         count=len(lines),
     )
+
+
+def split_ids(lines: list[bytes], seed: int) -> np.ndarray:
+    """Split index into SPLIT_NAMES (8:1:1) from a keyed hash of each line."""
+    buckets = _line_hashes(lines, seed) % np.uint64(10)
     return np.where(buckets < 8, 0, np.where(buckets == 8, 1, 2)).astype(np.int8)
+
+
+def valid_cut(lines: list[bytes], seed: int, fraction: float) -> np.ndarray:
+    """1 for the rows of a train file that go to valid (`--valid_fraction`), 0 for train: the same keyed hash."""
+    units = (_line_hashes(lines, seed) >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # uniform in [0, 1)
+    return (units < fraction).astype(np.int8)
 
 
 def _arrow_type(col: RawColumn) -> pa.DataType:
@@ -70,8 +78,24 @@ def _arrow_type(col: RawColumn) -> pa.DataType:
 
 def raw_arrow_schema(spec: DatasetSpec) -> pa.Schema:
     """Arrow schema of the raw record batches: list columns (empty = missing) + the label if labeled."""
-    fields = [pa.field(col.name, pa.list_(_arrow_type(col))) for col in spec.raw_columns]
-    if spec.labeled:
+    return _list_schema([(col.name, _arrow_type(col)) for col in spec.raw_columns], spec.labeled)
+
+
+def join_keys(spec: DatasetSpec) -> list[str]:
+    """Main-file columns holding a join key that are no field: read as text for the lookup only."""
+    fields = {col.name for col in spec.raw_columns}
+    return list(dict.fromkeys(join.key for join in spec.joins if join.key not in fields))
+
+
+def parsed_arrow_schema(spec: DatasetSpec) -> pa.Schema:
+    """Arrow schema of `parse_lines`' rows: the main file's fields and join keys (pipeline.joins adds the rest)."""
+    typed = [(col.name, _arrow_type(col)) for col in spec.file_columns]
+    return _list_schema(typed + [(name, pa.binary()) for name in join_keys(spec)], spec.labeled)
+
+
+def _list_schema(columns: list[tuple[str, pa.DataType]], labeled: bool) -> pa.Schema:
+    fields = [pa.field(name, pa.list_(dtype)) for name, dtype in columns]
+    if labeled:
         fields.append(pa.field(LABEL_KEY, pa.list_(pa.int64())))
     return pa.schema(fields)
 
@@ -200,7 +224,7 @@ def parse_lines(
         reason[ok[~label_ok]] = REASONS.index("bad_label")
         keep &= label_ok
     parsed_columns = {}
-    for col in spec.raw_columns:
+    for col in spec.file_columns:
         values, present, bad = _values(cols[col.name], col, typed)
         parsed_columns[col.name] = (values, present)
         reason[ok[keep & bad]] = REASONS.index(_reason_of(col))
@@ -214,15 +238,22 @@ def parse_lines(
     split_names: tuple[str, ...] = SPLIT_NAMES
     if layout.split is None:
         splits = split_ids([lines[i] for i in kept_rows], seed)
+    elif layout.valid_fraction:
+        split_names, splits = (layout.split, "valid"), valid_cut([lines[i] for i in kept_rows], seed,
+                                                                  layout.valid_fraction)
     else:
         split_names, splits = (layout.split,), np.zeros(len(kept_rows), np.int8)
+    for name in join_keys(spec):
+        keys = cols[name]
+        present = _to_numpy(pc.not_equal(keys, ""))
+        parsed_columns[name] = (keys.filter(pa.array(present)).cast(pa.binary()), present)
     arrays = []
-    for col in spec.raw_columns:
-        values, present = parsed_columns[col.name]  # `values` holds the present cells only
+    for name in [col.name for col in spec.file_columns] + join_keys(spec):
+        values, present = parsed_columns[name]  # `values` holds the present cells only
         arrays.append(_to_list_array(values.filter(pa.array(keep[present])), present[keep]))
     if label is not None:
         arrays.append(_to_list_array(pa.array(label[keep]), np.ones(int(keep.sum()), dtype=bool)))
-    rows = pa.RecordBatch.from_arrays(arrays, schema=raw_arrow_schema(spec))
+    rows = pa.RecordBatch.from_arrays(arrays, schema=parsed_arrow_schema(spec))
     return ParsedBatch(rows=rows, splits=splits, rejected=rejected, lines=n, split_names=split_names)
 
 
@@ -235,9 +266,11 @@ def _read_typed_or_strings(lines: list[bytes], layout: Layout, spec: DatasetSpec
     wanted: dict[str, pa.DataType] = {}
     if spec.label_column is not None:
         wanted[spec.label_column] = pa.string()
-    for col in spec.raw_columns:
+    for col in spec.file_columns:
         numeric = col.is_integer and col.time_format in (None, UNIX_TIME)
         wanted[col.name] = pa.int64() if numeric else pa.float64() if col.is_float else pa.string()
+    for name in join_keys(spec):
+        wanted[name] = pa.string()
     if not lines:
         return {name: pa.array([], pa.string()) for name in wanted}, False
     try:

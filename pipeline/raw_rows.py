@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from pipeline.features import LABEL_KEY
 from pipeline.file_layout import detect_layout
+from pipeline.joins import join_rows, load_side_tables
 from pipeline.parse import parse_lines
 from pipeline.sources import FileRange, first_line, read_line_batches, resolve_inputs
 from pipeline.specs import DatasetSpec, load_spec
@@ -33,10 +34,11 @@ def iter_raw_examples(
     its cell's text, e.g. b"a^b^c"). The label is 0/1 under the schema's
     label_rule; None for an unlabeled spec (`label: null`, `spec.without_label()`).
     """
+    tables = load_side_tables(spec)  # schema `joins:`: rows carry the joined fields (pipeline.joins)
     for file_path, _ in resolve_inputs([path]):
         layout = detect_layout(first_line(file_path).decode("utf-8", "replace"), spec, file_path)
         for lines in read_line_batches(FileRange(file_path, 0, None), layout.header, _BATCH_LINES):
-            parsed = parse_lines(lines, layout, spec, seed=seed)
+            parsed = join_rows(parse_lines(lines, layout, spec, seed=seed), spec, tables)
             rows = parsed.rows if split is None else parsed.by_split()[split]
             columns = rows.to_pydict()
             labels = columns.pop(LABEL_KEY, None)

@@ -9,6 +9,7 @@ raw-row reader used by serving clients and the tests.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import pathlib
 from typing import Any
@@ -42,7 +43,9 @@ UNIX_TIME = "unix"
 HOUR_FIELDS = (("hour_of_day", 24), ("weekday", 7), ("is_weekend", 2))
 
 _TOP_KEYS = {"name", "format", "delimiter", "header", "quoting", "columns", "label", "label_rule",
-             "fields", "dropped"}
+             "fields", "dropped", "joins"}
+# (`on:` would be YAML 1.1's boolean true: the main file's key column is `key:`.)
+_JOIN_KEYS = {"path", "key", "table_key", "columns", "delimiter", "header", "quoting", "encoding"}
 
 
 class SpecError(UsageError):
@@ -98,6 +101,30 @@ class LabelRule:
 
 
 @dataclasses.dataclass(frozen=True)
+class Join:
+    """A keyed side table (docs/SCHEMA.md §Joins): rows of the main file look up its row by key.
+
+    `key`: the main file's column holding the key; `table_key`: the side table's.
+    Fields named among `columns` (but the key) take that row's cells; a main
+    row whose key the table lacks gets them missing. `path` is absolute or a URI.
+    """
+
+    path: str
+    key: str
+    table_key: str
+    columns: tuple[str, ...]
+    delimiter: str = "\t"
+    header: bool | None = None
+    quoting: bool = True
+    encoding: str = "utf-8"
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"path": self.path, "key": self.key, "table_key": self.table_key, "columns": list(self.columns),
+                "delimiter": self.delimiter, "header": AUTO if self.header is None else self.header,
+                "quoting": self.quoting, "encoding": self.encoding}
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """The raw layout of one dataset and its fields in model order.
 
@@ -117,10 +144,21 @@ class DatasetSpec:
     header: bool | None = False
     quoting: bool = True
     format: str = "csv"
+    joins: tuple[Join, ...] = ()
 
     @property
     def labeled(self) -> bool:
         return self.label_column is not None
+
+    def joined_columns(self, join: Join) -> tuple[RawColumn, ...]:
+        """The fields whose cells come from `join`'s side table."""
+        return tuple(col for col in self.raw_columns if col.name in join.columns and col.name != join.table_key)
+
+    @property
+    def file_columns(self) -> tuple[RawColumn, ...]:
+        """The fields read from the main file itself (all of them without joins)."""
+        joined = {col.name for join in self.joins for col in self.joined_columns(join)}
+        return tuple(col for col in self.raw_columns if col.name not in joined)
 
     @property
     def field_names(self) -> list[str]:
@@ -166,6 +204,7 @@ class DatasetSpec:
             "columns": list(self.columns), "label": self.label_column,
             **({"label_rule": self.label_rule.to_doc()} if self.labeled else {}),
             "fields": {col.name: col.to_doc() for col in self.raw_columns},
+            **({"joins": [join.to_doc() for join in self.joins]} if self.joins else {}),
         }
 
 
@@ -238,8 +277,76 @@ def _field(name: str, value: Any, where: str, delimiter: str) -> RawColumn:
     return RawColumn(name, kind)
 
 
-def spec_from_doc(doc: Any, where: str, default_name: str) -> DatasetSpec:
-    """Validates a parsed schema document key by key; SpecError naming the key and `where`."""
+def _csv_keys(doc: dict, where: str, prefix: str) -> tuple[str, bool | None, bool]:
+    """`delimiter`, `header` (None: auto) and `quoting` of a file (the main one, or a join's under `prefix`)."""
+    delimiter = doc.get("delimiter", "\t")
+    if not isinstance(delimiter, str) or (delimiter != AUTO and len(delimiter) != 1) or delimiter in "\"\r\n":
+        raise _fail(where, f"{prefix}delimiter",
+                    f"got {delimiter!r}; use one character (\"\\t\", \",\", \";\", \"|\") or auto "
+                    "(multi-character delimiters are not supported: convert the file, e.g. sed 's/::/\\t/g')")
+    header = doc.get("header", AUTO)
+    if header != AUTO and not isinstance(header, bool):
+        raise _fail(where, f"{prefix}header", f"got {header!r}; expected true, false or auto")
+    quoting = doc.get("quoting", True)
+    if not isinstance(quoting, bool):
+        raise _fail(where, f"{prefix}quoting", f"got {quoting!r}; expected true or false")
+    return delimiter, None if header == AUTO else bool(header), quoting
+
+
+def _join(doc: Any, index: int, where: str, columns: tuple[str, ...], label: str | None,
+          base_dir: pathlib.Path | None) -> Join:
+    """One entry of `joins:`, checked key by key; a relative `path` is taken from `base_dir`."""
+    key = f"joins[{index}]."
+    if not isinstance(doc, dict):
+        raise _fail(where, key[:-1], f"must be a mapping with path, key and columns, got {doc!r}")
+    _unknown_keys(doc, _JOIN_KEYS, where, key)
+    for required in ("path", "key", "columns"):
+        if required not in doc:
+            raise _fail(where, key + required, "is required")
+    path = doc["path"]
+    if not isinstance(path, str) or not path:
+        raise _fail(where, key + "path", f"must be a file path or URI, got {path!r}")
+    if "://" not in path:
+        path = str(((base_dir or pathlib.Path.cwd()) / path).resolve())
+    side_columns = _name_list(doc["columns"], where, key + "columns")
+    main_key = str(doc["key"])
+    if main_key not in columns or main_key == label:
+        raise _fail(where, key + "key", f"{main_key!r} is not a non-label column of columns {list(columns)}")
+    table_key = str(doc.get("table_key", main_key))
+    if table_key not in side_columns:
+        raise _fail(where, key + "table_key", f"{table_key!r} is not among its columns {list(side_columns)}")
+    delimiter, header, quoting = _csv_keys(doc, where, key)
+    if delimiter == AUTO:
+        raise _fail(where, key + "delimiter", "must be given for a side table (auto applies to the main file)")
+    encoding = doc.get("encoding", "utf-8")
+    try:
+        encoding = codecs.lookup(encoding).name
+    except (LookupError, TypeError) as err:
+        raise _fail(where, key + "encoding",
+                    f"got {encoding!r}; expected a Python codec such as utf-8 or latin-1") from err
+    return Join(path, main_key, table_key, side_columns, delimiter, header, quoting, encoding)
+
+
+def _field_sources(joins: tuple[Join, ...], columns: tuple[str, ...], fields: set[str], where: str) -> dict[str, int]:
+    """Field taken from a side table -> index of its join; SpecError where a field's name is ambiguous."""
+    sources: dict[str, int] = {}
+    for i, join in enumerate(joins):
+        for name in join.columns:
+            if name == join.table_key or name not in fields:
+                continue
+            if name in sources or name in columns:
+                other = f"joins[{sources[name]}]" if name in sources else "the main file's columns"
+                raise _fail(where, f"joins[{i}].columns",
+                            f"{name!r} is also among {other}: rename one of them (a field name must be unique)")
+            sources[name] = i
+    return sources
+
+
+def spec_from_doc(doc: Any, where: str, default_name: str, base_dir: pathlib.Path | None = None) -> DatasetSpec:
+    """Validates a parsed schema document key by key; SpecError naming the key and `where`.
+
+    `base_dir`: where relative `joins:` paths start (the schema file's folder; None: the working directory).
+    """
     if not isinstance(doc, dict):
         raise SpecError(f"{where}: a schema file is a YAML mapping of keys (see docs/SCHEMA.md)")
     _unknown_keys(doc, _TOP_KEYS, where, "")
@@ -253,17 +360,7 @@ def spec_from_doc(doc: Any, where: str, default_name: str) -> DatasetSpec:
         for key in ("delimiter", "header", "quoting", "dropped"):
             if key in doc:
                 raise _fail(where, key, "does not apply to format: libsvm (space-separated `idx:val` tokens)")
-    delimiter = doc.get("delimiter", "\t")
-    if not isinstance(delimiter, str) or (delimiter != AUTO and len(delimiter) != 1) or delimiter in "\"\r\n":
-        raise _fail(where, "delimiter",
-                    f"got {delimiter!r}; use one character (\"\\t\", \",\", \";\", \"|\") or auto "
-                    "(multi-character delimiters are not supported: convert the file, e.g. sed 's/::/\\t/g')")
-    header = doc.get("header", AUTO)
-    if header != AUTO and not isinstance(header, bool):
-        raise _fail(where, "header", f"got {header!r}; expected true, false or auto")
-    quoting = doc.get("quoting", True)
-    if not isinstance(quoting, bool):
-        raise _fail(where, "quoting", f"got {quoting!r}; expected true or false")
+    delimiter, header, quoting = _csv_keys(doc, where, "")
     columns = _name_list(doc["columns"], where, "columns")
     if not columns:
         raise _fail(where, "columns", "must list the file's columns")
@@ -277,11 +374,31 @@ def spec_from_doc(doc: Any, where: str, default_name: str) -> DatasetSpec:
     fields = doc["fields"]
     if not isinstance(fields, dict) or not fields:
         raise _fail(where, "fields", "must map at least one column to its kind (an empty run has no model input)")
-    raw = tuple(_field(str(name), value, where, delimiter) for name, value in fields.items())
+    join_docs = doc.get("joins", [])
+    if not isinstance(join_docs, list):
+        raise _fail(where, "joins", f"must be a list of side tables, got {join_docs!r}")
+    if join_docs and fmt == "libsvm":
+        raise _fail(where, "joins", "does not apply to format: libsvm")
+    joins = tuple(_join(j, i, where, columns, label, base_dir) for i, j in enumerate(join_docs))
+    sources = _field_sources(joins, columns, {str(name) for name in fields}, where)
+    raw = tuple(_field(str(name), value, where,
+                       joins[sources[str(name)]].delimiter if str(name) in sources else delimiter)
+                for name, value in fields.items())
     dropped = _name_list(doc.get("dropped", []), where, "dropped")
+    for i, join in enumerate(joins):
+        if not any(col.name in sources and sources[col.name] == i for col in raw):
+            raise _fail(where, f"joins[{i}]", f"brings no field: list some of its columns {list(join.columns)} "
+                        "under fields, or drop the join")
+        key_field = next((col for col in raw if col.name == join.key), None)
+        if key_field is not None and key_field.kind != "categorical":
+            raise _fail(where, f"fields.{key_field.name}", f"is the key of joins[{i}]: it must be categorical")
     for col in raw:
+        if col.name in sources:
+            continue
         if col.name not in columns:
-            raise _fail(where, f"fields.{col.name}", f"is not among the columns {list(columns)}")
+            joined = sorted(sources)
+            raise _fail(where, f"fields.{col.name}", f"is not among the columns {list(columns)}"
+                        + (f" nor the joined columns {joined}" if joined else ""))
         if col.name == label:
             raise _fail(where, f"fields.{col.name}", "is the label column; a field cannot be the label")
         if col.name in dropped:
@@ -299,9 +416,10 @@ def spec_from_doc(doc: Any, where: str, default_name: str) -> DatasetSpec:
         raw_columns=raw,
         dropped=dropped,
         delimiter=" " if fmt == "libsvm" else delimiter,
-        header=False if fmt == "libsvm" else None if header == AUTO else header,
+        header=False if fmt == "libsvm" else header,
         quoting=quoting and fmt == "csv",
         format=fmt,
+        joins=joins,
     )
     names = spec.field_names
     clash = sorted({n for n in names if names.count(n) > 1} | ({LABEL_KEY} & set(names) if label else set()))
@@ -321,7 +439,7 @@ def spec_from_schema(path: str | pathlib.Path) -> DatasetSpec:
         doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise SpecError(f"schema file {path} cannot be read as YAML: {err}") from err
-    return spec_from_doc(doc, str(path), path.stem)
+    return spec_from_doc(doc, str(path), path.stem, path.resolve().parent)
 
 
 # What `--dataset` accepts: the built-in schema files (the pipeline CLI's choices come from here).

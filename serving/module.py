@@ -8,9 +8,9 @@ layer and call the model. Three signatures:
 - `serving_default`: `examples` (string[None], serialized raw tf.Example)
   -> `probabilities`, `logits` (float32[None]).
 - `raw_fields`: one string[None] tensor per raw field holding the cell text as
-  in the input file (b"" = missing), for clients that cannot build tf.Example;
-  numeric fields are parsed in the graph, a non-number is INVALID_ARGUMENT
-  naming the field. Same outputs.
+  in the input file (b"" = missing; timestamps as Unix seconds, docs/SCHEMA.md),
+  for clients that cannot build tf.Example; numeric fields are parsed in the
+  graph, a non-number is INVALID_ARGUMENT naming the field. Same outputs.
 - `classification`: `inputs` (serialized tf.Example) -> `scores`
   (float32[None, 2]: P(0), P(1)) and `classes` (string[None, 2]: "0", "1"),
   with the classify method name, so that TF Serving's Classify API answers.

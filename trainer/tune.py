@@ -7,9 +7,9 @@ running is retried, resuming its own run directory. Each trial is an ordinary
 run of this trainer (the search stage for OptFusion, the train stage for a
 zoo model) in `tuner/<project>/trial_<id>/run`, with the trial's values
 applied as `--section.key=value` overrides. The best values are written as
-`best.yaml`: the full resolved config, so `--config best.yaml` gives every
-other stage the tuned settings (for OptFusion the retrain reuses the search's
-lr and L2, as the paper does).
+`best.yaml`: the resolved config less TUNING_ONLY_KEYS, so `--config best.yaml`
+gives every other stage the tuned settings (for OptFusion the retrain reuses
+the search's lr and L2, as the paper does) under its own training budget.
 """
 
 from __future__ import annotations
@@ -24,12 +24,17 @@ from typing import Any
 import keras_tuner as kt
 import yaml
 
-from trainer.config import Config, ConfigError, dump_config, load_config
+from pipeline.atomic import write_text_atomic
+from trainer.config import Config, ConfigError, dump_config, load_config, to_dict
 
 OBJECTIVE = "val_auc"
 BASE_CONFIG = "base.yaml"
 BEST_CONFIG = "best.yaml"
 GRID_FILE = pathlib.Path(__file__).resolve().parent / "configs" / "tune_grid.yaml"
+# Left out of best.yaml: they only set the tuning trials' budget (`--epochs` gives each trial's
+# epochs; a step cap shortens trials), not the model. A stage reading best.yaml takes the
+# Config defaults for them (trainer/config.py) or its own `--train.epochs=N`.
+TUNING_ONLY_KEYS = ("train.epochs", "train.max_steps_per_epoch")
 
 TrialFn = Callable[[Config, pathlib.Path, bool], float]
 """(config, run dir, resume) -> best validation AUC of one trainer run."""
@@ -128,6 +133,17 @@ class _StageTuner(kt.engine.base_tuner.BaseTuner):
         return {OBJECTIVE: float(auc)}
 
 
+def write_best_config(config: Config, path: pathlib.Path) -> None:
+    """The tuned config without TUNING_ONLY_KEYS, temp-then-rename, with a comment saying so."""
+    doc = to_dict(config)
+    for key in TUNING_ONLY_KEYS:
+        section, name = key.split(".")
+        doc[section].pop(name)
+    note = (f"# The best trial's config from `trainer --stage=tune`, without {', '.join(TUNING_ONLY_KEYS)}\n"
+            "# (they only set the tuning trials' budget): pass --train.epochs=N with --config to change it.\n")
+    write_text_atomic(path, note + yaml.safe_dump(doc, sort_keys=False))
+
+
 def tune(
     config: Config,
     grid: Grid,
@@ -168,7 +184,7 @@ def tune(
         raise RuntimeError(f"every tuning trial failed; the last error: {detail}")
     best = tuner.oracle.get_best_trials(1)[0]
     best_config = load_config(base, grid.overrides(best.hyperparameters.values))
-    dump_config(best_config, out / BEST_CONFIG)
+    write_best_config(best_config, out / BEST_CONFIG)
     ranked = sorted(trials, key=lambda t: -t.score)
     return {
         "stage": "tune",

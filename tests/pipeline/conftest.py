@@ -168,6 +168,40 @@ def sequence_run(example_runs) -> Run:
     return example_runs["sequence"]
 
 
+ML100K_SCHEMA = ROOT / "schemas" / "examples" / "movielens100k.yaml"
+ML100K_SEED = 7
+ML100K_VALID_FRACTION = 0.15
+
+
+@dataclasses.dataclass
+class JoinedRun(Run):
+    schema: pathlib.Path  # the example schema, its join paths relative to the generated files
+    data: pathlib.Path  # u.data, ua.base, ua.test, u.user, u.item
+
+
+@pytest.fixture(scope="session")
+def ml100k_run(tmp_path_factory) -> JoinedRun:
+    """The MovieLens 100k example schema with its u.user and u.item joins, on generated files: one
+    job with given train (ua.base) and test (ua.test) files and valid cut from train by --valid_fraction."""
+    import yaml
+
+    from tests.pipeline.example_data import movielens100k
+
+    data = tmp_path_factory.mktemp("ml100k")
+    movielens100k(data)
+    doc = yaml.safe_load(ML100K_SCHEMA.read_text())
+    for join in doc["joins"]:
+        join["path"] = pathlib.Path(join["path"]).name  # relative to the schema file, as in the example
+    schema = data / "movielens100k.yaml"
+    schema.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path_factory.mktemp("ml100k_run") / "data"
+    inputs = [data / "ua.base", data / "ua.test"]
+    stdout = run_pipeline("--schema", str(schema), "--split", "given", "--input", f"train={inputs[0]}",
+                          "--input", f"test={inputs[1]}", "--valid_fraction", str(ML100K_VALID_FRACTION),
+                          "--seed", str(ML100K_SEED), "--output", str(out)).stdout
+    return JoinedRun(out, inputs, stdout, schema, data)
+
+
 @pytest.fixture(scope="session")
 def criteo_test_csv(tmp_path_factory, criteo_generated_file) -> pathlib.Path:
     """Criteo's Kaggle test layout (`Id,I1..C26`, no label) holding the first SCORING_ROWS generated rows."""

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from trainer.config import Config, ConfigError, load_config
-from trainer.tune import BEST_CONFIG, GRID_FILE, Grid, tune
+from trainer.tune import BEST_CONFIG, GRID_FILE, TUNING_ONLY_KEYS, Grid, tune
 
 GRID = Grid({"train.lr": [1e-2, 1e-3, 1e-4], "train.emb_l2": [0.0, 1e-6]}, {"train.emb_lr": "train.lr"})
 
@@ -29,6 +29,20 @@ def test_tune_writes_the_best_config_with_tied_keys(tmp_path):
     best = load_config(tmp_path / BEST_CONFIG)
     assert (best.train.lr, best.train.emb_l2, best.train.emb_lr) == (1e-3, 1e-6, 1e-3)
     assert summary["best"]["val_auc"] == pytest.approx(0.8)
+
+
+def test_best_config_leaves_out_the_tuning_only_keys(tmp_path):
+    # a tune run with 1 epoch and a step cap per trial: the final run must not inherit either
+    base = Config()
+    base.train.epochs, base.train.max_steps_per_epoch, base.train.patience = 1, 3, 5
+    tune(base, GRID, lambda config, run_dir, resume: _score(config), tmp_path, "t")
+    written = yaml.safe_load((tmp_path / BEST_CONFIG).read_text())
+    assert TUNING_ONLY_KEYS == ("train.epochs", "train.max_steps_per_epoch")
+    assert "epochs" not in written["train"] and "max_steps_per_epoch" not in written["train"]
+    best = load_config(tmp_path / BEST_CONFIG)
+    assert (best.train.epochs, best.train.max_steps_per_epoch) == (Config().train.epochs, None)
+    assert best.train.patience == 5 and best.train.lr == 1e-3  # everything else is the tuned config
+    assert load_config(tmp_path / BEST_CONFIG, ["train.epochs=4"]).train.epochs == 4
 
 
 def test_killed_tune_resumes_without_repeating_finished_trials(tmp_path):
