@@ -109,12 +109,12 @@ class ScoringSummary:
         """A warning when most scored rows have most categorical fields out of vocabulary."""
         if self.mostly_oov is None or not self.scored or self.mostly_oov * 2 <= self.scored:
             return None
-        return foreign_rows_warning(self.mostly_oov, self.scored)
+        return f"warning: {foreign_rows_warning(self.mostly_oov, self.scored)}"
 
 
 def foreign_rows_warning(mostly_oov: int, rows: int) -> str:
     """The one wording of the "not the training data" warning (client and batch scoring)."""
-    return (f"warning: these rows do not look like the training data: {mostly_oov} of {rows} rows have more "
+    return (f"these rows do not look like the training data: {mostly_oov} of {rows} rows have more "
             f"than {MOSTLY_OOV_FRACTION:.0%} of their categorical fields out of vocabulary, so their "
             "probabilities are near the model's prior; check the input format/schema and the model")
 
