@@ -179,7 +179,9 @@ def run_export(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - start:.1f}s")
     print(f"  verified on {v.rows} rows ({v.source}), tolerance {v.tolerance:g}:")
     print(f"    session loader (TF Serving's path): serving_default vs Keras {v.max_abs_diff:.2e}, "
-          f"raw_fields {v.fields_max_abs_diff:.2e}, classification {v.classify_max_abs_diff:.2e}")
+          f"raw_fields {v.fields_max_abs_diff:.2e}, classification {v.classify_max_abs_diff:.2e}, "
+          f"oov_fraction vs TFT ids {v.oov_max_abs_diff:.2e}")
+    print(f"    {v.mostly_oov_rows} of {v.rows} rows have most categorical fields out of vocabulary")
     print(f"    tf.saved_model.load: serving_default vs Keras {v.tf2_max_abs_diff:.2e}")
     print(f"  warmup records: {result.warmup_records}")
     print(f"  configs: {', '.join(str(p) for p in result.config_files)}")

@@ -166,11 +166,12 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     info = read_dataset_info(local_view(args.data))  # a URI TF cannot read here is staged once
     if args.stage in SCORING_STAGES:
         return _score(args, info)
-    scoring_only = (args.run_dir, args.split, args.output, args.input, args.keep_columns, args.on_bad_row,
-                    args.unlabeled)
-    if any(v is not None for v in scoring_only):
-        raise UsageError("--run_dir, --split, --output, --input, --keep_columns, --on_bad_row and --unlabeled "
-                         "belong to --stage=evaluate|predict")
+    scoring_only = {"--run_dir": args.run_dir, "--split": args.split, "--output": args.output,
+                    "--input": args.input, "--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row,
+                    "--unlabeled": args.unlabeled}
+    given = [flag for flag, value in scoring_only.items() if value is not None]
+    if given:
+        raise UsageError(f"{given[0]} belongs to --stage=evaluate|predict, not --stage={args.stage}")
     if args.out is None:
         raise UsageError(f"--stage={args.stage} needs --out RUN (the run directory to write)")
     missing = [s for s in SPLIT_NAMES if s not in info.splits]
