@@ -29,6 +29,10 @@ OOV_ID = 0
 MISSING_ID = 1
 FIRST_VALUE_ID = 2
 
+# Serving flags a row as foreign (not like the training data) when more than this
+# fraction of its categorical fields are out of vocabulary (the `oov_fraction` output).
+MOSTLY_OOV_FRACTION = 0.5
+
 # Vocabulary keys carry their field index in FIELD_INDEX_BITS bits (see
 # pipeline.transform), which bounds the number of fields of a dataset.
 FIELD_INDEX_BITS = 8

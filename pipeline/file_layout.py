@@ -95,9 +95,12 @@ def detect_layout(first_line: str, spec: DatasetSpec, where: str, split: str | N
                 "set header: true (or auto)"
             )
         if len(cells) != len(spec.columns):
+            no_label = spec.label_column is not None and len(cells) == len(spec.columns) - 1
+            hint = (f"; if the file lacks the label column {spec.label_column!r}, use `pipeline transform "
+                    "--run RUN_DIR --unlabeled` (or a schema with `label: null`)" if no_label else "")
             raise SpecError(
                 f"{where}: first line has {len(cells)} columns, {spec.name} without a header has "
-                f"{len(spec.columns)} ({' '.join(spec.columns[:4])} ...); check --dataset/--schema"
+                f"{len(spec.columns)} ({' '.join(spec.columns[:4])} ...); check --dataset/--schema{hint}"
             )
         return Layout(delimiter, False, tuple(spec.columns), spec.quoting, split=split)
     if spec.label_column is not None and not has_label:

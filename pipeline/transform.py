@@ -306,6 +306,39 @@ def vocab_fields(spec: DatasetSpec) -> list[tuple[int, str, str]]:
     return out
 
 
+def _first_column(ids: tf.Tensor) -> tf.Tensor:
+    """[rows] ids as they are, the first column of [rows, n] ids (no op where the rank is known)."""
+    if ids.shape.rank == 1:
+        return ids
+    if ids.shape.rank == 2:
+        return ids[:, 0]
+    return tf.reshape(ids, [tf.shape(ids)[0], -1])[:, 0]
+
+
+def oov_fields(spec: DatasetSpec) -> list[str]:
+    """The categorical fields (string tokens, single or multi-valued) whose OOV ids `oov_fraction` counts.
+
+    Integer fields are left out: an unseen number is common in real traffic, an
+    unseen token in most categorical fields is a row of another dataset.
+    """
+    return [col.name for col in spec.raw_columns if col.kind in ("categorical", "multi")]
+
+
+def oov_fraction(transformed: dict[str, tf.Tensor], fields: list[str]) -> tf.Tensor:
+    """Per row, the fraction of `fields` whose id is OOV_ID (float32 [rows]; 0 without fields).
+
+    A multi-valued field ([rows, max_len]) counts by its first id (MISSING_ID
+    when it has no token). A few ops whatever the number of fields (they run
+    at every serving request): one stack, one compare, one mean.
+    """
+    if not fields:
+        any_ids = next(iter(transformed.values()))
+        return tf.zeros(tf.shape(any_ids)[:1], tf.float32)
+    firsts = [_first_column(transformed[name]) for name in fields]
+    is_oov = tf.cast(tf.equal(tf.stack(firsts, axis=1), OOV_ID), tf.float32)
+    return tf.reduce_mean(is_oov, axis=1)
+
+
 def _multi_tokens(text: tf.Tensor, separator: str, max_len: int) -> tuple[tf.Tensor, tf.Tensor]:
     """[rows] cells -> ([rows, max_len] tokens, present mask): empty tokens dropped, truncated, padded at the end."""
     tokens = tf.strings.split(text, separator)

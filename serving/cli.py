@@ -144,22 +144,36 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from pipeline import batch_scoring  # light: the reader loads only when scoring
+
     p = sub.add_parser(
         "predict",
-        help="send raw rows of a file as gRPC PredictRequests, print probabilities",
-        description="Read raw rows (the formats `pipeline` reads), send them in batches to "
-        "`serving_default` of a TF Serving (or `serving serve`) server, write one "
-        "probability per row.",
+        help="score raw rows of a file over gRPC, one output line per input row",
+        description="Read raw rows (the formats `pipeline` reads, labeled or not: the label column "
+        "is detected and never needed), send them in batches to `serving_default` of a TF "
+        "Serving (or `serving serve`) server, and write a header `line[<TAB>KEPT...]<TAB>"
+        "probability[<TAB>reason]`, then exactly one line per input row in file order (line = "
+        "its line number in --input). A bad row fails the run naming its line (exit 2, nothing "
+        "written) unless --on_bad_row=nan|skip marks it. A summary (rows in / scored / bad) "
+        "goes to stderr, with a warning when most rows are mostly out of vocabulary (not the "
+        "training data). A file of which no row scores (the wrong --format) always exits 2.",
     )
     p.add_argument("--target", required=True, help="HOST:PORT of the gRPC server")
-    p.add_argument("--model_name", required=True)
-    p.add_argument("--input", required=True, help="raw rows file")
+    p.add_argument("--model_name", required=True, help="model name NAME the server serves")
+    p.add_argument("--input", required=True, help="raw rows file (plain or .gz)")
     p.add_argument("--format", default="criteo",
                    help="input format: a dataset name the pipeline knows (criteo, avazu, kdd12, ...)")
-    p.add_argument("--schema", default=None, help="schema file for schema-described input")
+    p.add_argument("--schema", default=None,
+                   help="schema file for schema-described input: the training run's schema (a file "
+                   "without the label column reads with it too)")
+    p.add_argument("--unlabeled", action="store_true", default=None, help=batch_scoring.UNLABELED_HELP)
+    p.add_argument("--keep_columns", default=None, help=batch_scoring.KEEP_COLUMNS_HELP)
+    p.add_argument("--on_bad_row", choices=batch_scoring.ON_BAD_ROW, default="error",
+                   help=batch_scoring.ON_BAD_ROW_HELP)
     p.add_argument("--version", type=int, default=None, help="model version (default: latest)")
     p.add_argument("--batch_size", type=int, default=256, help="rows per PredictRequest")
-    p.add_argument("--output", default=None, help="write probabilities here (default: stdout)")
+    p.add_argument("--output", default=None,
+                   help="write the lines here (comma-separated if it ends in .csv; default: stdout)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline of each RPC, seconds")
     p.add_argument("--wait_ready", type=float, default=0.0,
                    help="first wait up to this many seconds for the model to be AVAILABLE")
@@ -194,7 +208,9 @@ def run_export(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - start:.1f}s")
     print(f"  verified on {v.rows} rows ({v.source}), tolerance {v.tolerance:g}:")
     print(f"    session loader (TF Serving's path): serving_default vs Keras {v.max_abs_diff:.2e}, "
-          f"raw_fields {v.fields_max_abs_diff:.2e}, classification {v.classify_max_abs_diff:.2e}")
+          f"raw_fields {v.fields_max_abs_diff:.2e}, classification {v.classify_max_abs_diff:.2e}, "
+          f"oov_fraction vs TFT ids {v.oov_max_abs_diff:.2e}")
+    print(f"    {v.mostly_oov_rows} of {v.rows} rows have most categorical fields out of vocabulary")
     print(f"    tf.saved_model.load: serving_default vs Keras {v.tf2_max_abs_diff:.2e}")
     print(f"  warmup records: {result.warmup_records}")
     print(f"  configs: {', '.join(str(p) for p in result.config_files)}")
@@ -320,11 +336,10 @@ def run_predict(args: argparse.Namespace) -> int:
     import grpc
     from tqdm import tqdm
 
-    from pipeline import raw_rows
+    from pipeline import batch_scoring, raw_rows
+    from serving import examples
     from serving.client import ServingClient
 
-    if args.batch_size < 1:
-        return _fail(f"--batch_size must be >= 1. Received: {args.batch_size}")
     if not pathlib.Path(args.input).is_file():
         return _fail(f"--input {args.input} does not exist")
     try:
@@ -333,31 +348,29 @@ def run_predict(args: argparse.Namespace) -> int:
     except UsageError as err:
         return _fail(f"--format {args.format!r} / --schema {args.schema!r}: {err}")
     start = time.perf_counter()
-    lines: list[str] = []
     with ServingClient(args.target, timeout=args.timeout) as client:
+        def scorer(rows: list[dict[str, list]]):
+            return client.predict_scores(args.model_name, examples.serialize_rows(rows), args.version)
+
         try:
             if args.wait_ready > 0:
                 client.wait_until_available(args.model_name, args.wait_ready, args.version)
-            rows = (features for features, _label in raw_rows.iter_raw_examples(args.input, spec))
-            progress = tqdm(unit="rows", desc="predict", file=sys.stderr, disable=None)
-            for probabilities in client.predict_rows(args.model_name, rows, args.batch_size,
-                                                     args.version):
-                lines.extend(f"{p:.6f}" for p in probabilities)
-                progress.update(len(probabilities))
-            progress.close()
+            with tqdm(unit="rows", desc="predict", file=sys.stderr, disable=None) as progress:
+                summary = batch_scoring.score_file(
+                    args.input, spec, scorer, args.output, batch_size=args.batch_size,
+                    on_bad_row=args.on_bad_row, keep_columns=batch_scoring.parse_keep_columns(args.keep_columns),
+                    unlabeled=args.unlabeled, progress=progress.update)
         except grpc.RpcError as err:
             return _fail(f"{args.target}: {err.code().name}: {err.details()}", EXIT_FAILED)
         except TimeoutError as err:
             return _fail(str(err), EXIT_FAILED)
-        except UsageError as err:
-            return _fail(f"{args.input}: {err}")
-    text = "\n".join(lines) + ("\n" if lines else "")
-    if args.output:
-        write_text_atomic(args.output, text)
-    else:
-        sys.stdout.write(text)
-    print(f"predicted {len(lines)} rows of {args.input} via {args.target} in "
-          f"{time.perf_counter() - start:.2f}s", file=sys.stderr)
+        except UsageError as err:  # a bad row, the wrong format, a missing --keep_columns column
+            return _fail(str(err))
+    print(f"predicted via {args.target} in {time.perf_counter() - start:.2f}s: {summary.describe()}",
+          file=sys.stderr)
+    warning = summary.foreign_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -12,7 +12,8 @@ and through `serving_default` reloaded by `tf.saved_model.load`; the same rows
 are parsed with the raw feature spec, transformed by the pipeline's TFT layer
 in-process and fed to the trained Keras model. Max abs difference of the
 probabilities must be <= `tolerance` (1e-5), and `raw_fields` and
-`classification` must agree with `serving_default` on the same rows. The rows are, in order of preference:
+`classification` must agree with `serving_default` on the same rows, and its
+`oov_fraction` output with the in-process TFT ids. The rows are, in order of preference:
 `--verify_input FILE` (raw rows in any pipeline format); else the test split's
 raw rows, re-read from the input files stats.json records with the job's
 split hash and seed; else (inputs gone) synthetic rows from the raw feature
@@ -41,6 +42,7 @@ from tensorflow_serving.apis import (
 )
 
 from pipeline.errors import UsageError
+from pipeline.features import MOSTLY_OOV_FRACTION
 from serving import configs, examples, module, session_loader
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -64,6 +66,8 @@ class Verification:
     classify_max_abs_diff: float  # classification's P(1) vs serving_default, session loader
     tf2_max_abs_diff: float  # serving_default under tf.saved_model.load vs Keras
     tolerance: float
+    oov_max_abs_diff: float = 0.0  # serving_default's oov_fraction vs the in-process TFT ids
+    mostly_oov_rows: int = 0  # verification rows with most categorical fields OOV
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,20 +163,20 @@ def read_raw_rows(path: str, fmt: str | None, dataset: str, limit: int) -> list[
 
 def _keras_reference(
     model: Any, transform_layer: Any, raw_spec: Mapping[str, Any], names: Sequence[str],
-    serialized: Sequence[bytes],
-) -> np.ndarray:
-    """The trained Keras model on the TFT-transformed rows, in process."""
-    raw = tf.io.parse_example(tf.constant(list(serialized)), dict(raw_spec))
-    transformed = transform_layer(raw)
-    features = {n: tf.reshape(tf.cast(transformed[n], tf.int64), [-1]) for n in names}
-    logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
-    return tf.sigmoid(logits).numpy()
+    serialized: Sequence[bytes], oov_fields: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The trained Keras model on the TFT-transformed rows, in process: (probabilities, oov_fraction)."""
+    from trainer.scoring import raw_scores
+
+    p, oov = raw_scores(model, transform_layer, dict(raw_spec), list(names), tf.constant(list(serialized)),
+                        list(oov_fields))
+    return p.numpy(), oov.numpy()
 
 
 def verify(
     export_dir: pathlib.Path, model: Any, transform_layer: Any, raw_spec: Mapping[str, Any],
     names: Sequence[str], rows: Sequence[Mapping[str, list]], source: str, tolerance: float,
-    batch_size: int = 512,
+    batch_size: int = 512, oov_fields: Sequence[str] = (),
 ) -> Verification:
     """The saved model, loaded as TF Serving loads it, vs Keras on the TFT-transformed rows.
 
@@ -183,7 +187,8 @@ def verify(
     ExportError beyond `tolerance` or when a loader fails.
     """
     dtypes = examples.feature_kinds(raw_spec)
-    diffs = dict.fromkeys(("session", "fields", "classify", "tf2"), 0.0)
+    diffs = dict.fromkeys(("session", "fields", "classify", "tf2", "oov"), 0.0)
+    mostly_oov = 0
     try:
         tf2_default = tf.saved_model.load(str(export_dir)).signatures[module.DEFAULT_SIGNATURE]
         with session_loader.SessionModel(export_dir) as session:
@@ -191,7 +196,8 @@ def verify(
                 chunk = rows[start:start + batch_size]
                 serialized = examples.serialize_rows(chunk, dtypes)
                 batch = np.array(serialized, dtype=object)
-                reference = _keras_reference(model, transform_layer, raw_spec, names, serialized)
+                reference, reference_oov = _keras_reference(model, transform_layer, raw_spec, names,
+                                                            serialized, oov_fields)
                 default = session.run(module.DEFAULT_SIGNATURE, {module.EXAMPLES_INPUT: batch})
                 texts = examples.field_texts(chunk, list(raw_spec))
                 fields = session.run(module.FIELDS_SIGNATURE,
@@ -200,20 +206,24 @@ def verify(
                                      {module.CLASSIFY_INPUT: batch})["scores"]
                 tf2 = tf2_default(examples=tf.constant(serialized))["probabilities"].numpy()
                 p = default["probabilities"]
+                oov = default[module.OOV_OUTPUT]
+                mostly_oov += int(np.count_nonzero(oov > MOSTLY_OOV_FRACTION))
                 for key, got, want in (("session", p, reference), ("fields", fields["probabilities"], p),
-                                       ("classify", scores[:, 1], p), ("tf2", tf2, reference)):
+                                       ("classify", scores[:, 1], p), ("tf2", tf2, reference),
+                                       ("oov", oov, reference_oov)):
                     diffs[key] = max(diffs[key], float(np.max(np.abs(got - want))))
     except session_loader.SessionLoadError as err:
         raise ExportError(f"export verification failed: {err}; nothing was published") from err
     result = Verification(len(rows), source, diffs["session"], diffs["fields"], diffs["classify"],
-                          diffs["tf2"], tolerance)
+                          diffs["tf2"], tolerance, diffs["oov"], mostly_oov)
     if not all(d <= tolerance for d in diffs.values()):
         raise ExportError(
             f"export verification failed on {len(rows)} rows ({source}): max abs diff, session "
             f"loader: serving_default vs Keras = {diffs['session']:.3g}, raw_fields vs "
             f"serving_default = {diffs['fields']:.3g}, classification vs serving_default = "
             f"{diffs['classify']:.3g}; tf.saved_model.load: serving_default vs Keras = "
-            f"{diffs['tf2']:.3g} (tolerance {tolerance:g}); nothing was published"
+            f"{diffs['tf2']:.3g}, oov_fraction vs TFT ids = {diffs['oov']:.3g} (tolerance {tolerance:g}); "
+            "nothing was published"
         )
     return result
 
@@ -262,7 +272,9 @@ def export(
     import tensorflow_transform as tft  # sets TF_USE_LEGACY_KERAS: import keras explicitly elsewhere
 
     from pipeline.dataset_info import read_dataset_info
+    from pipeline.job import run_spec
     from pipeline.remote import local_view
+    from pipeline.transform import oov_fields
     from trainer.model_io import load_model, serving_form
 
     data_dir = str(local_view(data_dir))  # a URI TF cannot read here is staged once, marker checked
@@ -275,6 +287,7 @@ def export(
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     model = load_model(run_dir)
     transform_layer = tft_output.transform_features_layer()
+    categorical = oov_fields(run_spec(data_dir))
 
     base = pathlib.Path(model_base_path)
     model_dir = base / model_name
@@ -303,9 +316,10 @@ def export(
     tmp_dir.chmod(0o755)  # mkdtemp makes it 0700: a server running as another user could not read it
     try:
         # The exported form may differ (a folded head); it is verified against the trained model.
-        module.write_savedmodel(tmp_dir, serving_form(model), transform_layer, raw_spec, info.field_names)
+        module.write_savedmodel(tmp_dir, serving_form(model), transform_layer, raw_spec, info.field_names,
+                                oov_fields=categorical)
         verification = verify(tmp_dir, model, transform_layer, raw_spec, info.field_names,
-                              rows, source, tolerance)
+                              rows, source, tolerance, oov_fields=categorical)
         warmup = write_warmup(tmp_dir, model_name, raw_spec, rows)
         tmp_dir.rename(final_dir)
     except BaseException:

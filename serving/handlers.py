@@ -1,7 +1,9 @@
 """Predict / Classify / GetModelMetadata on one servable: proto in, proto out.
 
 Kept apart from the gRPC servicers so that warmup replay (before a version is
-AVAILABLE) runs exactly the code a live request runs.
+AVAILABLE) runs exactly the code a live request runs. Live Predicts (gRPC and
+REST) pass the server's Metrics, which count the rows a signature's
+`oov_fraction` output flags as foreign; warmup passes none.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from pipeline.batch_scoring import mostly_oov
 from serving import tensors
-from serving.metrics import CLASSIFY
-from serving.module import CLASSIFY_METHOD, DEFAULT_SIGNATURE
+from serving.metrics import CLASSIFY, Metrics
+from serving.module import CLASSIFY_METHOD, DEFAULT_SIGNATURE, OOV_OUTPUT
 from serving.servable import Servable, ServingError
 
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -29,11 +32,20 @@ def _model_spec(servable: Servable, signature_name: str) -> model_pb2.ModelSpec:
     return spec
 
 
-def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+def predict(servable: Servable, request: predict_pb2.PredictRequest,
+            metrics: Metrics | None = None) -> predict_pb2.PredictResponse:
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = servable.signature(name)
     arrays, size = servable.decode_inputs(signature, request.inputs)
-    outputs = servable.run(signature, arrays, size, request.output_filter)
+    wanted = list(request.output_filter)
+    counted = metrics is not None and OOV_OUTPUT in signature.definition.outputs
+    outputs = servable.run(signature, arrays, size, wanted + [OOV_OUTPUT] if counted and wanted else wanted)
+    if counted:
+        assert metrics is not None
+        oov = outputs[OOV_OUTPUT].reshape(-1)
+        metrics.record_rows(servable.name, oov.size, mostly_oov(oov))
+        if wanted and OOV_OUTPUT not in wanted:
+            outputs.pop(OOV_OUTPUT)
     response = predict_pb2.PredictResponse(model_spec=_model_spec(servable, name))
     for key, value in outputs.items():
         response.outputs[key].CopyFrom(tensors.from_ndarray(value))

@@ -23,6 +23,12 @@ http_server.cc, servables/tensorflow/predict_util.cc, classifier.cc): see
 `Metrics`. One deliberate difference: only served model names become label
 values (`model=None` for the rest, counted in `total()` only), so that a
 client cannot grow the page with invented names.
+
+Two counters of ours per model, beside TF Serving's:
+`:optfusion:serving:predicted_rows{model_name}` (rows answered by a signature
+with an `oov_fraction` output) and `:optfusion:serving:mostly_oov_rows{model_name}`
+(those of them with most categorical fields out of vocabulary: traffic of
+another dataset or schema gets confident constants; this makes it visible).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Iterable
+
+from pipeline.features import MOSTLY_OOV_FRACTION
 
 # API label values of gRPC requests and of the runtime (TF Serving's literals).
 PREDICT = "Predict"
@@ -175,9 +183,12 @@ class Metrics:
                                                 ("model",), EXAMPLE_COUNT_BUCKETS)
         self.request_example_count_total = Counter(
             "/tensorflow/serving/request_example_count_total", ("model",))
+        self.predicted_rows = Counter("/optfusion/serving/predicted_rows", ("model_name",))
+        self.mostly_oov_rows = Counter("/optfusion/serving/mostly_oov_rows", ("model_name",))
         self.families: list[_Family] = [
             self.request_count, self.request_latency, self.runtime_latency,
             self.request_example_counts, self.request_example_count_total,
+            self.predicted_rows, self.mostly_oov_rows,
         ]
         self._lock = threading.Lock()
         self._unserved = 0  # requests naming no served model: counted, never a label
@@ -197,6 +208,11 @@ class Metrics:
         """One successful model run (session run, batching wait included, as with TF Serving's
         batching session)."""
         self.runtime_latency.observe(model, api, RUNTIME, value=latency_us)
+
+    def record_rows(self, model: str, rows: int, mostly_oov: int) -> None:
+        """Counts `rows` predicted rows of a served model, `mostly_oov` of them foreign."""
+        self.predicted_rows.increment(model, by=rows)
+        self.mostly_oov_rows.increment(model, by=mostly_oov)
 
     def total(self) -> int:
         with self._lock:
@@ -218,6 +234,10 @@ class Metrics:
                 if m == model:
                     lines.append(f"  {api or 'status/metadata'} via {entrypoint}: "
                                  f"mean {total / max(sum(counts), 1) / 1000:.2f} ms")
+        oov = self.mostly_oov_rows.values()
+        for (model,), rows in sorted(self.predicted_rows.values().items()):
+            lines.append(f"{model}: {oov.get((model,), 0)} of {rows} predicted rows had more than "
+                         f"{MOSTLY_OOV_FRACTION:.0%} of their categorical fields out of vocabulary")
         with self._lock:
             if self._unserved:
                 lines.append(f"{self._unserved} requests named no served model")

@@ -6,7 +6,9 @@ The TFT layer is a tf_keras object and cannot live inside a Keras 3 model
 layer and call the model. Three signatures:
 
 - `serving_default`: `examples` (string[None], serialized raw tf.Example)
-  -> `probabilities`, `logits` (float32[None]).
+  -> `probabilities`, `logits` (float32[None]) and `oov_fraction`
+  (float32[None]: per row, the fraction of its categorical fields whose id
+  is the OOV id; near 1 for rows of another dataset, see `with_oov_fraction`).
 - `raw_fields`: one string[None] tensor per raw field holding the cell text as
   in the input file (b"" = missing; timestamps as Unix seconds, docs/SCHEMA.md),
   for clients that cannot build tf.Example; numeric fields are parsed in the
@@ -32,6 +34,7 @@ CLASSIFY_SIGNATURE = "classification"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 EXAMPLES_INPUT = "examples"
 CLASSIFY_INPUT = "inputs"
+OOV_OUTPUT = "oov_fraction"
 
 _NUMBER_PATTERNS = {
     True: r"[+-]?[0-9]+",  # integer dtypes
@@ -86,12 +89,26 @@ def _fields_to_raw(texts: Mapping[str, tf.Tensor], raw_spec: Mapping[str, Any]) 
     return raw
 
 
+def with_oov_fraction(outputs: dict[str, tf.Tensor], transformed: Mapping[str, tf.Tensor],
+                      oov_fields: Sequence[str]) -> dict[str, tf.Tensor]:
+    """Adds OOV_OUTPUT: per row, the fraction of `oov_fields` (categorical) at the OOV id.
+
+    Rows of another schema or dataset get confident-looking constants otherwise
+    (every id OOV); this output lets the server count them and clients warn.
+    """
+    from pipeline.transform import oov_fraction  # TFT-heavy: only where a model is built
+
+    return {**outputs, OOV_OUTPUT: oov_fraction(dict(transformed), list(oov_fields))}
+
+
 def write_savedmodel(
     export_dir: str | pathlib.Path,
     model: Any,
     transform_layer: Any,
     raw_feature_spec: Mapping[str, Any],
     field_names: Sequence[str],
+    *,
+    oov_fields: Sequence[str],
 ) -> None:
     """Saves the three signatures over `transform_layer` + `model` into `export_dir`.
 
@@ -99,7 +116,8 @@ def write_savedmodel(
     the session loader (TF Serving's C++ path) restores them; a plain
     `tf.Module` holding the model saves variables only the TF2 loader finds
     (docs/DESIGN.md section "Serving"). The TFT layer (tf_keras) and its
-    tables are tracked as a trackable resource beside it.
+    tables are tracked as a trackable resource beside it. `oov_fields`: the
+    categorical fields `oov_fraction` counts (pipeline.transform.oov_fields).
     """
     raw_spec = dict(raw_feature_spec)
     names = list(field_names)
@@ -109,7 +127,8 @@ def write_savedmodel(
         # The TFT outputs are [B] already; no per-field reshape (a graph op each, at every request).
         features = {n: tf.cast(transformed[n], tf.int64) for n in names}
         logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
-        return {"probabilities": tf.sigmoid(logits), "logits": logits}
+        return with_oov_fraction({"probabilities": tf.sigmoid(logits), "logits": logits}, features,
+                                 oov_fields)
 
     def serve_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
         return predict_raw(tf.io.parse_example(examples, raw_spec))

@@ -46,6 +46,7 @@ from tensorflow_serving.apis import (
 
 from serving import handlers, tensors
 from serving.manager import ModelManager
+from serving.metrics import Metrics
 from serving.module import DEFAULT_SIGNATURE
 from serving.servable import ServingError
 
@@ -417,8 +418,9 @@ class Reply:
 class RestApi:
     """Answers /v1/ requests from the served models."""
 
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, metrics: Metrics | None = None):
         self._manager = manager
+        self._metrics = metrics  # counts foreign rows of Predicts (handlers.predict)
 
     def handle(self, method: str, path: str, body: bytes, origin: str = "") -> Reply:
         """Any method on a /v1/ path; `origin` is the Origin header (CORS preflight)."""
@@ -463,4 +465,4 @@ class RestApi:
         inputs = servable.signature(signature_name or DEFAULT_SIGNATURE,
                                     missing=grpc.StatusCode.INVALID_ARGUMENT).definition.inputs
         request, rows = predict_request(doc, where.model_spec(signature_name), inputs)
-        return predict_json(handlers.predict(servable, request), rows)
+        return predict_json(handlers.predict(servable, request, self._metrics), rows)

@@ -92,6 +92,10 @@ class _Observer:
         self._manager = manager
         self._metrics = metrics
 
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
     def record(self, model: str | None, api: str, status: str, start: float,
                entrypoint: str) -> None:
         served = model if model is not None and self._manager.serves(model) else None
@@ -136,7 +140,7 @@ def _grpc_services(manager: ModelManager, observer: _Observer,
                    reload: Callable[[model_server_config_pb2.ModelServerConfig], None]
                    ) -> list[grpc.GenericRpcHandler]:
     def predict(request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        return handlers.predict(manager.servable(request.model_spec), request)
+        return handlers.predict(manager.servable(request.model_spec), request, observer.metrics)
 
     def classify(request: classification_pb2.ClassificationRequest) -> Any:
         return handlers.classify(manager.servable(request.model_spec), request)
@@ -364,7 +368,7 @@ class ModelServer:
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address} (in use?)")
         if self.options.rest_api_port is not None:
-            self._http = _http_server(self.options, self.metrics, rest.RestApi(self.manager),
+            self._http = _http_server(self.options, self.metrics, rest.RestApi(self.manager, self.metrics),
                                       self._observer)
             self.rest_port = self._http.server_address[1]
             threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()

@@ -10,11 +10,18 @@
   trainer --stage=tune    --data DIR --model {optfusion,NAME} [--grid FILE] [--max_trials N] [--epochs E] --out TUNE
   trainer --stage=evaluate --data DIR --run_dir RUN [--split NAME] [--output FILE.json]
   trainer --stage=predict  --data DIR --run_dir RUN [--split NAME] --output FILE.tsv|FILE.csv
+  trainer --stage=predict  --data DIR --run_dir RUN --input RAW_FILE --output FILE.tsv|FILE.csv
+          [--keep_columns COL,...] [--on_bad_row {error,nan,skip}] [--unlabeled]
 
 evaluate and predict take a finished retrain/train run and any transformed data
 made with that run's transform graph (a `pipeline` run, or a `pipeline transform`
 output of new files: split "data", labeled or not); predict writes
-`row<TAB>probability[<TAB>label]` per record (see trainer/scoring.py).
+`row<TAB>probability[<TAB>label]` per TFRecord (row = the record's index in the
+split's stored order, see trainer/scoring.py). With --input, predict scores a raw
+file of the run's schema through --data's transform graph instead: one line
+`line<TAB>[kept columns<TAB>]probability` per input row, in file order, a bad row
+an error naming its line unless --on_bad_row=nan|skip marks it (see
+pipeline/batch_scoring.py).
 
 Bad input (config, data dir, architecture, run dir) fails before training with
 one line and exit code 2; a diverging loss stops with exit code 1, keeping the
@@ -33,6 +40,7 @@ import sys
 import time
 from typing import Any
 
+from pipeline import batch_scoring
 from pipeline.dataset_info import read_dataset_info
 from pipeline.errors import EXIT_USAGE, UsageError
 from pipeline.features import SPLIT_NAMES
@@ -69,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                         "baseline (--model); tune: keras-tuner over lr and L2 for --model (writes best.yaml "
                         "for --config); evaluate: AUC and LogLoss of a finished run (--run_dir) on a labeled "
                         "split of --data, printed and written as JSON; predict: one probability per record of "
-                        "--data into --output (labeled or unlabeled data)")
+                        "--data into --output (labeled or unlabeled data), or per row of a raw --input file")
     parser.add_argument("--data", required=True,
                         help="output DIR of a `pipeline` run (a local path or any tf.io.gfile URI); evaluate and "
                         "predict also take a `pipeline transform` output")
@@ -103,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="predict: file to write, tab-separated (comma-separated if it ends in .csv); "
                         "evaluate: JSON file (default: evaluation.SPLIT.json in --run_dir, replaced by the next "
                         "evaluation of that split); a given --output is never overwritten")
+    parser.add_argument("--input",
+                        help="predict: a raw file of --data's schema (labeled or not) to score line-aligned "
+                        "through --data's transform graph, instead of --data's TFRecords")
+    parser.add_argument("--keep_columns", help=f"predict --input: {batch_scoring.KEEP_COLUMNS_HELP}")
+    parser.add_argument("--on_bad_row", choices=batch_scoring.ON_BAD_ROW,
+                        help=f"predict --input: {batch_scoring.ON_BAD_ROW_HELP}")
+    parser.add_argument("--unlabeled", action="store_true", default=None,
+                        help=f"predict --input: {batch_scoring.UNLABELED_HELP}")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="tf.distribute strategy (config train.strategy, default: default); multi_worker and "
@@ -152,8 +168,12 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     info = read_dataset_info(local_view(args.data))  # a URI TF cannot read here is staged once
     if args.stage in SCORING_STAGES:
         return _score(args, info)
-    if any(v is not None for v in (args.run_dir, args.split, args.output)):
-        raise UsageError("--run_dir, --split and --output belong to --stage=evaluate|predict")
+    scoring_only = {"--run_dir": args.run_dir, "--split": args.split, "--output": args.output,
+                    "--input": args.input, "--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row,
+                    "--unlabeled": args.unlabeled}
+    given = [flag for flag, value in scoring_only.items() if value is not None]
+    if given:
+        raise UsageError(f"{given[0]} belongs to --stage=evaluate|predict, not --stage={args.stage}")
     if args.out is None:
         raise UsageError(f"--stage={args.stage} needs --out RUN (the run directory to write)")
     missing = [s for s in SPLIT_NAMES if s not in info.splits]
@@ -233,11 +253,23 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
         raise UsageError(f"{(given or ['--resume'])[0]} belongs to the training stages, not --stage={args.stage}")
     if args.run_dir is None:
         raise UsageError(f"--stage={args.stage} needs --run_dir RUN (a finished retrain or train run)")
+    raw_only = {"--input": args.input, "--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row,
+                "--unlabeled": args.unlabeled}
+    given = [flag for flag, value in raw_only.items() if value is not None]
+    if given and (args.stage != "predict" or args.input is None):
+        raise UsageError(f"{given[0]} belongs to --stage=predict --input RAW_FILE")
+    if args.input is not None and args.split is not None:
+        raise UsageError("--split selects TFRecords of --data; --input scores a raw file: give one of both")
     check_data(info)
     if args.stage == "evaluate":
         return scoring.evaluate(args.run_dir, info, args.split, args.output)
     if args.output is None:
         raise UsageError("--stage=predict needs --output FILE (.tsv, or .csv for comma-separated)")
+    if args.input is not None:
+        return scoring.predict_raw(args.run_dir, info, args.input, args.output,
+                                   on_bad_row=args.on_bad_row or "error",
+                                   keep_columns=batch_scoring.parse_keep_columns(args.keep_columns),
+                                   unlabeled=args.unlabeled)
     return scoring.predict(args.run_dir, info, args.output, args.split)
 
 
@@ -289,6 +321,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         lines = [f"trainer evaluate: {summary['run_dir']} on split {summary['split']} of {summary['data_dir']}: "
                  f"AUC {summary['auc']:.4f}, LogLoss {summary['logloss']:.4f} ({summary['rows']} rows, "
                  f"{summary['positives']} positive) in {summary['seconds']:.1f}s -> {summary['output']}"]
+    elif summary["stage"] == "predict" and "input" in summary:  # rows in / scored / bad: stderr
+        print(f"trainer predict: {summary['summary']}, scored by {summary['run_dir']} in "
+              f"{summary['seconds']:.1f}s", *filter(None, [summary["warning"]]), sep="\n", file=sys.stderr)
+        return
     elif summary["stage"] == "predict":
         lines = [f"trainer predict: {summary['rows']} rows of split {summary['split']} of {summary['data_dir']} "
                  f"scored by {summary['run_dir']} in {summary['seconds']:.1f}s -> {summary['output']} "

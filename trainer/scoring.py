@@ -6,8 +6,8 @@ graph. Both stages first check that the data's fields, vocabulary sizes and
 value counts are the run's: ids from another graph would silently mean other
 tokens.
 
-`trainer --stage=predict` writes one row per record, in the stored record
-order (the split's shards in name order, each in file order):
+`trainer --stage=predict` on transformed data writes one row per record, in
+the stored record order (the split's shards in name order, each in file order):
 
     row<TAB>probability[<TAB>label]
     0<TAB>0.0312<TAB>0
@@ -16,6 +16,11 @@ order (the split's shards in name order, each in file order):
 digits, `label` only for labeled data; an --output ending in `.csv` is
 comma-separated instead. The file appears complete or not at all (temp file,
 then rename).
+
+`trainer --stage=predict --input RAW_FILE` scores a raw file of the run's
+schema instead, line-aligned: the pipeline run's TFT graph and the trained
+model in process, one output line per input row with its line number
+(pipeline.batch_scoring, the loop `serving predict` shares).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from pipeline import batch_scoring
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.dataset_info import STATS_FILE, DatasetInfo, is_uri, join
 from pipeline.errors import UsageError
@@ -179,6 +185,58 @@ def predict(run_dir: str | pathlib.Path, info: DatasetInfo, output: str | pathli
     return {"stage": "predict", "run_dir": str(run_dir), "data_dir": str(info.data_dir), "split": split,
             "output": str(target), "rows": rows, "labeled": info.labeled, "mean_probability": total / rows,
             "min_probability": low, "max_probability": high, "seconds": time.perf_counter() - start}
+
+
+def raw_scores(model: Any, transform_layer: Any, raw_spec: dict[str, Any], names: list[str],
+               serialized: tf.Tensor, oov_fields: list[str]) -> tuple[tf.Tensor, tf.Tensor]:
+    """(probabilities, oov_fraction) of serialized raw tf.Examples: parse, the TFT layer, the model.
+
+    What the exported `serving_default` computes, in process (export verifies against it).
+    """
+    from pipeline.transform import oov_fraction
+
+    transformed = transform_layer(tf.io.parse_example(serialized, raw_spec))
+    features = {n: tf.cast(transformed[n], tf.int64) for n in names}
+    logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
+    return tf.sigmoid(logits), oov_fraction(features, oov_fields)
+
+
+def predict_raw(run_dir: str | pathlib.Path, info: DatasetInfo, input_path: str, output: str | pathlib.Path, *,
+                on_bad_row: str = "error", keep_columns: tuple[str, ...] = (), unlabeled: bool | None = None,
+                ) -> dict[str, Any]:
+    """Scores the raw file `input_path` line-aligned (pipeline.batch_scoring) through `info`'s
+    TFT graph and the run's model; `info` is the pipeline run the model was trained on."""
+    import tensorflow_transform as tft
+
+    from pipeline.job import run_spec
+    from pipeline.raw_rows import serialize_example
+    from pipeline.transform import oov_fields
+
+    run_dir = pathlib.Path(run_dir)
+    target = _output_path(output)
+    start = time.perf_counter()
+    model, batch_size = _load(run_dir, info)
+    spec = run_spec(str(info.data_dir))
+    tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
+    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
+    layer, names, fields = tft_output.transform_features_layer(), info.field_names, oov_fields(spec)
+    step = tf.function(lambda s: raw_scores(model, layer, raw_spec, names, s, fields),
+                       input_signature=[tf.TensorSpec([None], tf.string)])
+
+    def scorer(rows: list[dict[str, list]]) -> tuple[np.ndarray, np.ndarray]:
+        p, oov = step(tf.constant([serialize_example(r, None, spec) for r in rows]))
+        return p.numpy(), oov.numpy()
+
+    bar = tqdm(desc=f"predict {input_path}", unit="row", unit_scale=True, leave=False,
+               mininterval=0.2 if sys.stderr.isatty() else 30)
+    with bar:
+        summary = batch_scoring.score_file(input_path, spec, scorer, target, batch_size=batch_size,
+                                           on_bad_row=on_bad_row, keep_columns=keep_columns,
+                                           unlabeled=unlabeled, progress=bar.update)
+    return {"stage": "predict", "run_dir": str(run_dir), "data_dir": str(info.data_dir), "input": input_path,
+            "output": str(target), "rows": summary.rows, "scored": summary.scored, "bad": summary.bad,
+            "summary": summary.describe(), "warning": summary.foreign_warning(),
+            "seconds": time.perf_counter() - start}
 
 
 def _output_path(output: str | pathlib.Path) -> pathlib.Path:

@@ -187,6 +187,40 @@ class TestLayout:
         layout = detect_layout(header, load_spec("criteo").without_label(), "test.csv")
         assert layout.header and layout.names[:2] == (None, "I1")
 
+    def test_file_without_the_label_column_points_to_unlabeled(self):
+        """No header, one column short of the schema: the message names the fix."""
+        with pytest.raises(SpecError, match="has 2 columns, t without a header has 3.*lacks the label column "
+                                            "'y'.*--unlabeled"):
+            detect_layout("x\t2", _spec(header=False), "f.tsv")
+        with pytest.raises(SpecError, match="has 4 columns") as err:
+            detect_layout("1\tx\t2\t3", _spec(header=False), "f.tsv")
+        assert "--unlabeled" not in str(err.value)
+
+    def test_numbered_rows_for_scoring(self, tmp_path):
+        """Every row with its line number, bad ones with their reason; the label column is found or not,
+        never read; blank lines are no rows but keep their numbers."""
+        from pipeline.raw_rows import iter_numbered_rows, scoring_layout
+
+        spec = _spec(delimiter=",", header=True, fields={"a": "categorical", "b": "integer"})
+        labeled = tmp_path / "labeled.csv"
+        labeled.write_bytes(b"id,y,a,b\r\nk1,1,x,2\r\n\nk2,maybe,x,3\nk3,0,x\nk4,1,z,four\nk3,0,x\n")
+        unlabeled = tmp_path / "unlabeled.csv"
+        unlabeled.write_bytes(b"b,a,id\n2,x,k1\n")
+        where = scoring_layout(str(labeled), spec)
+        assert where.labeled and where.column_names == ("id", "y", "a", "b")
+        rows = list(iter_numbered_rows(where, spec))
+        assert [(r.line, r.reason) for r in rows] == [(2, None), (4, None), (5, "column_count"), (6, "non_integer"),
+                                                      (7, "column_count")]
+        assert rows[0].features == {"a": [b"x"], "b": [2]} and rows[1].features == {"a": [b"x"], "b": [3]}
+        assert [where.cells(r.text)[where.column_index("id")] for r in rows] == ["k1", "k2", "k3", "k4", "k3"]
+        where = scoring_layout(str(unlabeled), spec)
+        assert not where.labeled
+        assert [(r.line, r.features) for r in iter_numbered_rows(where, spec)] == [(2, {"a": [b"x"], "b": [2]})]
+        with pytest.raises(SpecError, match="header lacks the label column 'y'"):
+            scoring_layout(str(unlabeled), spec, unlabeled=False)
+        with pytest.raises(SpecError, match="has no column 'Id'; its columns are \\['b', 'a', 'id'\\]"):
+            where.column_index("Id")
+
     def test_header_and_delimiter_are_enforced(self):
         with pytest.raises(SpecError, match="header: false"):
             detect_layout("y\ta\tb", _spec(header=False), "f.tsv")

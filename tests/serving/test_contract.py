@@ -38,15 +38,20 @@ def criteo_base(criteo_run_dir, criteo_preprocessed_dir, tmp_path_factory) -> pa
 
 
 @pytest.fixture(scope="session")
-def bundled_target(criteo_base):
+def bundled_server(criteo_base):
     server = ModelServer(
         configs.read_models_config(criteo_base / configs.MODELS_CONFIG),
         configs.read_batching_config(criteo_base / configs.BATCHING_CONFIG),
         ServerOptions(host="127.0.0.1", port=0, poll_seconds=0.3),
     )
     server.start()
-    yield f"127.0.0.1:{server.port}"
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def bundled_target(bundled_server):
+    return f"127.0.0.1:{bundled_server.port}"
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +108,7 @@ def keras_reference(criteo_run_dir, criteo_preprocessed_dir, held_out_rows) -> n
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     return _keras_reference(load_model(criteo_run_dir), tft_output.transform_features_layer(),
-                            raw_spec, info.field_names, examples.serialize_rows(held_out_rows))
+                            raw_spec, info.field_names, examples.serialize_rows(held_out_rows))[0]
 
 
 def _session_feeds(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
@@ -214,7 +219,7 @@ def test_metadata_lists_both_signatures(client):
     default = signatures["serving_default"]
     assert default.inputs["examples"].dtype == tf.string.as_datatype_enum
     assert [d.size for d in default.inputs["examples"].tensor_shape.dim] == [-1]
-    assert {"probabilities", "logits"} <= set(default.outputs)
+    assert {"probabilities", "logits", "oov_fraction"} <= set(default.outputs)
     fields = signatures["raw_fields"].inputs
     assert {f"I{i}" for i in range(1, 14)} | {f"C{i}" for i in range(1, 27)} == set(fields)
     assert all([d.size for d in t.tensor_shape.dim] == [-1] for t in fields.values())
@@ -231,6 +236,13 @@ def test_bad_requests_get_status_on_real_model(client):
     assert client.predict_examples(MODEL, examples.serialize_rows([{}])).shape == (1,)
 
 
+def _probabilities(text: str) -> np.ndarray:
+    """The `probability` column of batch-scoring output (header first)."""
+    header, *lines = [line.split("\t") for line in text.splitlines()]
+    column = header.index("probability")
+    return np.array([float(line[column]) if line[column] else np.nan for line in lines])
+
+
 def test_predict_cli_writes_one_probability_per_row(bundled_target, criteo_base, tmp_path):
     rows_file = shared_data("criteo/paddlerec_part0.tsv")
     out = tmp_path / "p.txt"
@@ -239,8 +251,104 @@ def test_predict_cli_writes_one_probability_per_row(bundled_target, criteo_base,
                      "--output", str(out), "--wait_ready", "60"]) == 0
     from pipeline.raw_rows import iter_raw_examples, load_spec
     rows = [f for f, _ in iter_raw_examples(str(rows_file), load_spec(dataset="criteo"))]
-    written = np.array([float(x) for x in out.read_text().split()])
+    written = _probabilities(out.read_text())
     np.testing.assert_allclose(written, _in_process(criteo_base / MODEL / "1", rows), atol=2e-6)
+
+
+@pytest.fixture(scope="session")
+def raw_files(criteo_generated_file, tmp_path_factory) -> dict[str, pathlib.Path]:
+    """40 training rows with row 5 cut short; the same rows without the label column."""
+    tmp = tmp_path_factory.mktemp("raw_scoring")
+    with criteo_generated_file.open("rb") as handle:
+        lines = [handle.readline().rstrip(b"\n") for _ in range(40)]
+    lines[4] = b"\t".join(lines[4].split(b"\t")[:10])
+    files = {"labeled": tmp / "labeled.tsv", "unlabeled": tmp / "unlabeled.tsv"}
+    files["labeled"].write_bytes(b"\n".join(lines) + b"\n")
+    files["unlabeled"].write_bytes(b"\n".join(line.split(b"\t", 1)[1] for line in lines) + b"\n")
+    return files
+
+
+def test_trainer_predict_on_a_raw_file_is_line_aligned(criteo_run_dir, criteo_preprocessed_dir, criteo_base,
+                                                      raw_files, bundled_target, tmp_path):
+    """The run's TFT graph + Keras model in process (trainer) and the exported model over gRPC
+    (serving predict) give the same aligned lines: one shared loop, two scorers."""
+    from pipeline.raw_rows import iter_raw_examples, load_spec
+    from trainer import cli as trainer_cli
+
+    outputs = {}
+    for name in ("labeled", "unlabeled"):
+        outputs[name] = tmp_path / f"{name}.tsv"
+        assert trainer_cli.main(["--stage=predict", f"--data={criteo_preprocessed_dir}",
+                                 f"--run_dir={criteo_run_dir}", f"--input={raw_files[name]}",
+                                 f"--output={outputs[name]}", "--on_bad_row=nan"]) == 0
+    text = outputs["labeled"].read_text()
+    assert text == outputs["unlabeled"].read_text()  # the label column is detected and never needed
+    lines = text.splitlines()
+    assert lines[0] == "line\tprobability\treason" and len(lines) == 1 + 40
+    assert lines[5] == "5\tnan\tcolumn_count"
+    got = _probabilities(text)
+    rows = [f for f, _ in iter_raw_examples(str(raw_files["labeled"]), load_spec(dataset="criteo"))]
+    expected = _in_process(criteo_base / MODEL / "1", rows)
+    np.testing.assert_allclose(np.delete(got, 4), expected, atol=1e-5, rtol=0)
+    served = tmp_path / "served.tsv"
+    assert cli.main(["predict", "--target", bundled_target, "--model_name", MODEL, "--input",
+                     str(raw_files["unlabeled"]), "--output", str(served), "--on_bad_row=nan"]) == 0
+    np.testing.assert_allclose(_probabilities(served.read_text()), got, atol=1e-5, rtol=0)
+
+
+def test_trainer_predict_on_a_bad_raw_row_exits_2_naming_the_line(criteo_run_dir, criteo_preprocessed_dir,
+                                                                 raw_files, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "p.tsv"
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "--stage=predict", f"--data={criteo_preprocessed_dir}",
+         f"--run_dir={criteo_run_dir}", f"--input={raw_files['labeled']}", f"--output={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert f"trainer: error: {raw_files['labeled']}:5: cannot score this row: wrong number of columns " \
+           "(10, expected 40)" in result.stderr
+    assert not out.exists()
+
+
+def _oov_rows(server: ModelServer) -> dict[str, int]:
+    text = server.metrics.prometheus()
+    return {name: int(next((line.split()[-1] for line in text.splitlines()
+                            if line.startswith(f':optfusion:serving:{name}{{model_name="{MODEL}"}}')), 0))
+            for name in ("predicted_rows", "mostly_oov_rows")}
+
+
+def test_foreign_rows_are_flagged_and_training_rows_are_not(bundled_server, bundled_target,
+                                                            criteo_generated_file):
+    """oov_fraction, the server's metric and the client's warning on the real export."""
+    import warnings
+
+    from pipeline.raw_rows import iter_raw_examples, load_spec
+    from serving.client import ForeignRowsWarning
+
+    training = [f for f, _ in iter_raw_examples(str(criteo_generated_file), load_spec(dataset="criteo"))][:200]
+    rng = np.random.default_rng(0)
+    foreign = [{k: ([f"{rng.integers(1 << 40):x}".encode()] if k.startswith("C") else v) for k, v in row.items()}
+               for row in training[:50]]
+    with ServingClient(bundled_target, timeout=60) as c:
+        before = _oov_rows(bundled_server)
+        _, oov = c.predict_scores(MODEL, examples.serialize_rows(training))
+        assert oov is not None and oov.shape == (200,) and np.mean(oov > 0.5) < 0.5
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            c.predict_examples(MODEL, examples.serialize_rows(training))
+        mostly = int(np.sum(oov > 0.5))
+        assert _oov_rows(bundled_server) == {"predicted_rows": before["predicted_rows"] + 400,
+                                             "mostly_oov_rows": before["mostly_oov_rows"] + 2 * mostly}
+        _, oov = c.predict_scores(MODEL, examples.serialize_rows(foreign))
+        np.testing.assert_array_equal(oov, np.ones(50, np.float32))  # every C1..C26 token unseen
+        with pytest.warns(ForeignRowsWarning, match="do not look like the training data: 50 of 50 rows"):
+            c.predict_examples(MODEL, examples.serialize_rows(foreign))
+        assert _oov_rows(bundled_server) == {"predicted_rows": before["predicted_rows"] + 500,
+                                             "mostly_oov_rows": before["mostly_oov_rows"] + 2 * mostly + 100}
 
 
 def test_failed_verification_publishes_nothing(criteo_run_dir, criteo_preprocessed_dir, criteo_base):

@@ -34,7 +34,7 @@ def test_row_and_columnar_predict_equal_grpc(tiny_server, tiny_client):
     status, rows = _call(tiny_server, "POST", "/v1/models/tiny:predict", {"instances": B64})
     assert status == 200, rows
     # several outputs -> one object per row, as TF Serving writes it
-    assert [set(r) for r in rows["predictions"]] == [{"probabilities", "logits"}] * len(B64)
+    assert [set(r) for r in rows["predictions"]] == [{"probabilities", "logits", "oov_fraction"}] * len(B64)
     rest_p = np.array([r["probabilities"] for r in rows["predictions"]], dtype=np.float32)
     np.testing.assert_array_equal(rest_p, grpc_out["probabilities"])  # bit-identical
     status, columns = _call(tiny_server, "POST", "/v1/models/tiny/versions/1:predict",

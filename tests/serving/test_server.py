@@ -77,7 +77,8 @@ def test_metadata_lists_signatures_with_dtypes_and_shapes(tiny_client):
     examples_in = default.inputs["examples"]
     assert examples_in.dtype == tf.string.as_datatype_enum
     assert [d.size for d in examples_in.tensor_shape.dim] == [-1]
-    assert set(default.outputs) == {"probabilities", "logits"}
+    assert set(default.outputs) == {"probabilities", "logits", "oov_fraction"}
+    assert default.outputs["oov_fraction"].dtype == tf.float32.as_datatype_enum
     assert default.outputs["probabilities"].dtype == tf.float32.as_datatype_enum
     fields = signatures["raw_fields"]
     assert set(fields.inputs) == {"I1", "C1"}

@@ -1,6 +1,7 @@
 """A tiny model version built without the pipeline or the trainer, for fast server tests.
 
-A hash-bucket "transform" stands in for the TFT layer and a two-field
+A small "transform" stands in for the TFT layer (the pipeline's id layout:
+0 = OOV, 1 = missing; I1 hashed, C1 looked up in VOCABULARY) and a two-field
 embedding model for the trained one; everything else (signatures, method
 names, warmup records, layout) is what `serving export` writes.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, model_pb2, prediction_service_pb2_grpc
 
+from pipeline.features import FIRST_VALUE_ID, MISSING_ID, OOV_ID
 from serving import examples, export, module
 
 RAW_SPEC = {
@@ -22,7 +24,9 @@ RAW_SPEC = {
     "C1": tf.io.VarLenFeature(tf.string),
 }
 FIELDS = ["I1", "C1"]
+OOV_FIELDS = ["C1"]  # the categorical field the `oov_fraction` output counts
 BUCKETS = 50
+VOCABULARY = [b"abc", b"x", b"seen"]  # C1's tokens "seen in training"; others are OOV
 ROWS: list[dict[str, list]] = [
     {"I1": [5], "C1": [b"abc"]},
     {"I1": [], "C1": [b"never-seen"]},
@@ -34,17 +38,24 @@ SERIALIZED = examples.serialize_rows(ROWS, DTYPES)
 
 
 class HashTransform(tf.Module):
-    """Raw sparse features -> ids in [0, BUCKETS); missing -> id 0."""
+    """Raw sparse features -> ids in [0, BUCKETS): I1 hashed into [2, BUCKETS), C1 by
+    VOCABULARY (2.., OOV_ID for other tokens); missing -> MISSING_ID."""
 
     def __call__(self, raw: dict) -> dict:
         out = {}
         for name in FIELDS:
             sparse = raw[name]
             batch = sparse.dense_shape[0]
-            text = tf.strings.as_string(sparse.values) if sparse.dtype != tf.string else sparse.values
-            ids = tf.strings.to_hash_bucket_fast(text, BUCKETS - 1) + 1
-            # Missing rows keep id 0: scatter the present rows' ids into zeros.
-            out[name] = tf.scatter_nd(sparse.indices[:, :1], ids, tf.reshape(batch, [1]))
+            if sparse.dtype == tf.string:
+                match = tf.equal(sparse.values[:, tf.newaxis], tf.constant(VOCABULARY)[tf.newaxis, :])
+                position = tf.argmax(tf.cast(match, tf.int64), axis=1) + FIRST_VALUE_ID
+                ids = tf.where(tf.reduce_any(match, axis=1), position, OOV_ID)
+            else:
+                text = tf.strings.as_string(sparse.values)
+                ids = tf.strings.to_hash_bucket_fast(text, BUCKETS - FIRST_VALUE_ID) + FIRST_VALUE_ID
+            # Scatter the present rows' ids over MISSING_ID.
+            present = tf.scatter_nd(sparse.indices[:, :1], ids - MISSING_ID, tf.reshape(batch, [1]))
+            out[name] = present + MISSING_ID
         return out
 
 
@@ -61,7 +72,7 @@ def write_version(model_dir: pathlib.Path, version: int, model_name: str, seed: 
     """Saves a tiny model as model_dir/<version> the way `serving export` does."""
     target = model_dir / str(version)
     tmp = model_dir / f".tmp-{version}"
-    module.write_savedmodel(tmp, tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS)
+    module.write_savedmodel(tmp, tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS, oov_fields=OOV_FIELDS)
     export.write_warmup(tmp, model_name, RAW_SPEC, ROWS)
     tmp.rename(target)
     return target

@@ -112,6 +112,9 @@ def _other_graph_dir(multivalued_dir, tmp_path):
         ("bad_split", "--split 'valid'"),
         ("training_flag", "--out belongs to the training stages"),
         ("train_on_new_data", "training needs a labeled `pipeline` run"),
+        ("raw_flag_without_input", "--on_bad_row belongs to --stage=predict --input RAW_FILE"),
+        ("input_and_split", "--split selects TFRecords of --data; --input scores a raw file"),
+        ("raw_flag_when_training", "--input belongs to --stage=evaluate|predict, not --stage=train"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
@@ -130,6 +133,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         "bad_split": ["--stage=predict", *new, *run, "--split", "valid", "--output", tmp_path / "p.tsv"],
         "training_flag": ["--stage=evaluate", *new, *run, "--out", tmp_path / "o"],
         "train_on_new_data": ["--stage=train", "--model", "lr", *new, "--out", tmp_path / "o"],
+        "raw_flag_without_input": ["--stage=predict", *new, *run, "--on_bad_row=nan", "--output", tmp_path / "p.tsv"],
+        "input_and_split": ["--stage=predict", *new, *run, "--input", existing, "--split", "data",
+                            "--output", tmp_path / "p.tsv"],
+        "raw_flag_when_training": ["--stage=train", "--model", "lr", *new, "--input", existing, "--out",
+                                   tmp_path / "o"],
     }[case]
     assert message in _error(_trainer(capsys, *args, expect=2))
     assert existing.read_text() == "a user's file\n"
