@@ -179,9 +179,14 @@ class Phase:
         variables = [v for _, _, vs in self.groups for v in vs]
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
-            # Equal per-replica batches (rebatched from one global batch): the mean of the
-            # replicas' means is the global mean.
-            loss = bce_loss(labels, logits) / self.strategy.num_replicas_in_sync
+            loss = bce_loss(labels, logits)
+            if self.strategy.num_replicas_in_sync > 1:
+                # Each replica's mean weighted by its share of the global batch: replicas may hold
+                # unequal parts (a split's last, smaller batch; workers with unequal files), even none
+                # (its mean is NaN, its weight 0: multiply_no_nan keeps the NaN out of the sum).
+                rows = tf.cast(tf.size(labels), tf.float32)
+                total_rows = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, rows)
+                loss = tf.math.multiply_no_nan(loss, rows / total_rows)
             total = loss
             # l2 / 2 * sum(w^2): gradient l2 * w, the reference's Adam weight_decay
             # (decided at trace time: a zero L2 costs nothing).
