@@ -1,6 +1,8 @@
 """Multi-worker and parameter-server training on loopback: 2 worker processes
 with TF_CONFIG (or 1 chief + 2 workers + 2 ps), the search stage on a 4-shard
-copy of the synthetic data (each multi_worker worker reads 2 files).
+copy of the synthetic data (each multi_worker worker reads 2 files); and 2 or
+3 workers (or 1 chief + 2 workers + 1 ps) training lr on a `pipeline` run with
+one file per split, fewer files than workers.
 
 The 2-worker run uses the same global batch as the single-process run, but
 each step's examples differ (worker k's half comes from its own files, the
@@ -205,6 +207,32 @@ def test_workers_on_one_file_per_split_match_one_process(workers, one_file_dir, 
         other = _metrics(tmp_path / f".multi.worker-{index}")
         assert (other["test_auc"], other["test_logloss"]) == (got["test_auc"], got["test_logloss"])
     print(f"{workers} workers: test AUC {got['test_auc']:.4f} LogLoss {got['test_logloss']:.4f}; 1 process: "
+          f"test AUC {want['test_auc']:.4f} LogLoss {want['test_logloss']:.4f}")
+
+
+@pytest.mark.slow
+@pytest.mark.dist  # several processes with TF_CONFIG: `make test-dist`
+def test_parameter_server_on_one_file_per_split_matches_one_process(one_file_dir, one_file_args, one_file_single,
+                                                                    tmp_path):
+    """1 chief + 2 workers + 1 ps on the 1-file run: each worker reads the one
+    train file and takes every other batch; the chief scores the whole test
+    split. Asynchronous updates: within 0.03 of one process, as below."""
+    out = tmp_path / "ps"
+    hosts = [f"127.0.0.1:{p}" for p in _free_ports(4)]
+    cluster = {"chief": hosts[:1], "worker": hosts[1:3], "ps": hosts[3:]}
+    procs = [_start(one_file_dir, out, {"cluster": cluster, "task": {"type": kind, "index": i}}, f"{kind}{i}.log",
+                    "--strategy=parameter_server", args=one_file_args) for kind, i in (("ps", 0), ("worker", 0),
+                                                                                       ("worker", 1), ("chief", 0))]
+    code = _wait(procs[-1:], DEADLINE_S)[0]
+    _kill(procs)
+    chief_log = (tmp_path / "chief0.log").read_text()
+    assert code == 0, chief_log[-3000:]
+    assert "train split: 1 file(s) for 2 workers" in chief_log
+    got, want = _metrics(out), _metrics(one_file_single)
+    assert got["test_rows"] == want["test_rows"]
+    assert got["test_auc"] == pytest.approx(want["test_auc"], abs=0.03)
+    assert got["test_logloss"] == pytest.approx(want["test_logloss"], abs=0.03)
+    print(f"parameter_server: test AUC {got['test_auc']:.4f} LogLoss {got['test_logloss']:.4f}; 1 process: "
           f"test AUC {want['test_auc']:.4f} LogLoss {want['test_logloss']:.4f}")
 
 
