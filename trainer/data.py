@@ -103,11 +103,8 @@ def make_dataset(
 
     ds = ds.map(parse if info.labeled else parse_features, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
-    # Under a multi-worker strategy each worker reads its own files (the
-    # pipeline writes several shards per split), not every file filtered.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+    # How a multi-worker job splits it is the loop's choice (distribute.auto_shard_options).
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def check_data(info: DatasetInfo) -> None:

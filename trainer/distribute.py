@@ -3,17 +3,29 @@
 default: one process, one device (the tests' and a laptop's setting).
 mirrored: one process, every local GPU, gradients all-reduced in-process.
 multi_worker: one process per machine (TF_CONFIG names the cluster and this
-task); each worker reads its own files of each split (tf.data auto-shard by
-FILE) and gradients are all-reduced across workers every step. The chief
-(worker 0) writes the run directory; the other workers write theirs beside
-it (`worker_out`) and their checkpoints to a scratch dir.
+task); gradients are all-reduced across workers every step. The train split
+is split among the workers by tf.data auto-shard: by FILE (each worker reads
+only its own files) when it has at least as many files as workers, else by
+DATA (every worker reads every file and keeps its part of each global batch:
+W times the reading and decoding, logged once). A small `pipeline` input gives
+one file per split whatever --output_shards says, and older runs or
+--output_shards=1 may too: FILE would fail at the first step. Under FILE a
+worker with fewer rows runs out first and trains on empty parts of the last
+steps (weighted 0 in the loss, trainer/loop.py). Valid and test are not split:
+every worker scores the whole split (exact AUC, each row counted once, the
+same on every worker, so all stop early together). The chief (worker 0)
+writes the run directory; the other workers write theirs beside it
+(`worker_out`) and their checkpoints to a scratch dir.
 parameter_server: TF_CONFIG names a chief, workers and ps tasks. Variables live
 on the ps tasks, each one whose size reaches `train.ps_min_shard_bytes` split
 by rows over them (tf.distribute MinSizePartitioner: the embedding table of a
 large vocabulary first); the chief builds the model, schedules train steps on
-the workers with a ClusterCoordinator (asynchronous updates), evaluates and
-writes the run directory. Worker and ps processes run the same `trainer`
-command with their TF_CONFIG and only serve (`use_strategy` never returns).
+the workers with a ClusterCoordinator (asynchronous updates), evaluates the
+whole valid and test splits itself and writes the run directory. Each worker
+reads its own train files, or with fewer files than workers every file,
+keeping every W-th batch (`shard_by_file`). Worker and ps processes run the
+same `trainer` command with their TF_CONFIG and only serve (`use_strategy`
+never returns).
 
 The strategy is created once per process and before any other TensorFlow op
 runs (a collective runtime cannot be set up afterwards): the CLI picks it
@@ -109,8 +121,41 @@ def _coordinator(strategy: tf.distribute.ParameterServerStrategy) -> tf.distribu
 
 
 def num_workers() -> int:
-    """Worker tasks in TF_CONFIG's cluster (1 without one)."""
-    return len(_tf_config().get("cluster", {}).get("worker", [])) or 1
+    """Processes that train on their own share of the train split: TF_CONFIG's
+    worker tasks, plus its chief task under multi_worker (a parameter_server
+    chief only schedules); 1 without TF_CONFIG."""
+    cluster = _tf_config().get("cluster", {})
+    chief = cluster.get("chief", []) if not cluster.get("ps") else []
+    return len(cluster.get("worker", [])) + len(chief) or 1
+
+
+def shard_by_file(split: str, files: int) -> bool:
+    """True when each worker can read its own files of `split` (at least one
+    each); else every worker reads all `files` and keeps its own part of the
+    batches, which this logs once per split."""
+    workers = num_workers()
+    if files >= workers:
+        return True
+    _log_data_sharding(split, files, workers)
+    return False
+
+
+@functools.cache
+def _log_data_sharding(split: str, files: int, workers: int) -> None:
+    log.info("%s split: %d file(s) for %d workers, so every worker reads every file and keeps only its own part "
+             "of the batches (%dx the reading and decoding); `pipeline --output_shards=%d` or more lets each worker "
+             "read only its own files", split, files, workers, workers, workers)
+
+
+def auto_shard_options(split: str, files: int) -> tf.data.Options:
+    """tf.data options for `experimental_distribute_dataset` under
+    multi_worker: auto-shard by FILE, or by DATA with fewer files than
+    workers (FILE would fail at the first step: "Could not apply FILE based
+    sharding: the dataset only has 1 file(s)")."""
+    policy = tf.data.experimental.AutoShardPolicy
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy.FILE if shard_by_file(split, files) else policy.DATA
+    return options
 
 
 def shard_views(variables: list[Any]) -> list[Any]:

@@ -37,12 +37,14 @@ from trainer.config import Config
 from trainer.data import dummy_features, input_signature, make_dataset, split_files
 from trainer.distribute import (
     active,
+    auto_shard_options,
     checkpointable,
     chief_dir,
     coordinator,
     describe_partitions,
     merge_shards,
     num_workers,
+    shard_by_file,
     shard_views,
 )
 from trainer.metrics import log_loss, roc_auc
@@ -177,9 +179,14 @@ class Phase:
         variables = [v for _, _, vs in self.groups for v in vs]
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
-            # Equal per-replica batches (rebatched from one global batch): the mean of the
-            # replicas' means is the global mean.
-            loss = bce_loss(labels, logits) / self.strategy.num_replicas_in_sync
+            loss = bce_loss(labels, logits)
+            if self.strategy.num_replicas_in_sync > 1:
+                # Each replica's mean weighted by its share of the global batch: replicas may hold
+                # unequal parts (a split's last, smaller batch; workers with unequal files), even none
+                # (its mean is NaN, its weight 0: multiply_no_nan keeps the NaN out of the sum).
+                rows = tf.cast(tf.size(labels), tf.float32)
+                total_rows = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, rows)
+                loss = tf.math.multiply_no_nan(loss, rows / total_rows)
             total = loss
             # l2 / 2 * sum(w^2): gradient l2 * w, the reference's Adam weight_decay
             # (decided at trace time: a zero L2 costs nothing).
@@ -197,7 +204,9 @@ class Phase:
     # ---- evaluation ---------------------------------------------------
 
     def predict(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and logits of every example of `split`."""
+        """Labels and logits of every example of `split`, read by this process
+        alone (not distributed: under multi_worker every worker scores the
+        whole split, so the metric is over all of it, not one worker's share)."""
         labels, logits = [], []
         ds = make_dataset(self.info, split, self.config.train.eval_batch_size)
         for features, y in ds:
@@ -342,8 +351,9 @@ class Phase:
     def _local_steps(self, epoch: int, bar: tqdm) -> Iterator[tuple[float, int]]:
         """Runs the epoch's steps in this process (default, mirrored, multi_worker): (loss, examples) per step."""
         ds = self._train_dataset(epoch)
-        if self.strategy.num_replicas_in_sync > 1:  # each worker reads its own files, batches split per replica
-            ds = self.strategy.experimental_distribute_dataset(ds)
+        if self.strategy.num_replicas_in_sync > 1:  # each worker reads its share, batches split per replica
+            options = auto_shard_options("train", len(split_files(self.info, "train")))
+            ds = self.strategy.experimental_distribute_dataset(ds.with_options(options))
         for features, labels in ds:
             loss = float(self.train_step(features, labels))
             bar.update()
@@ -366,7 +376,7 @@ class Phase:
                              f"{self.config.train.batch_size}, fewer than the {workers} workers; "
                              "use a smaller --train.batch_size")
 
-        by_file = len(split_files(self.info, "train")) >= workers  # else a worker could get no file
+        by_file = shard_by_file("train", len(split_files(self.info, "train")))  # else a worker could get no file
 
         def worker_dataset() -> tf.data.Dataset:
             index = tf.distribute.coordinator.experimental_get_current_worker_index()

@@ -1,6 +1,8 @@
 """Multi-worker and parameter-server training on loopback: 2 worker processes
 with TF_CONFIG (or 1 chief + 2 workers + 2 ps), the search stage on a 4-shard
-copy of the synthetic data (each multi_worker worker reads 2 files).
+copy of the synthetic data (each multi_worker worker reads 2 files); and 2 or
+3 workers (or 1 chief + 2 workers + 1 ps) training lr on a `pipeline` run with
+one file per split, fewer files than workers.
 
 The 2-worker run uses the same global batch as the single-process run, but
 each step's examples differ (worker k's half comes from its own files, the
@@ -25,6 +27,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline.features import SPLIT_NAMES
+from tests.conftest import CRITEO_SAMPLE, SHARED_DATA, run_pipeline
 from tests.trainer.synthetic import write_synthetic_run
 from trainer import cli, distribute
 from trainer.config import preset_path
@@ -57,19 +61,19 @@ def _free_ports(n):
     return ports
 
 
-def _start_workers(data, out, *extra):
-    """Two `trainer --strategy=multi_worker` processes on free loopback ports."""
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-        command = [sys.executable, "-m", "trainer.cli", *ARGS, "--data", str(data), "--out", str(out),
-                   "--strategy=multi_worker", *extra]
-        log = open(out.parent / f"worker{index}.log", "a")
-        procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-        log.close()
-    return procs
+def _start(data, out, tf_config, log_name, *extra, args=ARGS):
+    """One `trainer` process of a cluster, its output appended to `log_name` beside `out`."""
+    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "trainer.cli", *args, "--data", str(data), "--out", str(out), *extra]
+    with open(out.parent / log_name, "a") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _start_workers(data, out, *extra, count=2, args=ARGS):
+    """`count` `trainer --strategy=multi_worker` processes on free loopback ports."""
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(count)]
+    return [_start(data, out, {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}},
+                   f"worker{index}.log", "--strategy=multi_worker", *extra, args=args) for index in range(count)]
 
 
 def _wait(procs, timeout):
@@ -136,12 +140,100 @@ def test_killed_worker_job_resumes_from_last_checkpoint(four_shard_dir, tmp_path
     assert resumed[: len(first)] == first  # restored from the checkpoint, not retrained
 
 
-def _start(data, out, tf_config, log_name, *extra):
-    """One `trainer` process of a cluster, its output appended to `log_name` beside `out`."""
-    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, "-m", "trainer.cli", *ARGS, "--data", str(data), "--out", str(out), *extra]
-    with open(out.parent / log_name, "a") as log:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+@pytest.fixture(scope="module")
+def one_file_dir(request, tmp_path_factory):
+    """`pipeline --output_shards 1` on the 10k-row Criteo sample (the generated file where
+    ../shared/data lacks it): one file per split, fewer than the workers."""
+    source = SHARED_DATA / CRITEO_SAMPLE
+    if not source.exists():
+        source = request.getfixturevalue("criteo_generated_file")
+    out = tmp_path_factory.mktemp("one_file") / "data"
+    run_pipeline("--dataset", "criteo", "--input", str(source), "--output", str(out), "--output_shards", "1")
+    for split in SPLIT_NAMES:
+        assert len(list(out.glob(f"{split}-*.tfrecord.gz"))) == 1, sorted(p.name for p in out.iterdir())
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_file_args(one_file_dir):
+    """lr for 2 epochs, with a batch size that leaves 1 row for the train split's last
+    batch: under 2 or 3 workers some replicas get none of it."""
+    rows = json.loads((one_file_dir / "stats.json").read_text())["splits"]["train"]["rows"]
+    batch = next((b for b in range(128, 2048) if rows % b == 1), None)
+    assert batch is not None, f"no batch size in [128, 2048) leaves 1 of {rows} train rows"
+    return ["--stage=train", "--model=lr", "--config", str(preset_path("criteo", "cpu")), "--train.epochs=2",
+            f"--train.batch_size={batch}"]
+
+
+@pytest.fixture(scope="module")
+def one_file_single(one_file_dir, one_file_args, tmp_path_factory):
+    """The one-process run the 1-file cluster runs are compared with."""
+    out = tmp_path_factory.mktemp("one_file_single") / "run"
+    assert cli.main([*one_file_args, "--data", str(one_file_dir), "--out", str(out)]) == 0
+    return out
+
+
+def _metrics(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _steps_per_epoch(out):
+    return json.loads((out / "checkpoints/train/state.json").read_text())["steps_per_epoch"]
+
+
+@pytest.mark.slow
+@pytest.mark.dist  # several processes with TF_CONFIG: `make test-dist`
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_on_one_file_per_split_match_one_process(workers, one_file_dir, one_file_args, one_file_single,
+                                                         tmp_path):
+    """Fewer files than workers: the train split is sharded by DATA (FILE failed
+    at the first step: "Could not apply FILE based sharding"), so each global
+    step holds the single process's examples, split over the workers (the
+    same number of steps); the last, 1-row batch leaves replicas empty (a NaN
+    loss before their weighting). Valid and test are scored whole by every
+    worker: the chief's test metrics count each test row once."""
+    out = tmp_path / "multi"
+    codes = _wait(_start_workers(one_file_dir, out, count=workers, args=one_file_args), DEADLINE_S)
+    chief_log = (tmp_path / "worker0.log").read_text()
+    assert codes == [0] * workers, chief_log[-3000:]
+    assert f"train split: 1 file(s) for {workers} workers" in chief_log
+    got, want = _metrics(out), _metrics(one_file_single)
+    test_rows = json.loads((one_file_dir / "stats.json").read_text())["splits"]["test"]["rows"]
+    assert got["test_rows"] == want["test_rows"] == test_rows
+    assert _steps_per_epoch(out) == _steps_per_epoch(one_file_single)
+    assert got["test_auc"] == pytest.approx(want["test_auc"], abs=0.02)
+    assert got["test_logloss"] == pytest.approx(want["test_logloss"], abs=0.02)
+    for index in range(1, workers):  # the same weights, the same whole-split metrics
+        other = _metrics(tmp_path / f".multi.worker-{index}")
+        assert (other["test_auc"], other["test_logloss"]) == (got["test_auc"], got["test_logloss"])
+    print(f"{workers} workers: test AUC {got['test_auc']:.4f} LogLoss {got['test_logloss']:.4f}; 1 process: "
+          f"test AUC {want['test_auc']:.4f} LogLoss {want['test_logloss']:.4f}")
+
+
+@pytest.mark.slow
+@pytest.mark.dist  # several processes with TF_CONFIG: `make test-dist`
+def test_parameter_server_on_one_file_per_split_matches_one_process(one_file_dir, one_file_args, one_file_single,
+                                                                    tmp_path):
+    """1 chief + 2 workers + 1 ps on the 1-file run: each worker reads the one
+    train file and takes every other batch; the chief scores the whole test
+    split. Asynchronous updates: within 0.03 of one process, as below."""
+    out = tmp_path / "ps"
+    hosts = [f"127.0.0.1:{p}" for p in _free_ports(4)]
+    cluster = {"chief": hosts[:1], "worker": hosts[1:3], "ps": hosts[3:]}
+    procs = [_start(one_file_dir, out, {"cluster": cluster, "task": {"type": kind, "index": i}}, f"{kind}{i}.log",
+                    "--strategy=parameter_server", args=one_file_args) for kind, i in (("ps", 0), ("worker", 0),
+                                                                                       ("worker", 1), ("chief", 0))]
+    code = _wait(procs[-1:], DEADLINE_S)[0]
+    _kill(procs)
+    chief_log = (tmp_path / "chief0.log").read_text()
+    assert code == 0, chief_log[-3000:]
+    assert "train split: 1 file(s) for 2 workers" in chief_log
+    got, want = _metrics(out), _metrics(one_file_single)
+    assert got["test_rows"] == want["test_rows"]
+    assert got["test_auc"] == pytest.approx(want["test_auc"], abs=0.03)
+    assert got["test_logloss"] == pytest.approx(want["test_logloss"], abs=0.03)
+    print(f"parameter_server: test AUC {got['test_auc']:.4f} LogLoss {got['test_logloss']:.4f}; 1 process: "
+          f"test AUC {want['test_auc']:.4f} LogLoss {want['test_logloss']:.4f}")
 
 
 @pytest.mark.slow
