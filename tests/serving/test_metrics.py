@@ -42,6 +42,7 @@ from tests.serving import tiny
 from tests.serving.conftest import TINY_BATCHING
 
 PREFIX = ":tensorflow:serving:"
+OWN_PREFIX = ":optfusion:serving:"
 FAMILIES = {  # name -> (type, label names), util.cc
     "request_count": ("counter", ["model_name", "status"]),
     "request_example_count_total": ("counter", ["model"]),
@@ -126,7 +127,16 @@ def test_scrape_has_tf_servings_names_labels_buckets_and_counts(tiny_base, tmp_p
         assert server.stop() == 0, server.describe()
 
     types, samples = _parse(page)
-    assert types == [(PREFIX + name, kind) for name, (kind, _) in sorted(FAMILIES.items())]
+    assert [t for t in types if t[0].startswith(PREFIX)] == [
+        (PREFIX + name, kind) for name, (kind, _) in sorted(FAMILIES.items())]
+    # Besides TF Serving's families, only our two OOV counters (serving/metrics.py), in their own
+    # namespace so that no TF Serving dashboard reads them by mistake.
+    assert [t for t in types if not t[0].startswith(PREFIX)] == [
+        (OWN_PREFIX + "mostly_oov_rows", "counter"), (OWN_PREFIX + "predicted_rows", "counter")]
+    own = {name: (dict(labels), value) for name, labels, value in samples if name.startswith(OWN_PREFIX)}
+    predicted = own[OWN_PREFIX + "predicted_rows"]
+    assert predicted[0] == {"model_name": "tiny"} and predicted[1] == 2 * len(tiny.SERIALIZED)
+    samples = [sample for sample in samples if sample[0].startswith(PREFIX)]
     for name, labels, _ in samples:
         family = name.removeprefix(PREFIX)
         family = re.sub(r"_(bucket|sum|count)$", "", family) if family not in FAMILIES else family
