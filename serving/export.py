@@ -10,8 +10,9 @@ tf.Example and sent through every signature of the SavedModel reloaded by the
 session loader, the path `tensorflow_model_server` takes (`serving.session_loader`),
 and through `serving_default` reloaded by `tf.saved_model.load`; the same rows
 are parsed with the raw feature spec, transformed by the pipeline's TFT layer
-in-process and fed to the trained Keras model. Max abs difference of the
-probabilities must be <= `tolerance` (1e-5), and `raw_fields` and
+in-process and fed to the trained Keras model, whose logits are divided by the
+run's temperature (trainer/calibration.py; 1 for a run without one) as the
+export does. Max abs difference of the probabilities must be <= `tolerance` (1e-5), and `raw_fields` and
 `classification` must agree with `serving_default` on the same rows. The rows are, in order of preference:
 `--verify_input FILE` (raw rows in any pipeline format); else the test split's
 raw rows, re-read from the input files stats.json records with the job's
@@ -64,6 +65,7 @@ class Verification:
     classify_max_abs_diff: float  # classification's P(1) vs serving_default, session loader
     tf2_max_abs_diff: float  # serving_default under tf.saved_model.load vs Keras
     tolerance: float
+    temperature: float = 1.0  # the calibration both sides apply: sigmoid(logit / T)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,22 +161,23 @@ def read_raw_rows(path: str, fmt: str | None, dataset: str, limit: int) -> list[
 
 def _keras_reference(
     model: Any, transform_layer: Any, raw_spec: Mapping[str, Any], names: Sequence[str],
-    serialized: Sequence[bytes],
+    serialized: Sequence[bytes], temperature: float = 1.0,
 ) -> np.ndarray:
-    """The trained Keras model on the TFT-transformed rows, in process."""
+    """The trained Keras model on the TFT-transformed rows, in process: sigmoid(logit / temperature)."""
     raw = tf.io.parse_example(tf.constant(list(serialized)), dict(raw_spec))
     transformed = transform_layer(raw)
     features = {n: tf.reshape(tf.cast(transformed[n], tf.int64), [-1]) for n in names}
     logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
-    return tf.sigmoid(logits).numpy()
+    return tf.sigmoid(logits / temperature).numpy()
 
 
 def verify(
     export_dir: pathlib.Path, model: Any, transform_layer: Any, raw_spec: Mapping[str, Any],
     names: Sequence[str], rows: Sequence[Mapping[str, list]], source: str, tolerance: float,
-    batch_size: int = 512,
+    batch_size: int = 512, temperature: float = 1.0,
 ) -> Verification:
-    """The saved model, loaded as TF Serving loads it, vs Keras on the TFT-transformed rows.
+    """The saved model, loaded as TF Serving loads it, vs Keras on the TFT-transformed rows
+    (its logits divided by `temperature`: the calibrated answer the export must serve).
 
     Every signature runs under the session loader (fresh graph and session,
     restore, init op, tensors by SignatureDef name: `tensorflow_model_server`'s
@@ -191,7 +194,7 @@ def verify(
                 chunk = rows[start:start + batch_size]
                 serialized = examples.serialize_rows(chunk, dtypes)
                 batch = np.array(serialized, dtype=object)
-                reference = _keras_reference(model, transform_layer, raw_spec, names, serialized)
+                reference = _keras_reference(model, transform_layer, raw_spec, names, serialized, temperature)
                 default = session.run(module.DEFAULT_SIGNATURE, {module.EXAMPLES_INPUT: batch})
                 texts = examples.field_texts(chunk, list(raw_spec))
                 fields = session.run(module.FIELDS_SIGNATURE,
@@ -206,14 +209,15 @@ def verify(
     except session_loader.SessionLoadError as err:
         raise ExportError(f"export verification failed: {err}; nothing was published") from err
     result = Verification(len(rows), source, diffs["session"], diffs["fields"], diffs["classify"],
-                          diffs["tf2"], tolerance)
+                          diffs["tf2"], tolerance, temperature)
     if not all(d <= tolerance for d in diffs.values()):
         raise ExportError(
             f"export verification failed on {len(rows)} rows ({source}): max abs diff, session "
             f"loader: serving_default vs Keras = {diffs['session']:.3g}, raw_fields vs "
             f"serving_default = {diffs['fields']:.3g}, classification vs serving_default = "
             f"{diffs['classify']:.3g}; tf.saved_model.load: serving_default vs Keras = "
-            f"{diffs['tf2']:.3g} (tolerance {tolerance:g}); nothing was published"
+            f"{diffs['tf2']:.3g} (tolerance {tolerance:g}; Keras logits / T = {temperature:g}); "
+            "nothing was published"
         )
     return result
 
@@ -263,6 +267,7 @@ def export(
 
     from pipeline.dataset_info import read_dataset_info
     from pipeline.remote import local_view
+    from trainer.calibration import read_temperature
     from trainer.model_io import load_model, serving_form
 
     data_dir = str(local_view(data_dir))  # a URI TF cannot read here is staged once, marker checked
@@ -274,6 +279,7 @@ def export(
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     model = load_model(run_dir)
+    temperature = read_temperature(run_dir)  # 1 for a run without calibration.json
     transform_layer = tft_output.transform_features_layer()
 
     base = pathlib.Path(model_base_path)
@@ -303,9 +309,10 @@ def export(
     tmp_dir.chmod(0o755)  # mkdtemp makes it 0700: a server running as another user could not read it
     try:
         # The exported form may differ (a folded head); it is verified against the trained model.
-        module.write_savedmodel(tmp_dir, serving_form(model), transform_layer, raw_spec, info.field_names)
+        module.write_savedmodel(tmp_dir, serving_form(model), transform_layer, raw_spec, info.field_names,
+                                temperature)
         verification = verify(tmp_dir, model, transform_layer, raw_spec, info.field_names,
-                              rows, source, tolerance)
+                              rows, source, tolerance, temperature=temperature)
         warmup = write_warmup(tmp_dir, model_name, raw_spec, rows)
         tmp_dir.rename(final_dir)
     except BaseException:

@@ -6,7 +6,10 @@ The TFT layer is a tf_keras object and cannot live inside a Keras 3 model
 layer and call the model. Three signatures:
 
 - `serving_default`: `examples` (string[None], serialized raw tf.Example)
-  -> `probabilities`, `logits` (float32[None]).
+  -> `probabilities`, `logits` (float32[None]). Both are calibrated: with the
+  run's temperature T (trainer/calibration.py), `logits` = model logit / T and
+  `probabilities` = sigmoid(`logits`), so the pair stays consistent for every
+  client; T = 1 for a run without calibration.
 - `raw_fields`: one string[None] tensor per raw field holding the cell text as
   in the input file (b"" = missing), for clients that cannot build tf.Example;
   numeric fields are parsed in the graph, a non-number is INVALID_ARGUMENT
@@ -18,6 +21,7 @@ layer and call the model. Three signatures:
 
 from __future__ import annotations
 
+import math
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -86,14 +90,25 @@ def _fields_to_raw(texts: Mapping[str, tf.Tensor], raw_spec: Mapping[str, Any]) 
     return raw
 
 
+def calibrated_logits(model_logits: tf.Tensor, temperature: float) -> tf.Tensor:
+    """The served logit: the model's divided by the run's temperature (a graph constant; T = 1 adds no op)."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0. Received: {temperature}")
+    if temperature == 1.0:
+        return model_logits
+    return model_logits / tf.constant(temperature, tf.float32)
+
+
 def write_savedmodel(
     export_dir: str | pathlib.Path,
     model: Any,
     transform_layer: Any,
     raw_feature_spec: Mapping[str, Any],
     field_names: Sequence[str],
+    temperature: float = 1.0,
 ) -> None:
-    """Saves the three signatures over `transform_layer` + `model` into `export_dir`.
+    """Saves the three signatures over `transform_layer` + `model` into `export_dir`,
+    the logits divided by `temperature` (calibration) before the sigmoid.
 
     `keras.export.ExportArchive` tracks the Keras 3 model's variables so that
     the session loader (TF Serving's C++ path) restores them; a plain
@@ -109,6 +124,7 @@ def write_savedmodel(
         # The TFT outputs are [B] already; no per-field reshape (a graph op each, at every request).
         features = {n: tf.cast(transformed[n], tf.int64) for n in names}
         logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
+        logits = calibrated_logits(logits, temperature)
         return {"probabilities": tf.sigmoid(logits), "logits": logits}
 
     def serve_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
