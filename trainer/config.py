@@ -41,8 +41,8 @@ class TrainConfig:
     patience: int = 2  # epochs without a better validation `monitor` before stopping
     # Reduce-LR-on-plateau: after `lr_decay_patience` epochs without a better monitor (counted since the best
     # epoch or the last reduction), the model optimizers' lr and emb_lr are multiplied by `lr_decay_factor`;
-    # never on the epoch that stops, so it needs lr_decay_patience < patience. 1.0 turns it off. Search's architecture optimizer keeps search.arch_lr
-    # (docs/DESIGN.md §3, "Early stopping").
+    # never on the epoch that stops, so it needs lr_decay_patience < patience. 1.0 turns it off. Search's
+    # architecture optimizer keeps search.arch_lr (docs/DESIGN.md §3, "Early stopping").
     lr_decay_factor: float = 0.1
     lr_decay_patience: int = 1
     # After training (retrain / train): fit one temperature T on the validation split, so that the served
