@@ -6,7 +6,8 @@ Search runs one phase (one-shot, or connections only with a fixed op) or two
 the connections frozen) and keeps the best epoch's weights by variable path.
 Retrain and train are the same code: a frozen architecture, Hard or Soft,
 fresh weights or (retrain `init="search"`) the search run's, best validation
-epoch kept, a constant predictor refused, test metrics in metrics.json.
+epoch kept, a constant predictor refused, a temperature fitted on the
+validation split (trainer/calibration.py), test metrics in metrics.json.
 """
 
 from __future__ import annotations

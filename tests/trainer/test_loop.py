@@ -145,7 +145,8 @@ def test_lr_decay_patience_counts_since_the_last_reduction():
 
 def test_lr_scale_and_plateau_counters_resume_from_the_checkpoint(synthetic_dir, tmp_path):
     """The reduced lr is part of the resumable state: a new process restores the scale
-    and the counters, and applies the scale to the configured lr of each model optimizer."""
+    and the counters, and applies the scale to the configured lr of each model optimizer
+    (from the loop state, whatever lr the checkpointed optimizer variable held)."""
     info = read_dataset_info(synthetic_dir)
     config = load_config(preset_path("criteo", "cpu"), ["--train.emb_lr=0.1", "--train.lr=0.01",
                                                         "--train.patience=4"])
@@ -153,7 +154,6 @@ def test_lr_scale_and_plateau_counters_resume_from_the_checkpoint(synthetic_dir,
                    tmp_path / "tb", train_arch=False)
     for record in _records([(0.8, 0.3), (0.7, 0.4)]):
         end_epoch(writer.state, record, config.train)
-    writer._apply_lr()
     writer.checkpoint(improved=False)
     reader = Phase("t", LogReg(info.field_names, info.vocab_sizes), config, info, tmp_path / "c",
                    tmp_path / "tb2", train_arch=False)
