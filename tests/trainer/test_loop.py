@@ -161,3 +161,6 @@ def test_lr_scale_and_plateau_counters_resume_from_the_checkpoint(synthetic_dir,
     assert reader.restore()
     assert (reader.state.lr_scale, reader.state.bad_epochs, reader.state.plateau_epochs) == (0.1, 1, 0)
     assert [float(opt.learning_rate) for _, opt, _ in reader.groups] == pytest.approx([0.01, 0.001])
+    # the traced step reads the reduced lr: Adam's first step moves the bias by lr x scale = 0.001
+    reader.train_step({name: tf.constant([0], tf.int64) for name in info.field_names}, tf.constant([1.0]))
+    assert float(reader.model.bias[0]) == pytest.approx(0.001, rel=1e-3)
