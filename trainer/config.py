@@ -35,8 +35,9 @@ class TrainConfig:
     epochs: int = 30
     # Early stopping (FuxiCTR's rule): the best epoch is the one with the best validation `monitor`;
     # `patience` epochs without a better one stop the phase, and the best epoch's weights are restored.
-    # auc_minus_logloss (default, as FuxiCTR and BARS) guards LogLoss too: on Frappe, monitoring AUC alone
-    # kept an epoch whose valid LogLoss had risen from 0.305 to 0.414 (issue 19).
+    # auc_minus_logloss (default, as FuxiCTR and BARS) guards LogLoss too: AUC alone can keep an
+    # over-confident epoch (Frappe: valid LogLoss 0.305 at epoch 2, 0.407 at the kept epoch 14). Where AUC
+    # keeps rising long after that, a preset may monitor auc and leave LogLoss to `calibrate` (frappe_cpu.yaml).
     monitor: Literal["auc_minus_logloss", "auc", "logloss"] = "auc_minus_logloss"
     patience: int = 2  # epochs without a better validation `monitor` before stopping
     # Reduce-LR-on-plateau: after `lr_decay_patience` epochs without a better monitor (counted since the best
