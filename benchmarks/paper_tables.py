@@ -119,6 +119,17 @@ class Runner:
         return run_dir, seconds + self._trainer(run_dir, args)
 
 
+STOPPING_KEYS = ("monitor", "best_epoch", "valid_auc_per_epoch", "valid_logloss_per_epoch")
+"""What a record keeps of the run's early stopping (trainer/loop.py epoch_summary)."""
+
+
+def calibration_record(metrics: dict) -> dict:
+    """The run's temperature and its test LogLoss and ECE before and after (trainer/calibration.py)."""
+    c = metrics["calibration"]
+    return {"temperature": c["temperature"], "test_logloss_calibrated": c["test"]["logloss_calibrated"],
+            "test_ece": c["test"]["ece"], "test_ece_calibrated": c["test"]["ece_calibrated"]}
+
+
 def inference_seconds(run_dir: pathlib.Path, data: pathlib.Path) -> float:
     """Seconds per 1,000 test rows of the trained model, in process (best of 3 passes)."""
     from pipeline.dataset_info import read_dataset_info
@@ -173,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = json.loads((run_dir / "metrics.json").read_text())
             record = {"table": table, "variant": variant, "seed": seed, "run_dir": str(run_dir),
                       "test_auc": metrics["test_auc"], "test_logloss": metrics["test_logloss"],
+                      **calibration_record(metrics), **{k: metrics[k] for k in STOPPING_KEYS},
                       "train_seconds": seconds, "infer_seconds": inference_seconds(run_dir, args.data)}
             write_text_atomic(path, json.dumps(record, indent=1))
             print(f"[{finished}/{total}] {table} {variant} seed {seed}: test AUC {record['test_auc']:.4f} "

@@ -1,7 +1,9 @@
 """Renders the paper-tables report: Markdown + HTML tables, Welch's t-test, figures 2 and 3.
 
 Input: the per-run result records of `paper_tables.py` ({table, variant,
-seed, test_auc, test_logloss, train_seconds, infer_seconds, ...}). Kept apart
+seed, test_auc, test_logloss, test_logloss_calibrated, best_epoch,
+train_seconds, infer_seconds, ...}; records made before calibration and the
+best-epoch record existed show "n/a" there). Kept apart
 from the runner so a report can be redrawn from the records without training.
 """
 
@@ -48,13 +50,17 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """table -> variant -> {auc: [...], logloss: [...], train_s: [...], infer_s: [...], seeds: [...]}."""
+    """table -> variant -> {auc: [...], logloss: [...], logloss_calibrated: [...], best_epoch: [...],
+    train_s: [...], infer_s: [...], seeds: [...]} (None where an older record lacks the value)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: (r["table"], r["variant"], r["seed"])):
         row = out.setdefault(r["table"], {}).setdefault(
-            r["variant"], {"auc": [], "logloss": [], "train_s": [], "infer_s": [], "seeds": []})
+            r["variant"], {"auc": [], "logloss": [], "logloss_calibrated": [], "best_epoch": [], "train_s": [],
+                           "infer_s": [], "seeds": []})
         row["auc"].append(r["test_auc"])
         row["logloss"].append(r["test_logloss"])
+        row["logloss_calibrated"].append(r.get("test_logloss_calibrated"))
+        row["best_epoch"].append(r.get("best_epoch"))
         row["train_s"].append(r["train_seconds"])
         row["infer_s"].append(r["infer_seconds"])
         row["seeds"].append(r["seed"])
@@ -80,12 +86,21 @@ def _rows(table: dict[str, dict[str, Any]]) -> list[list[str]]:
         auc, auc_sd = mean_std(v["auc"])
         ll, ll_sd = mean_std(v["logloss"])
         rows.append([variant, f"{auc:.4f} +- {auc_sd:.4f}", f"{ll:.4f} +- {ll_sd:.4f}",
+                     _mean_or_na(v["logloss_calibrated"], "{:.4f} +- {:.4f}"), _mean_or_na(v["best_epoch"], "{:.1f}"),
                      f"{statistics.fmean(v['train_s']):.0f}", f"{statistics.fmean(v['infer_s']) * 1e3:.1f}",
                      str(len(v["seeds"]))])
     return rows
 
 
-HEADER = ["model", "test AUC", "test LogLoss", "train s", "inference ms / 1k rows", "seeds"]
+def _mean_or_na(values: Sequence[float | None], fmt: str) -> str:
+    """`fmt` of (mean, stdev), or "n/a" when any record lacks the value."""
+    if any(v is None for v in values):
+        return "n/a"
+    return fmt.format(*mean_std([float(v) for v in values if v is not None]))
+
+
+HEADER = ["model", "test AUC", "test LogLoss", "calibrated LogLoss (T on valid)", "best epoch", "train s",
+          "inference ms / 1k rows", "seeds"]
 
 
 def markdown(title: str, setup: str, summary: dict[str, dict[str, dict[str, Any]]],

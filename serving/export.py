@@ -10,10 +10,12 @@ tf.Example and sent through every signature of the SavedModel reloaded by the
 session loader, the path `tensorflow_model_server` takes (`serving.session_loader`),
 and through `serving_default` reloaded by `tf.saved_model.load`; the same rows
 are parsed with the raw feature spec, transformed by the pipeline's TFT layer
-in-process and fed to the trained Keras model. Max abs difference of the
-probabilities must be <= `tolerance` (1e-5), and `raw_fields` and
-`classification` must agree with `serving_default` on the same rows, and its
-`oov_fraction` output with the in-process TFT ids. The rows are, in order of preference:
+in-process and fed to the trained Keras model, whose logits are divided by the
+run's temperature (trainer/calibration.py; 1 for a run without one) as the
+export does. Max abs difference of the probabilities must be <= `tolerance`
+(1e-5), and `raw_fields` and `classification` must agree with
+`serving_default` on the same rows, and its `oov_fraction` output with the
+in-process TFT ids. The rows are, in order of preference:
 `--verify_input FILE` (raw rows in any pipeline format); else the test split's
 raw rows, re-read from the input files stats.json records with the job's
 split hash and seed; else (inputs gone) synthetic rows from the raw feature
@@ -68,6 +70,7 @@ class Verification:
     tolerance: float
     oov_max_abs_diff: float = 0.0  # serving_default's oov_fraction vs the in-process TFT ids
     mostly_oov_rows: int = 0  # verification rows with most categorical fields OOV
+    temperature: float = 1.0  # the calibration both sides apply: sigmoid(logit / T)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,22 +166,24 @@ def read_raw_rows(path: str, fmt: str | None, dataset: str, limit: int) -> list[
 
 def _keras_reference(
     model: Any, transform_layer: Any, raw_spec: Mapping[str, Any], names: Sequence[str],
-    serialized: Sequence[bytes], oov_fields: Sequence[str] = (),
+    serialized: Sequence[bytes], oov_fields: Sequence[str] = (), temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The trained Keras model on the TFT-transformed rows, in process: (probabilities, oov_fraction)."""
+    """The trained Keras model on the TFT-transformed rows, in process:
+    (sigmoid(logit / temperature), oov_fraction)."""
     from trainer.scoring import raw_scores
 
     p, oov = raw_scores(model, transform_layer, dict(raw_spec), list(names), tf.constant(list(serialized)),
-                        list(oov_fields))
+                        list(oov_fields), temperature)
     return p.numpy(), oov.numpy()
 
 
 def verify(
     export_dir: pathlib.Path, model: Any, transform_layer: Any, raw_spec: Mapping[str, Any],
     names: Sequence[str], rows: Sequence[Mapping[str, list]], source: str, tolerance: float,
-    batch_size: int = 512, oov_fields: Sequence[str] = (),
+    batch_size: int = 512, oov_fields: Sequence[str] = (), temperature: float = 1.0,
 ) -> Verification:
-    """The saved model, loaded as TF Serving loads it, vs Keras on the TFT-transformed rows.
+    """The saved model, loaded as TF Serving loads it, vs Keras on the TFT-transformed rows
+    (its logits divided by `temperature`: the calibrated answer the export must serve).
 
     Every signature runs under the session loader (fresh graph and session,
     restore, init op, tensors by SignatureDef name: `tensorflow_model_server`'s
@@ -197,7 +202,7 @@ def verify(
                 serialized = examples.serialize_rows(chunk, dtypes)
                 batch = np.array(serialized, dtype=object)
                 reference, reference_oov = _keras_reference(model, transform_layer, raw_spec, names,
-                                                            serialized, oov_fields)
+                                                            serialized, oov_fields, temperature)
                 default = session.run(module.DEFAULT_SIGNATURE, {module.EXAMPLES_INPUT: batch})
                 texts = examples.field_texts(chunk, list(raw_spec))
                 fields = session.run(module.FIELDS_SIGNATURE,
@@ -215,14 +220,15 @@ def verify(
     except session_loader.SessionLoadError as err:
         raise ExportError(f"export verification failed: {err}; nothing was published") from err
     result = Verification(len(rows), source, diffs["session"], diffs["fields"], diffs["classify"],
-                          diffs["tf2"], tolerance, diffs["oov"], mostly_oov)
+                          diffs["tf2"], tolerance, diffs["oov"], mostly_oov, temperature)
     if not all(d <= tolerance for d in diffs.values()):
         raise ExportError(
             f"export verification failed on {len(rows)} rows ({source}): max abs diff, session "
             f"loader: serving_default vs Keras = {diffs['session']:.3g}, raw_fields vs "
             f"serving_default = {diffs['fields']:.3g}, classification vs serving_default = "
             f"{diffs['classify']:.3g}; tf.saved_model.load: serving_default vs Keras = "
-            f"{diffs['tf2']:.3g}, oov_fraction vs TFT ids = {diffs['oov']:.3g} (tolerance {tolerance:g}); "
+            f"{diffs['tf2']:.3g}, oov_fraction vs TFT ids = {diffs['oov']:.3g} (tolerance {tolerance:g}; "
+            f"Keras logits / T = {temperature:g}); "
             "nothing was published"
         )
     return result
@@ -275,6 +281,7 @@ def export(
     from pipeline.job import run_spec
     from pipeline.remote import local_view
     from pipeline.transform import oov_fields
+    from trainer.calibration import read_temperature
     from trainer.model_io import load_model, serving_form
 
     data_dir = str(local_view(data_dir))  # a URI TF cannot read here is staged once, marker checked
@@ -286,6 +293,7 @@ def export(
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     model = load_model(run_dir)
+    temperature = read_temperature(run_dir)  # 1 for a run without calibration.json
     transform_layer = tft_output.transform_features_layer()
     categorical = oov_fields(run_spec(data_dir))
 
@@ -317,9 +325,9 @@ def export(
     try:
         # The exported form may differ (a folded head); it is verified against the trained model.
         module.write_savedmodel(tmp_dir, serving_form(model), transform_layer, raw_spec, info.field_names,
-                                oov_fields=categorical)
+                                temperature, oov_fields=categorical)
         verification = verify(tmp_dir, model, transform_layer, raw_spec, info.field_names,
-                              rows, source, tolerance, oov_fields=categorical)
+                              rows, source, tolerance, oov_fields=categorical, temperature=temperature)
         warmup = write_warmup(tmp_dir, model_name, raw_spec, rows)
         tmp_dir.rename(final_dir)
     except BaseException:

@@ -136,7 +136,8 @@ def test_export_archive_root_saved_by_module_write_savedmodel(tmp_path):
     parsed = tf.io.parse_example(tf.constant(tiny.SERIALIZED), tiny.RAW_SPEC)
     expected = tf.sigmoid(tiny.tiny_model()(transform(parsed), training=False)).numpy().ravel()
     export_dir = tmp_path / "export"
-    module.write_savedmodel(export_dir, tiny.tiny_model(), transform, tiny.RAW_SPEC, tiny.FIELDS)
+    module.write_savedmodel(export_dir, tiny.tiny_model(), transform, tiny.RAW_SPEC, tiny.FIELDS,
+                            oov_fields=tiny.OOV_FIELDS)
     saved = export_dir / "assets" / "salt.txt"
     assert saved.is_file() and saved.read_text() == "pepper", _broken(
         patch, library, "attributes of ExportArchive._tf_trackable being saved (the asset is not in assets/)")

@@ -23,6 +23,10 @@ file of the run's schema through --data's transform graph instead: one line
 an error naming its line unless --on_bad_row=nan|skip marks it (see
 pipeline/batch_scoring.py).
 
+retrain and train end by fitting a temperature on the validation split
+(--calibrate, default temperature; RUN/calibration.json): the probabilities of
+evaluate, predict and `serving export` are sigmoid(logit / T).
+
 Bad input (config, data dir, architecture, run dir) fails before training with
 one line and exit code 2; a diverging loss stops with exit code 1, keeping the
 last good checkpoint. A retrained model that predicts one constant on the
@@ -120,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--unlabeled", action="store_true", default=None,
                         help=f"predict --input: {batch_scoring.UNLABELED_HELP}")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--calibrate", choices=("temperature", "none"),
+                        help="retrain/train/tune: after training, fit one temperature T on the validation split "
+                        "(minimum validation LogLoss of sigmoid(logit / T)) and write it to RUN/calibration.json; "
+                        "`serving export`, evaluate and predict then give sigmoid(logit / T); none keeps T = 1 "
+                        "(config train.calibrate, default temperature)")
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="tf.distribute strategy (config train.strategy, default: default); multi_worker and "
                         "parameter_server read TF_CONFIG, the chief writes --out (multi_worker: the other workers "
@@ -197,6 +206,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         extra = [*extra, f"train.epochs={args.epochs}"]
     if args.strategy is not None:
         extra = [*extra, f"train.strategy={args.strategy}"]
+    if args.calibrate is not None:
+        if args.stage == "search":
+            raise UsageError("--calibrate belongs to --stage=retrain|train|tune: a search run is not served")
+        extra = [*extra, f"train.calibrate={args.calibrate}"]
     config = load_config(_resolve_config_path(args, info.dataset), extra)
     from trainer.distribute import use_strategy, worker_out
 
@@ -247,7 +260,8 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
 
     training_only = {"--out": args.out, "--architecture": args.architecture, "--mode": args.mode,
                      "--init": args.init, "--fixed_op": args.fixed_op, "--model": args.model, "--grid": args.grid,
-                     "--max_trials": args.max_trials, "--epochs": args.epochs, "--strategy": args.strategy}
+                     "--max_trials": args.max_trials, "--epochs": args.epochs, "--strategy": args.strategy,
+                     "--calibrate": args.calibrate}
     given = [flag for flag, value in training_only.items() if value is not None]
     if given or args.resume:
         raise UsageError(f"{(given or ['--resume'])[0]} belongs to the training stages, not --stage={args.stage}")
@@ -313,13 +327,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
         lines.append(f"  best config: {summary['best_config']} (pass it to other stages with --config)")
     elif summary["stage"] == "search":
         for name, p in summary["phases"].items():
-            lines.append(f"  {name}: best valid AUC {p['best_valid_auc']:.4f} "
-                         f"at epoch {p['best_epoch']} of {p['epochs']}")
+            lines.append(f"  {name}: best valid {p['monitor']} at epoch {p['best_epoch']} of {p['epochs']}: "
+                         f"valid AUC {p['best_valid_auc']:.4f}, LogLoss {p['best_valid_logloss']:.4f}")
         lines.append(summary["rendering"])
         lines.append(f"  architecture: {summary['architecture']}")
     elif summary["stage"] == "evaluate":
         lines = [f"trainer evaluate: {summary['run_dir']} on split {summary['split']} of {summary['data_dir']}: "
-                 f"AUC {summary['auc']:.4f}, LogLoss {summary['logloss']:.4f} ({summary['rows']} rows, "
+                 f"AUC {summary['auc']:.4f}, LogLoss {summary['logloss']:.4f} (T = {summary['temperature']:.4g}; "
+                 f"{summary['rows']} rows, "
                  f"{summary['positives']} positive) in {summary['seconds']:.1f}s -> {summary['output']}"]
     elif summary["stage"] == "predict" and "input" in summary:  # rows in / scored / bad: stderr
         print(f"trainer predict: {summary['summary']}, scored by {summary['run_dir']} in "
@@ -331,12 +346,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
                  f"(probability mean {summary['mean_probability']:.4f}, min {summary['min_probability']:.4g}, "
                  f"max {summary['max_probability']:.4g})"]
     else:
+        calibration = summary["calibration"]
         lines.append(
             f"  {summary['model'] or summary['mode']}: test AUC {summary['test_auc']:.4f}, "
             f"LogLoss {summary['test_logloss']:.4f} "
-            f"({summary['test_rows']} rows); best valid AUC {summary['best_valid_auc']:.4f} at epoch "
-            f"{summary['best_epoch']} of {summary['epochs']}; {summary['params']:,} parameters"
+            f"({summary['test_rows']} rows); best valid {summary['monitor']} at epoch {summary['best_epoch']} "
+            f"of {summary['epochs']} (valid AUC {summary['best_valid_auc']:.4f}, LogLoss "
+            f"{summary['best_valid_logloss']:.4f}); {summary['params']:,} parameters"
         )
+        if calibration["method"] != "none":
+            lines.append(f"  calibrated (T = {calibration['temperature']:.4f}, fitted on valid): test LogLoss "
+                         f"{calibration['test']['logloss_calibrated']:.4f}, ECE {calibration['test']['ece']:.4f} -> "
+                         f"{calibration['test']['ece_calibrated']:.4f}")
     print("\n".join(lines))
 
 

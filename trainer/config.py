@@ -36,7 +36,22 @@ class TrainConfig:
     batch_size: int = 4096
     eval_batch_size: int = 16384
     epochs: int = 30
-    patience: int = 2  # epochs without a better validation AUC before stopping
+    # Early stopping (FuxiCTR's rule): the best epoch is the one with the best validation `monitor`;
+    # `patience` epochs without a better one stop the phase, and the best epoch's weights are restored.
+    # auc_minus_logloss (default, as FuxiCTR and BARS) guards LogLoss too: AUC alone can keep an
+    # over-confident epoch (Frappe: valid LogLoss 0.305 at epoch 2, 0.407 at the kept epoch 14). Where AUC
+    # keeps rising long after that, a preset may monitor auc and leave LogLoss to `calibrate` (frappe_cpu.yaml).
+    monitor: Literal["auc_minus_logloss", "auc", "logloss"] = "auc_minus_logloss"
+    patience: int = 2  # epochs without a better validation `monitor` before stopping
+    # Reduce-LR-on-plateau: after `lr_decay_patience` epochs without a better monitor (counted since the best
+    # epoch or the last reduction), the model optimizers' lr and emb_lr are multiplied by `lr_decay_factor`;
+    # never on the epoch that stops, so it needs lr_decay_patience < patience. 1.0 turns it off. Search's
+    # architecture optimizer keeps search.arch_lr (docs/DESIGN.md §3, "Early stopping").
+    lr_decay_factor: float = 0.1
+    lr_decay_patience: int = 1
+    # After training (retrain / train): fit one temperature T on the validation split, so that the served
+    # probability is sigmoid(logit / T) (trainer/calibration.py); "none" keeps T = 1.
+    calibrate: Literal["temperature", "none"] = "temperature"
     lr: float = 1e-3  # Adam lr of every non-embedding model weight
     emb_lr: float = 1e-3  # Adam lr of the embedding table
     l2: float = 0.0  # L2 on non-embedding model weights: gradient += l2 * w (the reference's Adam weight_decay)
@@ -80,6 +95,7 @@ class Config:
             "train.eval_batch_size": self.train.eval_batch_size,
             "train.epochs": self.train.epochs,
             "train.patience": self.train.patience,
+            "train.lr_decay_patience": self.train.lr_decay_patience,
             "train.shuffle_buffer": self.train.shuffle_buffer,
             "train.log_every": self.train.log_every,
         }
@@ -96,6 +112,9 @@ class Config:
         for key in ("l2", "emb_l2"):
             if getattr(self.train, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0. Received: {getattr(self.train, key)}")
+        if not 0 < self.train.lr_decay_factor <= 1:
+            raise ConfigError(f"train.lr_decay_factor must be in (0, 1] (1 = no decay). "
+                              f"Received: {self.train.lr_decay_factor}")
         if not self.search.hard_select_margin >= 0:
             raise ConfigError(f"search.hard_select_margin must be >= 0. Received: {self.search.hard_select_margin}")
         if self.search.arch_lr <= 0:

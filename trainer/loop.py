@@ -3,10 +3,13 @@
 One optimizer step per batch updates the model weights (Adam, embeddings and
 the rest with their own lr and L2) and, in search, the architecture weights
 (their own Adam, `arch_lr`) from the same gradient tape: one-shot, not
-bi-level (docs/DESIGN.md §3 Supernet). After each epoch: exact validation AUC, a
-checkpoint (weights + optimizer state + loop state) written temp-then-rename,
-and the best epoch's weights kept, so `--resume` after a kill restarts the
-interrupted epoch from the end of the previous one, reproducibly.
+bi-level (docs/DESIGN.md §3 Supernet). After each epoch: exact validation AUC
+and LogLoss, the early-stopping decision on `train.monitor` (`end_epoch`: best
+epoch, patience, reduce-LR-on-plateau of the model optimizers), a checkpoint
+(weights + optimizer state + loop state, the lr scale and plateau counters
+included) written temp-then-rename, and the best epoch's weights kept, so
+`--resume` after a kill restarts the interrupted epoch from the end of the
+previous one, reproducibly.
 
 Under parameter_server the chief schedules the same step on the workers
 (trainer/distribute.py): an epoch is as many steps as one process takes over
@@ -33,7 +36,7 @@ from tqdm import tqdm
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import DatasetInfo
 from pipeline.errors import UsageError
-from trainer.config import Config
+from trainer.config import Config, TrainConfig
 from trainer.data import dummy_features, input_signature, make_dataset, split_files
 from trainer.distribute import (
     active,
@@ -68,11 +71,47 @@ class LoopState:
     """What a resumed phase needs besides the weights."""
 
     epochs_done: int = 0
-    best_auc: float = -1.0
+    best_auc: float = -1.0  # validation AUC of the best epoch (the best by `train.monitor`)
     best_epoch: int = 0
-    bad_epochs: int = 0
+    bad_epochs: int = 0  # epochs since the best one: `train.patience` of them stop the phase
+    plateau_epochs: int = 0  # epochs since the best one or the last lr reduction
+    lr_scale: float = 1.0  # the model optimizers' lr over the configured lr, reduced on plateau
     steps_per_epoch: int | None = None
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+MONITORS: dict[str, Callable[[dict[str, float]], float]] = {
+    "auc_minus_logloss": lambda r: r["valid_auc"] - r["valid_logloss"],  # FuxiCTR's and BARS's default
+    "auc": lambda r: r["valid_auc"],
+    "logloss": lambda r: -r["valid_logloss"],
+}
+"""train.monitor -> the score of an epoch record (higher is better)."""
+
+
+def end_epoch(state: LoopState, record: dict[str, float], t: TrainConfig) -> tuple[bool, bool]:
+    """Records one epoch's validation `record` and decides: (improved, lr reduced).
+
+    An epoch improves when its `t.monitor` score beats the best epoch's
+    (strictly; a NaN never does). Otherwise it counts towards `t.patience`
+    (the loop stops there) and towards `t.lr_decay_patience`: reaching that
+    multiplies `lr_scale` by `t.lr_decay_factor`, unless this epoch stops the
+    phase anyway. Pure bookkeeping on `state`, so it is unit-tested alone.
+    """
+    score = MONITORS[t.monitor]
+    state.history.append(record)
+    state.epochs_done = int(record["epoch"])
+    best = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+    if best is None or score(record) > score(best):
+        state.best_epoch, state.best_auc = int(record["epoch"]), record["valid_auc"]
+        state.bad_epochs = state.plateau_epochs = 0
+        return True, False
+    state.bad_epochs += 1
+    state.plateau_epochs += 1
+    if t.lr_decay_factor < 1 and state.plateau_epochs >= t.lr_decay_patience and state.bad_epochs < t.patience:
+        state.lr_scale *= t.lr_decay_factor
+        state.plateau_epochs = 0
+        return False, True
+    return False, False
 
 
 def bce_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -105,13 +144,29 @@ def _by_path(variables: list[Any], model_name: str, optimizer: bool = False) -> 
     return merge_shards(keyed) if optimizer else keyed
 
 
+def epoch_summary(state: LoopState, monitor: str) -> dict[str, Any]:
+    """The stopping record of a finished phase for metrics.json and summaries: the best epoch
+    (by `monitor`), its validation AUC and LogLoss, and the per-epoch validation lists."""
+    best = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+    return {
+        "monitor": monitor,
+        "best_epoch": state.best_epoch,
+        "best_valid_auc": state.best_auc,
+        "best_valid_logloss": best.get("valid_logloss"),
+        "epochs": state.epochs_done,
+        "valid_auc_per_epoch": [r["valid_auc"] for r in state.history],
+        "valid_logloss_per_epoch": [r["valid_logloss"] for r in state.history],
+    }
+
+
 class Phase:
-    """Fits one model on one dataset with early stopping on validation AUC.
+    """Fits one model on one dataset with early stopping on the validation `train.monitor`.
 
     `train_arch` adds the architecture optimizer (search); otherwise the
     model's architecture variables are left untouched (retrain / train).
-    `on_improve(model)` runs when an epoch beats the best validation AUC so
-    far (search saves the architecture there).
+    `on_improve(model)` runs when an epoch beats the best validation monitor so
+    far (search saves the architecture there). A plateau reduces the lr of
+    the model optimizers (embedding, dense), not the architecture's.
     """
 
     def __init__(
@@ -145,8 +200,12 @@ class Phase:
             if train_arch:
                 self.groups.append(("arch", _adam(config.search.arch_lr), shard_views(model.arch_variables)))
             self.groups = [g for g in self.groups if g[2]]
+            self._base_lr = {"embedding": t.emb_lr, "dense": t.lr}  # the groups reduce-LR-on-plateau scales
             for _, opt, variables in self.groups:
                 opt.build(variables)
+        if t.lr_decay_factor < 1 and t.lr_decay_patience >= t.patience:
+            log.info("[%s] no reduce-LR-on-plateau: train.lr_decay_patience %d >= train.patience %d stops "
+                     "first", name, t.lr_decay_patience, t.patience)
         for line in describe_partitions(model.weights):
             log.info("[%s] partitioned: %s", name, line)
         # One trace for every batch size (the last batch of a split is smaller).
@@ -259,7 +318,18 @@ class Phase:
             return False
         tf.train.Checkpoint(**self._checkpoint_objects()).restore(latest).assert_existing_objects_matched()
         self.state = LoopState(**json.loads(self._state_var.numpy().decode()))
+        self._apply_lr()  # the configured lr (an override included) times the saved scale
         return True
+
+    def _apply_lr(self) -> None:
+        """Sets the model optimizers' lr to the configured lr times `state.lr_scale`.
+
+        The architecture optimizer keeps `search.arch_lr`: the reference search
+        never changes it, the tuned arch_lr keeps its meaning, and the best
+        epoch's architecture is saved as it is reached (`on_improve`) either way."""
+        for name, opt, _ in self.groups:
+            if name in self._base_lr:
+                opt.learning_rate = self._base_lr[name] * self.state.lr_scale
 
     def restore_best(self) -> None:
         """Puts the best epoch's model weights back (optimizer state untouched)."""
@@ -276,38 +346,36 @@ class Phase:
     # ---- the loop -----------------------------------------------------
 
     def fit(self) -> LoopState:
-        """Trains until early stopping or `epochs`; returns the final loop state."""
+        """Trains until early stopping or `epochs`; restores the best epoch; returns the final loop state."""
         t = self.config.train
         while self.state.epochs_done < t.epochs and self.state.bad_epochs < t.patience:
             epoch = self.state.epochs_done + 1
             train_loss, examples, seconds = self._train_epoch(epoch)
             valid = self.evaluate("valid")
-            improved = valid["auc"] > self.state.best_auc
-            if improved:
-                self.state.best_auc, self.state.best_epoch, self.state.bad_epochs = valid["auc"], epoch, 0
-                if self.on_improve is not None:
-                    self.on_improve(self.model)
-            else:
-                self.state.bad_epochs += 1
-            self.state.epochs_done = epoch
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
                 "valid_auc": valid["auc"],
                 "valid_logloss": valid["logloss"],
+                "lr_scale": self.state.lr_scale,  # the scale this epoch trained with
                 "examples_per_s": examples / seconds,
             }
-            self.state.history.append(record)
+            improved, reduced = end_epoch(self.state, record, t)
+            if improved and self.on_improve is not None:
+                self.on_improve(self.model)
+            if reduced:
+                self._apply_lr()
             self._log_epoch(record)
             self.checkpoint(improved)
             log.info(
-                "[%s] epoch %d: train loss %.4f, valid AUC %.4f LogLoss %.4f%s, %.0f examples/s",
+                "[%s] epoch %d: train loss %.4f, valid AUC %.4f LogLoss %.4f%s%s, %.0f examples/s",
                 self.name, epoch, train_loss, valid["auc"], valid["logloss"],
-                " (best)" if improved else f" (best {self.state.best_auc:.4f} @ {self.state.best_epoch})",
-                examples / seconds,
+                " (best)" if improved else f" (best {t.monitor} @ {self.state.best_epoch})",
+                f"; plateau: lr x{self.state.lr_scale:g}" if reduced else "", examples / seconds,
             )
         if self.state.bad_epochs >= t.patience:
-            log.info("[%s] early stop: no better valid AUC for %d epochs", self.name, t.patience)
+            log.info("[%s] early stop: no better valid %s for %d epochs; best epoch %d", self.name, t.monitor,
+                     t.patience, self.state.best_epoch)
         self.restore_best()
         return self.state
 
@@ -405,7 +473,7 @@ class Phase:
     def _log_epoch(self, record: dict[str, float]) -> None:
         with self.writer.as_default():
             step = int(record["epoch"])
-            for key in ("train_loss", "valid_auc", "valid_logloss", "examples_per_s"):
+            for key in ("train_loss", "valid_auc", "valid_logloss", "lr_scale", "examples_per_s"):
                 tf.summary.scalar(f"epoch/{key}", record[key], step=step)
             for v in self.model.arch_variables:
                 tf.summary.histogram(f"arch/{v.path}", v.numpy(), step=step)

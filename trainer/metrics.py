@@ -1,4 +1,4 @@
-"""Exact ROC AUC and LogLoss over a whole evaluation split.
+"""Exact ROC AUC, LogLoss and calibration error over a whole evaluation split.
 
 Why not `keras.metrics.AUC`: it buckets scores into 200 thresholds, and in CTR
 work a 0.001 AUC difference is significant. These are computed in numpy over
@@ -42,3 +42,30 @@ def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
     # -[y log s(z) + (1-y) log(1-s(z))] = softplus(z) - y z
     return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-z) in float64 without overflow at any logit."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(logits, dtype=np.float64)))
+
+
+ECE_BINS = 15
+"""Equal-width probability bins of the expected calibration error (Guo et al., 2017)."""
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
+    """sum over bins of (rows in bin / rows) * |mean label - mean probability|.
+
+    Bins split [0, 1] into `bins` equal widths, each closed on the left
+    ([0, 1/15), [1/15, 2/15), ...), the last one closed on both sides so that
+    p = 1 counts. Empty bins add nothing. 0 is perfectly calibrated.
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if labels.shape != p.shape or p.size == 0:
+        raise ValueError(f"ECE needs equal, non-empty labels and probabilities. Received: {labels.shape} vs {p.shape}")
+    if np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
+        raise ValueError("ECE needs probabilities in [0, 1]")
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    gap = np.abs(np.bincount(index, labels, bins) - np.bincount(index, p, bins))  # per bin: |sum y - sum p|
+    return float(gap.sum() / p.size)

@@ -13,7 +13,8 @@ the stored record order (the split's shards in name order, each in file order):
     0<TAB>0.0312<TAB>0
 
 `row` is the 0-based record index, `probability` P(click) with 7 significant
-digits, `label` only for labeled data; an --output ending in `.csv` is
+digits (calibrated: sigmoid(logit / T) with the run's temperature,
+trainer/calibration.py, as the exported model serves it), `label` only for labeled data; an --output ending in `.csv` is
 comma-separated instead. The file appears complete or not at all (temp file,
 then rename).
 
@@ -42,6 +43,7 @@ from pipeline import batch_scoring
 from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.dataset_info import STATS_FILE, DatasetInfo, is_uri, join
 from pipeline.errors import UsageError
+from trainer.calibration import read_temperature
 from trainer.config import load_config
 from trainer.data import input_signature, make_dataset
 from trainer.metrics import log_loss, roc_auc
@@ -107,32 +109,33 @@ def _resolve_split(info: DatasetInfo, split: str | None) -> str:
     return split
 
 
-def _load(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int]:
-    """The run's model (after the data check) and the run's eval batch size."""
+def _load(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int, float]:
+    """The run's model (after the data check), the run's eval batch size and its temperature."""
     if not (run_dir / RUN_FILE).is_file():
         raise ScoringError(f"--run_dir {run_dir} is not a trainer run directory: {RUN_FILE} is missing")
     check_compatible(run_dir, info)
     model = load_model(run_dir)  # refuses a search run or an unfinished one, naming why
-    return model, load_config(run_dir / CONFIG_FILE).train.eval_batch_size
+    return model, load_config(run_dir / CONFIG_FILE).train.eval_batch_size, read_temperature(run_dir)
 
 
-def _logits(model: Any, info: DatasetInfo, split: str, batch_size: int, desc: str,
+def _logits(model: Any, info: DatasetInfo, split: str, batch_size: int, desc: str, temperature: float,
             ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(logits, labels or None) per batch of `split`, in stored record order, with a progress bar."""
+    """(calibrated logits = logits / temperature, labels or None) per batch of `split`, in stored
+    record order, with a progress bar."""
     step = tf.function(lambda f: model(f, training=False), input_signature=[input_signature(info)])
     bar = tqdm(total=_split_rows(info, split), desc=desc, unit="row", unit_scale=True, leave=False,
                mininterval=0.2 if sys.stderr.isatty() else 30)
     with bar:
         for batch in make_dataset(info, split, batch_size, in_file_order=True):
             features, labels = batch if info.labeled else (batch, None)
-            logits = np.asarray(step(features)).reshape(-1)
+            logits = np.asarray(step(features)).reshape(-1) / np.float32(temperature)
             bar.update(logits.size)
             yield logits, None if labels is None else labels.numpy()
 
 
 def evaluate(run_dir: str | pathlib.Path, info: DatasetInfo, split: str | None = None,
              output: str | pathlib.Path | None = None) -> dict[str, Any]:
-    """Exact AUC and LogLoss of the run's model over a labeled split; writes them as JSON."""
+    """Exact AUC and LogLoss of the run's model (logits / T, its calibration) over a labeled split; writes JSON."""
     if not info.labeled:
         raise ScoringError(
             f"{info.data_dir} is unlabeled (records without {info.label_key!r}): nothing to evaluate "
@@ -142,10 +145,10 @@ def evaluate(run_dir: str | pathlib.Path, info: DatasetInfo, split: str | None =
     split = _resolve_split(info, split)
     target = run_dir / EVALUATION_FILE.format(split=split) if output is None else _output_path(output)
     start = time.perf_counter()
-    model, batch_size = _load(run_dir, info)
+    model, batch_size, temperature = _load(run_dir, info)
     logits: list[np.ndarray] = []
     labels: list[np.ndarray] = []
-    for batch_logits, batch_labels in _logits(model, info, split, batch_size, f"evaluate {split}"):
+    for batch_logits, batch_labels in _logits(model, info, split, batch_size, f"evaluate {split}", temperature):
         assert batch_labels is not None  # labeled data, checked above
         logits.append(batch_logits)
         labels.append(batch_labels)
@@ -158,6 +161,7 @@ def evaluate(run_dir: str | pathlib.Path, info: DatasetInfo, split: str | None =
     result = {
         "stage": "evaluate", "run_dir": str(run_dir), "data_dir": str(info.data_dir), "split": split,
         "auc": roc_auc(y, z), "logloss": log_loss(y, z), "rows": int(y.size), "positives": positives,
+        "temperature": temperature,
     }
     write_text_atomic(target, json.dumps(result, indent=1) + "\n")
     return {**result, "output": str(target), "seconds": time.perf_counter() - start}
@@ -170,12 +174,12 @@ def predict(run_dir: str | pathlib.Path, info: DatasetInfo, output: str | pathli
     split = _resolve_split(info, split)
     target = _output_path(output)
     start = time.perf_counter()
-    model, batch_size = _load(run_dir, info)
+    model, batch_size, temperature = _load(run_dir, info)
     sep = "," if target.suffix.lower() == ".csv" else "\t"
     rows, total, low, high = 0, 0.0, math.inf, -math.inf
     with atomic_path(target) as tmp, tmp.open("w") as out:
         out.write(sep.join(["row", "probability", *(["label"] if info.labeled else [])]) + "\n")
-        for logits, labels in _logits(model, info, split, batch_size, f"predict {split}"):
+        for logits, labels in _logits(model, info, split, batch_size, f"predict {split}", temperature):
             p = np.exp(-np.logaddexp(0.0, -logits.astype(np.float64)))  # sigmoid, no overflow at any logit
             index = np.arange(rows, rows + p.size)
             columns = [index, p] if labels is None else [index, p, labels.astype(np.int64)]
@@ -188,8 +192,10 @@ def predict(run_dir: str | pathlib.Path, info: DatasetInfo, output: str | pathli
 
 
 def raw_scores(model: Any, transform_layer: Any, raw_spec: dict[str, Any], names: list[str],
-               serialized: tf.Tensor, oov_fields: list[str]) -> tuple[tf.Tensor, tf.Tensor]:
-    """(probabilities, oov_fraction) of serialized raw tf.Examples: parse, the TFT layer, the model.
+               serialized: tf.Tensor, oov_fields: list[str], temperature: float = 1.0,
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(sigmoid(logit / temperature), oov_fraction) of serialized raw tf.Examples: parse, the TFT
+    layer, the model.
 
     What the exported `serving_default` computes, in process (export verifies against it).
     """
@@ -198,7 +204,7 @@ def raw_scores(model: Any, transform_layer: Any, raw_spec: dict[str, Any], names
     transformed = transform_layer(tf.io.parse_example(serialized, raw_spec))
     features = {n: tf.cast(transformed[n], tf.int64) for n in names}
     logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
-    return tf.sigmoid(logits), oov_fraction(features, oov_fields)
+    return tf.sigmoid(logits / temperature), oov_fraction(features, oov_fields)
 
 
 def predict_raw(run_dir: str | pathlib.Path, info: DatasetInfo, input_path: str, output: str | pathlib.Path, *,
@@ -215,12 +221,12 @@ def predict_raw(run_dir: str | pathlib.Path, info: DatasetInfo, input_path: str,
     run_dir = pathlib.Path(run_dir)
     target = _output_path(output)
     start = time.perf_counter()
-    model, batch_size = _load(run_dir, info)
+    model, batch_size, temperature = _load(run_dir, info)
     spec = run_spec(str(info.data_dir))
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     layer, names, fields = tft_output.transform_features_layer(), info.field_names, oov_fields(spec)
-    step = tf.function(lambda s: raw_scores(model, layer, raw_spec, names, s, fields),
+    step = tf.function(lambda s: raw_scores(model, layer, raw_spec, names, s, fields, temperature),
                        input_signature=[tf.TensorSpec([None], tf.string)])
 
     def scorer(rows: list[dict[str, list]]) -> tuple[np.ndarray, np.ndarray]:

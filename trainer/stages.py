@@ -6,7 +6,8 @@ Search runs one phase (one-shot, or connections only with a fixed op) or two
 the connections frozen) and keeps the best epoch's weights by variable path.
 Retrain and train are the same code: a frozen architecture, Hard or Soft,
 fresh weights or (retrain `init="search"`) the search run's, best validation
-epoch kept, a constant predictor refused, test metrics in metrics.json.
+epoch kept, a constant predictor refused, a temperature fitted on the
+validation split (trainer/calibration.py), test metrics in metrics.json.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import DatasetInfo
 from pipeline.errors import UsageError
 from trainer.architecture import Architecture
+from trainer.calibration import calibrate
 from trainer.config import Config, dump_config
 from trainer.data import make_dataset
-from trainer.loop import Phase, TrainingFailed
+from trainer.loop import Phase, TrainingFailed, epoch_summary
+from trainer.metrics import roc_auc
 from trainer.model_io import (
     ARCH_FILE,
     CONFIG_FILE,
@@ -104,8 +107,7 @@ def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: 
         if resume:
             phase.restore()
         state = phase.fit()
-        summary["phases"][name] = {"best_epoch": state.best_epoch, "best_valid_auc": state.best_auc,
-                                   "epochs": state.epochs_done}
+        summary["phases"][name] = epoch_summary(state, config.train.monitor)
         architecture = Architecture.load(arch_path)
     assert architecture is not None
     architecture = select_ops(model, lambda: phase.evaluate("valid")["auc"], architecture, s.hard_select,
@@ -165,30 +167,30 @@ def run_fixed(
     if resume:
         phase.restore()
     state = phase.fit()
-    _refuse_constant(phase)
-    test = phase.evaluate("test")
+    valid = phase.predict("valid")
+    _refuse_constant(phase, *valid)
+    test = phase.predict("test")
     save_weights(model, out)
+    calibration = calibrate(config.train.calibrate, valid, test, out)  # T on valid only
     metrics = {
         "stage": stage,
         "mode": mode,
         "model": zoo_model,
-        "test_auc": test["auc"],
-        "test_logloss": test["logloss"],
-        "test_rows": test["rows"],
-        "best_epoch": state.best_epoch,
-        "best_valid_auc": state.best_auc,
-        "epochs": state.epochs_done,
+        "test_auc": roc_auc(*test),  # the same under any T > 0
+        "test_logloss": calibration["test"]["logloss"],  # the uncalibrated model, as the paper reports
+        "test_rows": calibration["test"]["rows"],
+        **epoch_summary(state, config.train.monitor),
         "params": int(model.count_params()),
+        "calibration": calibration,
         "history": state.history,
     }
     _write_json(out / METRICS_FILE, metrics)
     return {"stage": stage, "run_dir": str(out), "seconds": time.perf_counter() - start, **metrics}
 
 
-def _refuse_constant(phase: Phase) -> None:
+def _refuse_constant(phase: Phase, labels: np.ndarray, logits: np.ndarray) -> None:
     """Raises TrainingFailed, naming the fusion that loses its inputs, if the
-    trained model predicts one constant on the validation split."""
-    labels, logits = phase.predict("valid")
+    trained model predicts one constant on the validation split (`labels`, `logits`)."""
     if np.ptp(logits) > 0:
         return
     if not hasattr(phase.model, "fusion_spread"):  # a zoo baseline: no fusion to name

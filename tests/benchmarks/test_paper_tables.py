@@ -23,6 +23,8 @@ def test_report_runs_each_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
                                                                   ("add", "prod", "concat", "att"))])
     record = json.loads((out / "records" / "table4__prod__s1.json").read_text())
     assert 0.0 < record["test_auc"] <= 1.0 and record["infer_seconds"] > 0
+    assert record["best_epoch"] == 1 and len(record["valid_auc_per_epoch"]) == len(record["valid_logloss_per_epoch"])
+    assert record["temperature"] > 0 and record["test_logloss_calibrated"] > 0 and 0 <= record["test_ece"] <= 1
     md = (out / "report.md").read_text()
     assert "| optfusion_soft |" in md and "Table 4" in md
     assert (out / "figure3_architecture.png").is_file() and (out / "figure3_architecture.svg").is_file()

@@ -54,3 +54,13 @@ def test_figures_are_written(tmp_path):
     assert "concat" in paths[1].read_text()  # H's op is drawn as a label
     times = report.draw_times(report.summarize(_records())["table3"], tmp_path / "figure2.png")
     assert times.stat().st_size > 1000
+
+
+def test_calibrated_logloss_and_best_epoch_columns_and_older_records():
+    calibrated = [{**r, "test_logloss_calibrated": 0.3 + r["seed"] / 100, "best_epoch": r["seed"] + 1}
+                  for r in _records() if r["variant"] == "dcn"]
+    older = [r for r in _records() if r["variant"] == "lr"]  # made before calibration existed
+    md = report.markdown("t", "- setup", report.summarize(calibrated + older), None, [])
+    assert "calibrated LogLoss (T on valid) | best epoch |" in md
+    assert "| dcn | 0.7500 +- 0.0100 | 0.4250 +- 0.0010 | 0.3200 +- 0.0100 | 3.0 |" in md
+    assert "| lr | 0.7100 +- 0.0100 | 0.4290 +- 0.0010 | n/a | n/a |" in md

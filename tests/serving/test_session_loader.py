@@ -8,6 +8,7 @@ refuses model names that would leave --model_base_path.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pathlib
 import re
@@ -53,6 +54,31 @@ def test_every_signature_equals_keras_under_session_loader(tiny_export):
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)
     assert out[module.CLASSIFY_SIGNATURE]["classes"].tolist() == [[b"0", b"1"]] * len(tiny.ROWS)
     assert len(set(np.round(expected, 6))) > 1  # distinct rows, distinct answers
+
+
+def test_a_calibrated_export_serves_sigmoid_of_keras_logit_over_t(tmp_path):
+    """T != 1 (trainer/calibration.py): under the session loader every signature answers
+    sigmoid(keras_logit / T), `logits` is keras_logit / T; export's own verification passes against
+    the calibrated Keras answer and fails against the uncalibrated one (T = 1)."""
+    temperature = 2.5
+    version = tiny.write_version(tmp_path, 1, "tiny", seed=SEED, temperature=temperature)
+    keras_logits = tiny.keras_logits(tiny.ROWS, seed=SEED)
+    expected = 1 / (1 + np.exp(-keras_logits.astype(np.float64) / temperature))
+    with session_loader.SessionModel(version) as loaded:
+        out = {name: loaded.run(name, inputs) for name, inputs in _feeds(tiny.ROWS).items()}
+    np.testing.assert_allclose(out[module.DEFAULT_SIGNATURE]["logits"], keras_logits / temperature, atol=1e-6)
+    for got in (out[module.DEFAULT_SIGNATURE]["probabilities"], out[module.FIELDS_SIGNATURE]["probabilities"],
+                out[module.CLASSIFY_SIGNATURE]["scores"][:, 1]):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.max(np.abs(expected - tiny.keras_probabilities(tiny.ROWS, seed=SEED))) > 1e-2  # T matters here
+
+    from serving import export
+
+    verify = functools.partial(export.verify, version, tiny.tiny_model(SEED), tiny.HashTransform(), tiny.RAW_SPEC,
+                               tiny.FIELDS, tiny.ROWS, "tiny rows", 1e-5)
+    assert verify(temperature=temperature).temperature == temperature
+    with pytest.raises(export.ExportError, match="Keras logits / T = 1"):
+        verify()
 
 
 @pytest.mark.parametrize("inter_op", [0, -1])

@@ -68,22 +68,28 @@ def tiny_model(seed: int = 0) -> keras.Model:
     return keras.Model(inputs, logits)
 
 
-def write_version(model_dir: pathlib.Path, version: int, model_name: str, seed: int = 0) -> pathlib.Path:
-    """Saves a tiny model as model_dir/<version> the way `serving export` does."""
+def write_version(model_dir: pathlib.Path, version: int, model_name: str, seed: int = 0,
+                  temperature: float = 1.0) -> pathlib.Path:
+    """Saves a tiny model as model_dir/<version> the way `serving export` does (calibrated by `temperature`)."""
     target = model_dir / str(version)
     tmp = model_dir / f".tmp-{version}"
-    module.write_savedmodel(tmp, tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS, oov_fields=OOV_FIELDS)
+    module.write_savedmodel(tmp, tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS, temperature,
+                            oov_fields=OOV_FIELDS)
     export.write_warmup(tmp, model_name, RAW_SPEC, ROWS)
     tmp.rename(target)
     return target
 
 
-def keras_probabilities(rows: list[dict], seed: int = 0) -> np.ndarray:
-    """What every signature must answer: the Keras model on the transformed rows, in process."""
+def keras_logits(rows: list[dict], seed: int = 0) -> np.ndarray:
+    """The Keras model's logits on the transformed rows, in process."""
     serialized = examples.serialize_rows(rows, examples.feature_kinds(RAW_SPEC))
     features = HashTransform()(tf.io.parse_example(tf.constant(serialized), RAW_SPEC))
-    logits = tiny_model(seed)(features, training=False)
-    return tf.reshape(tf.sigmoid(logits), [-1]).numpy()
+    return tf.reshape(tiny_model(seed)(features, training=False), [-1]).numpy()
+
+
+def keras_probabilities(rows: list[dict], seed: int = 0) -> np.ndarray:
+    """What every signature of an uncalibrated (T = 1) version must answer."""
+    return tf.sigmoid(keras_logits(rows, seed)).numpy()
 
 
 def reference_probabilities(path: pathlib.Path, rows: list[dict]) -> np.ndarray:

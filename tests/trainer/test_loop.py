@@ -1,4 +1,5 @@
-"""The train step on a hand-computable model: loss, separate lr and L2 per group."""
+"""The train step on a hand-computable model: loss, separate lr and L2 per group; the
+early-stopping decisions (monitor, patience, reduce-LR-on-plateau) on hand-made records."""
 
 import math
 
@@ -8,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from pipeline.dataset_info import read_dataset_info
-from trainer.config import load_config, preset_path
-from trainer.loop import Phase, bce_loss
+from trainer.config import TrainConfig, load_config, preset_path
+from trainer.loop import LoopState, Phase, bce_loss, end_epoch, epoch_summary
 
 
 class LogReg(keras.Model):
@@ -91,3 +92,75 @@ def test_checkpoint_is_keyed_by_name_and_restores_under_another_strategy(synthet
         np.testing.assert_array_equal(got.iterations.numpy(), want.iterations.numpy())
         for w, g in zip(want.variables, got.variables, strict=True):
             np.testing.assert_array_equal(g.numpy(), w.numpy())
+
+
+# Validation records by epoch: LogLoss is lowest at 2, AUC - LogLoss highest at 3, AUC highest at 4;
+# epoch 5 (NaN LogLoss) never wins.
+RECORDS = [(0.90, 0.40), (0.92, 0.30), (0.95, 0.32), (0.96, 0.45), (0.955, float("nan"))]
+
+
+def _records(pairs):
+    return [{"epoch": i, "valid_auc": auc, "valid_logloss": ll} for i, (auc, ll) in enumerate(pairs, 1)]
+
+
+@pytest.mark.parametrize("monitor, best", [("auc_minus_logloss", 3), ("logloss", 2), ("auc", 4)])
+def test_each_monitor_picks_its_best_epoch(monitor, best):
+    t = TrainConfig(monitor=monitor, patience=10, lr_decay_factor=1.0)
+    state = LoopState()
+    improved = [end_epoch(state, r, t)[0] for r in _records(RECORDS)]
+    assert state.best_epoch == best and improved.index(True, best - 1) == best - 1
+    assert state.best_auc == RECORDS[best - 1][0] and state.epochs_done == 5
+    assert state.bad_epochs == 5 - best and state.lr_scale == 1.0
+    summary = epoch_summary(state, monitor)
+    assert summary["best_epoch"] == best and summary["best_valid_logloss"] == RECORDS[best - 1][1]
+    assert summary["valid_auc_per_epoch"] == [auc for auc, _ in RECORDS]
+    assert summary["valid_logloss_per_epoch"][:4] == [ll for _, ll in RECORDS[:4]]
+
+
+def test_plateau_reduces_the_lr_each_patience_then_stops():
+    t = TrainConfig(monitor="auc", patience=3, lr_decay_factor=0.5, lr_decay_patience=1)
+    state = LoopState()
+    steps = []
+    for record in _records([(0.80, 0.5), (0.79, 0.5), (0.81, 0.5), (0.80, 0.5), (0.80, 0.5), (0.79, 0.5)]):
+        assert state.bad_epochs < t.patience  # the loop would not have run this epoch otherwise
+        steps.append((*end_epoch(state, record, t), state.lr_scale))
+    assert steps == [
+        (True, False, 1.0),  # best
+        (False, True, 0.5),  # plateau: lr halved
+        (True, False, 0.5),  # better again: counters reset, the lr stays
+        (False, True, 0.25),
+        (False, True, 0.125),
+        (False, False, 0.125),  # third bad epoch: patience reached, no pointless reduction
+    ]
+    assert state.bad_epochs == t.patience and state.best_epoch == 3
+
+
+def test_lr_decay_patience_counts_since_the_last_reduction():
+    t = TrainConfig(monitor="logloss", patience=5, lr_decay_factor=0.1, lr_decay_patience=2)
+    state = LoopState()
+    reduced = [end_epoch(state, r, t)[1] for r in _records([(0.8, 0.3)] + [(0.8, 0.4)] * 5)]
+    assert reduced == [False, False, True, False, True, False]
+    assert state.lr_scale == pytest.approx(0.01) and state.bad_epochs == 5
+
+
+def test_lr_scale_and_plateau_counters_resume_from_the_checkpoint(synthetic_dir, tmp_path):
+    """The reduced lr is part of the resumable state: a new process restores the scale
+    and the counters, and applies the scale to the configured lr of each model optimizer
+    (from the loop state, whatever lr the checkpointed optimizer variable held)."""
+    info = read_dataset_info(synthetic_dir)
+    config = load_config(preset_path("criteo", "cpu"), ["--train.emb_lr=0.1", "--train.lr=0.01",
+                                                        "--train.patience=4"])
+    writer = Phase("t", LogReg(info.field_names, info.vocab_sizes), config, info, tmp_path / "c",
+                   tmp_path / "tb", train_arch=False)
+    for record in _records([(0.8, 0.3), (0.7, 0.4)]):
+        end_epoch(writer.state, record, config.train)
+    writer.checkpoint(improved=False)
+    reader = Phase("t", LogReg(info.field_names, info.vocab_sizes), config, info, tmp_path / "c",
+                   tmp_path / "tb2", train_arch=False)
+    assert [float(opt.learning_rate) for _, opt, _ in reader.groups] == pytest.approx([0.1, 0.01])
+    assert reader.restore()
+    assert (reader.state.lr_scale, reader.state.bad_epochs, reader.state.plateau_epochs) == (0.1, 1, 0)
+    assert [float(opt.learning_rate) for _, opt, _ in reader.groups] == pytest.approx([0.01, 0.001])
+    # the traced step reads the reduced lr: Adam's first step moves the bias by lr x scale = 0.001
+    reader.train_step({name: tf.constant([0], tf.int64) for name in info.field_names}, tf.constant([1.0]))
+    assert float(reader.model.bias[0]) == pytest.approx(0.001, rel=1e-3)

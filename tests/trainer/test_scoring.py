@@ -9,6 +9,7 @@ import tensorflow as tf
 from pipeline.dataset_info import read_dataset_info
 from tests.trainer.synthetic import write_synthetic_run
 from trainer import cli
+from trainer.calibration import read_temperature
 from trainer.data import make_dataset
 from trainer.model_io import load_model
 
@@ -39,10 +40,13 @@ def _error(captured) -> str:
 
 
 def _model_probabilities(run, data_dir) -> np.ndarray:
-    """The run's model on every record of `data`, in stored order, outside the stage."""
-    model = load_model(run)
+    """The run's model on every record of `data`, in stored order, outside the stage, calibrated:
+    sigmoid(logit / T) with the run's temperature (as the export serves it)."""
+    model, temperature = load_model(run), read_temperature(run)
+    assert temperature != 1.0  # the trainer calibrates by default
     batches = make_dataset(read_dataset_info(data_dir), "data", 64, in_file_order=True)
-    return np.concatenate([tf.sigmoid(model(b if isinstance(b, dict) else b[0])).numpy().ravel() for b in batches])
+    return np.concatenate([tf.sigmoid(model(b if isinstance(b, dict) else b[0]) / temperature).numpy().ravel()
+                           for b in batches])
 
 
 @pytest.mark.slow
@@ -52,7 +56,9 @@ def test_evaluate_reproduces_the_runs_test_metrics(multivalued_run, multivalued_
     written = json.loads((multivalued_run / "evaluation.test.json").read_text())
     assert written["split"] == "test" and written["rows"] == metrics["test_rows"]
     assert written["auc"] == pytest.approx(metrics["test_auc"], abs=1e-6)
-    assert written["logloss"] == pytest.approx(metrics["test_logloss"], abs=1e-6)
+    # evaluate scores what is served: the calibrated probabilities
+    assert written["temperature"] == metrics["calibration"]["temperature"]
+    assert written["logloss"] == pytest.approx(metrics["calibration"]["test"]["logloss_calibrated"], abs=1e-6)
     assert f"AUC {written['auc']:.4f}" in out.out and "evaluation.test.json" in out.out
 
 

@@ -60,6 +60,20 @@ def test_search_writes_architecture_text_logs_and_checkpoints(search_run):
 def test_retrain_beats_chance_and_load_model_reproduces_test_auc(retrain_run, synthetic_dir):
     metrics = json.loads((retrain_run / "metrics.json").read_text())
     assert metrics["test_auc"] > 0.75 and metrics["best_epoch"] >= 1
+    # the stopping record: the monitor, the best epoch and the per-epoch validation lists
+    assert metrics["monitor"] == "auc_minus_logloss"
+    epochs = metrics["epochs"]
+    assert len(metrics["valid_auc_per_epoch"]) == len(metrics["valid_logloss_per_epoch"]) == epochs
+    best = metrics["best_epoch"]
+    scores = [a - ll for a, ll in zip(metrics["valid_auc_per_epoch"], metrics["valid_logloss_per_epoch"], strict=True)]
+    assert scores.index(max(scores)) == best - 1
+    assert metrics["best_valid_logloss"] == metrics["valid_logloss_per_epoch"][best - 1]
+    # calibration (default temperature), fitted on valid: T in the run, LogLoss no worse on valid
+    calibration = json.loads((retrain_run / "calibration.json").read_text())
+    assert calibration == metrics["calibration"] and calibration["fitted_on"] == "valid"
+    assert calibration["temperature"] > 0 and calibration["temperature"] != 1.0
+    assert calibration["valid"]["logloss_calibrated"] <= calibration["valid"]["logloss"]
+    assert calibration["test"]["logloss"] == metrics["test_logloss"]
     assert load_config(retrain_run / "config.yaml").model.emb_dim == 4  # search config reused
     model = load_model(retrain_run)
     info = read_dataset_info(synthetic_dir)
@@ -190,6 +204,8 @@ def _fewer_fields_dir(synthetic_dir, tmp_path):
         ("fewer_fields", "does not match"),
         ("init_no_search", "--init=search needs the search run's search.weights.npz"),
         ("fixed_op_soft", "--fixed_op uses one operation per component: it needs --mode=hard"),
+        ("calibrate_search", "--calibrate belongs to --stage=retrain|train|tune"),
+        ("bad_monitor", "train.monitor must be one of ['auc_minus_logloss', 'auc', 'logloss']"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_run, tmp_path, capsys):
@@ -209,6 +225,8 @@ def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_ru
         "init_no_search": ["--stage=retrain", *base, "--config", CONFIG, "--architecture",
                            CONFIG_DIR.parent / "architectures" / "fnn.json", "--mode", "hard", "--init", "search"],
         "fixed_op_soft": ["--stage=retrain", *base, "--architecture", arch, "--mode", "soft", "--fixed_op", "add"],
+        "calibrate_search": ["--stage=search", *base, "--config", CONFIG, "--calibrate", "none"],
+        "bad_monitor": ["--stage=search", *base, "--config", CONFIG, "--train.monitor=loss"],
     }[case]
     capsys.readouterr()
     _trainer(*args, expect=2)
@@ -234,6 +252,15 @@ def test_train_stage_runs_every_shipped_fixed_design(path, synthetic_dir, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_auc"] > 0.6
     assert Architecture.load(out / "architecture.json").to_dict() == Architecture.load(path).to_dict()
+
+
+def test_calibrate_none_writes_no_temperature(synthetic_dir, tmp_path):
+    out = tmp_path / "uncalibrated"
+    _trainer("--stage=train", "--data", synthetic_dir, "--config", CONFIG, "--model", "fnn", "--calibrate", "none",
+             "--out", out, "--model.emb_dim=4", "--train.epochs=1", "--train.batch_size=512")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not (out / "calibration.json").exists() and metrics["calibration"]["temperature"] == 1.0
+    assert load_config(out / "config.yaml").train.calibrate == "none"
 
 
 def test_fixed_op_retrain_keeps_the_searched_edges_with_one_op(synthetic_dir, search_run, tmp_path):
