@@ -75,7 +75,7 @@ def test_a_calibrated_export_serves_sigmoid_of_keras_logit_over_t(tmp_path):
     from serving import export
 
     verify = functools.partial(export.verify, version, tiny.tiny_model(SEED), tiny.HashTransform(), tiny.RAW_SPEC,
-                               tiny.FIELDS, tiny.ROWS, "tiny rows", 1e-5)
+                               tiny.FIELDS, tiny.ROWS, "tiny rows", 1e-5, oov_fields=tiny.OOV_FIELDS)
     assert verify(temperature=temperature).temperature == temperature
     with pytest.raises(export.ExportError, match="Keras logits / T = 1"):
         verify()
