@@ -1,8 +1,9 @@
 """`pipeline` command line: the preprocessing job, `pipeline transform` (a finished run's
 graph applied to new files) and `pipeline generate` for data.
 
-Exit codes: 0 done, 1 too many bad rows or a job failure, 2 bad input or
-arguments (one-line message, nothing written).
+Exit codes: 0 done, 1 too many bad rows (or all), an empty split or a job
+failure (rejected rows kept), 2 bad input or arguments (one-line message,
+nothing written).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def _print_summary(stats: dict, output: str) -> None:
 
 
 def _run_job(argv: list[str]) -> int:
-    from pipeline.job import JobIntegrityError, RunConfig, TooManyBadRows, run, transform_config
+    from pipeline.job import EmptySplit, JobIntegrityError, RunConfig, TooManyBadRows, run, transform_config
     from pipeline.specs import load_spec
 
     transform = bool(argv) and argv[0] == "transform"
@@ -143,7 +144,7 @@ def _run_job(argv: list[str]) -> int:
     except UsageError as err:
         print(f"pipeline: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (TooManyBadRows, JobIntegrityError) as err:
+    except (TooManyBadRows, EmptySplit, JobIntegrityError) as err:
         print(f"pipeline: error: {err}", file=sys.stderr)
         return 1
     _print_summary(stats, args.output)
