@@ -265,8 +265,8 @@ class TestSplitsAndWarnings:
         assert label_warnings(splits((80, 10), (10, 1), (10, 2)), True) == []
         (single,) = label_warnings(splits((80, 80), (10, 10), (10, 10)), True)
         assert "all 100 rows are positive" in single
-        assert label_warnings(splits((80, 10), (10, 0), (0, 0)), True) == [
-            "split test is empty", "split valid has no positive rows (AUC is undefined on it)"]
+        assert label_warnings(splits((80, 10), (10, 0), (0, 0)), True) == [  # empty: job.check_splits
+            "split valid has no positive rows (AUC is undefined on it)"]
         assert label_warnings({"data": {"rows": 5, "positives": None}}, False) == []
 
 
