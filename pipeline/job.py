@@ -424,8 +424,8 @@ def check_splits(stats: dict, config: RunConfig) -> None:
     counts = ", ".join(f"{split} {s['rows']}" for split, s in stats["splits"].items())
     record = stats["split"]
     if record["mode"] == "given":
-        why = "; ".join(f"the --input of {split} ({', '.join(record['inputs'][split])}) holds no valid rows"
-                        for split in empty)
+        why = "; ".join(f"the --input of {split} ({', '.join(record['inputs'].get(split, [])) or 'none'}) "
+                        "holds no valid rows" for split in empty)
     elif record["mode"] == "time":
         why = (f"the time cut-offs (valid from {record['valid_from']}, test from {record['test_from']}) leave "
                f"no rows there: {config.time_field} has too few distinct values for three splits; use --split hash")

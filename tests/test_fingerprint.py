@@ -150,3 +150,15 @@ def test_a_run_without_fingerprint_falls_back_to_fields_with_a_warning(criteo_ru
                          "--output", str(tmp_path / "eval.json")]) == 0
     assert f"{older / 'run.json'} records no transform fingerprint" in caplog.text
     assert "only field names and vocabulary sizes were compared" in caplog.text
+
+
+def test_resume_refuses_data_of_another_graph(tmp_path):
+    from trainer.config import load_config, preset_path
+    from trainer.stages import RunDirError, prepare_run_dir
+
+    config = load_config(preset_path("criteo", "cpu"), [])
+    run = {"stage": "train", "mode": "hard", "model": None, "fields": [], "data_dir": "data"}
+    prepare_run_dir(tmp_path, {**run, FINGERPRINT_KEY: "a" * 64}, config, resume=False)
+    with pytest.raises(RunDirError, match=f"different fingerprint .*in {tmp_path / 'run.json'}"):
+        prepare_run_dir(tmp_path, {**run, FINGERPRINT_KEY: "b" * 64}, config, resume=True)
+    prepare_run_dir(tmp_path, {**run, FINGERPRINT_KEY: "a" * 64}, config, resume=True)
