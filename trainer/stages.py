@@ -76,9 +76,9 @@ def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resu
         for key in keys:
             if old.get(key) != run.get(key):
                 raise RunDirError(
-                    f"--resume: {out} was a run with a different {key} "
-                    f"({str(old.get(key))[:80]} in {out / RUN_FILE} vs {str(run.get(key))[:80]} of "
-                    f"{run['data_dir']}); use another --out"
+                    f"--resume: {out} was a run with a different {key} ({str(old.get(key))[:80]} in "
+                    f"{out / RUN_FILE} vs {str(run.get(key))[:80]} now, with --data {run['data_dir']}); "
+                    "use another --out"
                 )
     elif out.exists() and any(out.iterdir()):
         raise RunDirError(f"{out} exists and is not empty; pass --resume to continue it or choose another --out")
