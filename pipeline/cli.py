@@ -111,6 +111,7 @@ def _print_summary(stats: dict, output: str) -> None:
         print(f"{split:<6} {s['rows']:>10,} {ratio:>9}")
     rejected = {k: v for k, v in stats["rejected"].items() if v and k != "total"}
     print(f"rejected: {stats['rejected']['total']:,}" + (f" {rejected}" if rejected else ""))
+    print(f"transform fingerprint: {stats['fingerprint']}")
     shown = "valid" if "valid" in stats["splits"] else next(iter(stats["splits"]))
     print(f"{'field':<18} {'vocab':>9} {'oov(' + shown + ')':>10} {'missing':>8}")
     for f in stats["fields"]:
