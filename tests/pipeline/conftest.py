@@ -74,11 +74,17 @@ def avazu_run(tmp_path_factory) -> Run:
     return _dataset_run(tmp_path_factory, "avazu", "avazu/train_head9k.csv", "--dataset", "avazu")
 
 
+# Click counts of the synthetic KDD12 rows added to the 11-row sample: three clicked, and enough
+# unclicked rows that the hashed 8:1:1 split leaves no split empty (an empty split fails the job).
+KDD12_EXTRA_CLICKS = (0, 1, 4, 0, 2, *[0] * 40)
+
+
 @pytest.fixture(scope="session")
 def kdd12_run(tmp_path_factory) -> Run:
-    """KDD12's sample has no click; a few synthetic rows with Click 0/1/4 are added as a second input."""
+    """KDD12's sample has no click; synthetic rows with Click 0/1/2/4 are added as a second input."""
     extra = tmp_path_factory.mktemp("kdd12_extra") / "clicks.txt"
-    rows = [[str(c), "2", "11", "22", "33", "1", "1", "44", "55", "66", "77", "88"] for c in (0, 1, 4, 0, 2)]
+    rows = [[str(c), "2", str(11 + i), "22", "33", "1", "1", "44", "55", "66", "77", "88"]
+            for i, c in enumerate(KDD12_EXTRA_CLICKS)]
     extra.write_text("".join("\t".join(r) + "\n" for r in rows))
     path = shared_data("kdd12/training.txt")
     out = tmp_path_factory.mktemp("kdd12") / "data"
