@@ -276,11 +276,12 @@ def test_summary_prints_warnings_and_unlabeled_splits(capsys):
     stats = {
         "dataset": "d", "rows": 5, "wall_seconds": 1.0, "rows_per_second": 5.0,
         "splits": {"data": {"rows": 5, "positives": None, "positive_ratio": None}},
-        "rejected": {"bad_label": 0, "total": 0},
+        "rejected": {"bad_label": 0, "total": 0}, "fingerprint": "f1" * 32,
         "fields": [{"name": "a", "vocab_size": 3, "oov_rate": {"data": 0.2}, "missing_rate": {"data": 0.0}}],
         "warnings": ["split data has no positive rows (AUC is undefined on it)"],
     }
     _print_summary(stats, "out")
     out = capsys.readouterr().out
     assert "data            5         -" in out and "oov(data)" in out
+    assert f"transform fingerprint: {'f1' * 32}" in out
     assert out.rstrip().endswith("warning: split data has no positive rows (AUC is undefined on it)")
