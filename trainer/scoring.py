@@ -32,7 +32,7 @@ import math
 import pathlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -41,8 +41,9 @@ from tqdm import tqdm
 
 from pipeline import batch_scoring
 from pipeline.atomic import atomic_path, write_text_atomic
-from pipeline.dataset_info import STATS_FILE, DatasetInfo, is_uri, join
+from pipeline.dataset_info import STATS_FILE, DatasetInfo, is_uri, join, read_dataset_info
 from pipeline.errors import UsageError
+from pipeline.remote import local_view
 from trainer.calibration import read_temperature
 from trainer.config import load_config
 from trainer.data import input_signature, make_dataset
@@ -255,3 +256,37 @@ def _output_path(output: str | pathlib.Path) -> pathlib.Path:
     if path.parent.exists() and not path.parent.is_dir():
         raise ScoringError(f"--output {path}: {path.parent} is not a directory")
     return path
+
+
+def run_raw_scorer(run_dir: str | pathlib.Path, batch_size: int | None = None,
+                   ) -> Callable[[list[bytes]], np.ndarray]:
+    """P(click) of serialized raw tf.Examples through the run's OWN transform graph (the
+    pipeline run recorded in its run.json) and its model, calibrated with its temperature:
+    what its export would serve. For comparing runs trained on different pipeline runs
+    (other vocabularies) on the same raw rows (trainer/blessing.py)."""
+    import tensorflow_transform as tft
+
+    from pipeline.job import run_spec
+    from pipeline.transform import oov_fields
+
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        raise ScoringError(f"{run_dir} is not a trainer run directory: {RUN_FILE} is missing")
+    data_dir = json.loads((run_dir / RUN_FILE).read_text()).get("data_dir")
+    if not data_dir:
+        raise ScoringError(f"{run_dir / RUN_FILE} records no data_dir: cannot find the run's transform graph")
+    info = read_dataset_info(local_view(data_dir))  # its graph: a moved or unfinished pipeline run fails here
+    model, eval_batch_size, temperature = _load(run_dir, info)
+    tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
+    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
+    layer, names = tft_output.transform_features_layer(), info.field_names
+    fields = oov_fields(run_spec(str(info.data_dir)))
+    step = tf.function(lambda s: raw_scores(model, layer, raw_spec, names, s, fields, temperature)[0],
+                       input_signature=[tf.TensorSpec([None], tf.string)])
+    size = batch_size or eval_batch_size
+
+    def score(serialized: list[bytes]) -> np.ndarray:
+        parts = [step(tf.constant(serialized[i:i + size])).numpy() for i in range(0, len(serialized), size)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+    return score
