@@ -254,7 +254,7 @@ def bless(candidate: pathlib.Path, baseline: pathlib.Path | None, info: DatasetI
         "decision": decision, "blessed": not failed,
         "reason": "; ".join(failed) if failed else f"all {len(checks)} checks passed",
         "first_day": baseline is None,
-        "note": ("no baseline (first day): blessed on the absolute floors alone" if baseline is None
+        "note": ("no baseline (first day): decided on the absolute floors alone" if baseline is None
                  else "both models scored the same raw rows, each through its own transform graph"),
         "candidate": {"kind": "run", "path": str(candidate.resolve()), **candidate_metrics},
         "baseline": None if baseline_record is None else {**baseline_record, **(baseline_metrics or {})},
@@ -264,7 +264,8 @@ def bless(candidate: pathlib.Path, baseline: pathlib.Path | None, info: DatasetI
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     write_text_atomic(target, json.dumps(result, indent=1) + "\n")
-    return {**result, "stage": "evaluate", "output": str(target), "seconds": time.perf_counter() - start,
+    return {**result, "stage": "evaluate", "run_dir": str(candidate), "output": str(target),
+            "seconds": time.perf_counter() - start,
             "exit_code": 0 if decision == BLESSED else EXIT_NOT_BLESSED}
 
 
