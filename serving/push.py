@@ -97,7 +97,7 @@ def push(run_dir: str, blessing_file: str, data_dir: str, model_base_path: str, 
         raise PushError(f"--keep must be >= 1. Received: {keep}")
     blessed, why = is_blessed(pathlib.Path(blessing_file), pathlib.Path(run_dir))
     if not blessed:
-        raise PushError(f"refusing to push {run_dir}: {why}; bless it first with `trainer --stage=evaluate "
+        raise PushError(f"{why}; bless it first with `trainer --stage=evaluate "
                         f"--candidate {run_dir} --baseline SERVED --data NEW`; nothing was written")
     base = pathlib.Path(model_base_path)
     result = export(run_dir, data_dir, model_base_path, model_name, **export_options)
