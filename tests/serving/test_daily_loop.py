@@ -19,7 +19,7 @@ import pytest
 from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline.dataset_info import read_dataset_info
-from serving import configs, export, module, push, session_loader
+from serving import cli, configs, export, module, push, session_loader
 from serving.client import AVAILABLE, ServingClient
 from tests import server_process
 from tests.conftest import ROOT
@@ -143,6 +143,7 @@ def test_missing_or_unfinished_inputs_exit_2(runs, served, criteo_preprocessed_d
     unfinished = tmp_path / "unfinished"
     shutil.copytree(runs["good"], unfinished)
     (unfinished / "model.weights.h5").unlink()
+    (unfinished / blessing.BLESSING_FILE).unlink(missing_ok=True)  # the good run's, copied
     data = f"--data={criteo_preprocessed_dir}"
     cases = {
         "not a trainer run": [data, f"--candidate={tmp_path}"],
@@ -162,19 +163,21 @@ def test_missing_or_unfinished_inputs_exit_2(runs, served, criteo_preprocessed_d
     assert not (unfinished / blessing.BLESSING_FILE).exists()
 
 
-def test_push_refuses_without_a_blessing_naming_the_run(blessings, runs, served, criteo_preprocessed_dir):
+def test_push_refuses_without_a_blessing_naming_the_run(blessings, runs, served, criteo_preprocessed_dir, capsys):
     before = sorted(p.name for p in (served / MODEL).iterdir())
-    for run, blessing_file in ((runs["bad"], runs["bad"] / blessing.BLESSING_FILE),  # NOT_BLESSED
-                               (runs["bad"], runs["good"] / blessing.BLESSING_FILE),  # another run's
-                               (runs["good"], runs["good"] / "missing.json")):
-        result = _cli("serving", "push", "--run", run, "--blessing", blessing_file, "--data",
-                      criteo_preprocessed_dir, "--model_base_path", served, "--model_name", MODEL)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "cannot push" in result.stderr and "Traceback" not in result.stderr
+    flags = ["--data", str(criteo_preprocessed_dir), "--model_base_path", str(served), "--model_name", MODEL]
+    result = _cli("serving", "push", "--run", runs["bad"], "--blessing", runs["bad"] / blessing.BLESSING_FILE, *flags)
+    assert result.returncode == 2 and "NOT_BLESSED" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and sorted(p.name for p in (served / MODEL).iterdir()) == before
+    for run, blessing_file, why in ((runs["bad"], runs["good"] / blessing.BLESSING_FILE, "not"),  # another run's
+                                    (runs["good"], runs["good"] / "missing.json", "not a readable")):
+        assert cli.main(["push", "--run", str(run), "--blessing", str(blessing_file), *flags]) == 2
+        assert why in capsys.readouterr().err
         assert sorted(p.name for p in (served / MODEL).iterdir()) == before
 
 
-def test_push_then_rollback_under_a_live_server(blessings, runs, served, criteo_preprocessed_dir, tmp_path):
+def test_push_then_rollback_under_a_live_server(blessings, runs, served, criteo_preprocessed_dir, tmp_path,
+                                                capsys):
     rows, _, _ = blessing.held_out_rows(read_dataset_info(str(criteo_preprocessed_dir)), "test")
     batch = {module.EXAMPLES_INPUT: np.array(rows[:64], dtype=object)}
     with server_process.serving(served / configs.MODELS_CONFIG, tmp_path, [MODEL],
@@ -188,8 +191,7 @@ def test_push_then_rollback_under_a_live_server(blessings, runs, served, criteo_
         assert not [p for p in (served / MODEL).iterdir() if p.name.startswith(".")]  # no temp dirs left
         server.wait_for(lambda: client.status(MODEL).get(3) == AVAILABLE, "the pushed version 3", timeout=120)
 
-        result = _cli("serving", "rollback", "--model_base_path", served, "--model_name", MODEL)
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert cli.main(["rollback", "--model_base_path", str(served), "--model_name", MODEL]) == 0
         assert export.versions(served / MODEL) == [2, 3, 4]
         assert (served / MODEL / "4" / "saved_model.pb").read_bytes() == \
             (served / MODEL / "2" / "saved_model.pb").read_bytes()
@@ -202,8 +204,8 @@ def test_push_then_rollback_under_a_live_server(blessings, runs, served, criteo_
         expected = old.run(module.DEFAULT_SIGNATURE, batch)["probabilities"]
     np.testing.assert_allclose(served_p, expected, atol=1e-6)
     # A second rollback skips version 3 (replaced by a rollback) and the served model's copies: nothing left.
-    result = _cli("serving", "rollback", "--model_base_path", served, "--model_name", MODEL)
-    assert result.returncode == 2 and "--to VERSION" in result.stderr
+    assert cli.main(["rollback", "--model_base_path", str(served), "--model_name", MODEL]) == 2
+    assert "--to VERSION" in capsys.readouterr().err
 
 
 def test_prune_keeps_the_highest_and_the_pinned_versions(tmp_path):
