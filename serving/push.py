@@ -30,13 +30,16 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import UsageError
 from serving import configs
-from serving.export import ExportResult, export, versions
 
+if TYPE_CHECKING:
+    from serving.export import ExportResult
+
+# serving.export (TensorFlow) is imported where used: `serving --help` shows DEFAULT_KEEP before TF loads.
 ROLLBACK_FILE = "ROLLBACK.json"
 DEFAULT_KEEP = 3
 _SAVED_MODEL = "saved_model.pb"
@@ -78,6 +81,8 @@ def pinned_versions(base: pathlib.Path, model_name: str) -> set[int]:
 
 def prune(model_dir: pathlib.Path, keep: int, pinned: set[int]) -> list[int]:
     """Deletes all but the newest `keep` versions, the highest and the pinned ones; the deleted."""
+    from serving.export import versions
+
     existing = versions(model_dir)
     stay = set(existing[-keep:]) | set(existing[-1:]) | pinned
     removed = [v for v in existing if v not in stay]
@@ -91,6 +96,7 @@ def prune(model_dir: pathlib.Path, keep: int, pinned: set[int]) -> list[int]:
 def push(run_dir: str, blessing_file: str, data_dir: str, model_base_path: str, model_name: str,
          keep: int = DEFAULT_KEEP, **export_options: Any) -> PushResult:
     """Exports a blessed run as the next version (serving.export.export), then keeps `keep` versions."""
+    from serving.export import export
     from trainer.blessing import is_blessed
 
     if keep < 1:
@@ -136,6 +142,8 @@ def rollback(model_base_path: str, model_name: str, to: int | None = None) -> Ro
     Default `to`: the newest version below the served (highest) one that does not hold the
     served model and that no earlier rollback replaced (a bad version stays skipped).
     """
+    from serving.export import versions
+
     model_dir = pathlib.Path(model_base_path) / model_name
     existing = versions(model_dir)
     if not existing:
