@@ -222,3 +222,26 @@ def test_prune_keeps_the_highest_and_the_pinned_versions(tmp_path):
     assert pinned == {2, 4}
     assert push.prune(model_dir, 1, pinned) == [1, 3, 5]
     assert export.versions(model_dir) == [2, 4, 6] and sorted(p.name for p in model_dir.iterdir()) == ["2", "4", "6"]
+
+
+@pytest.mark.shared_data
+def test_a_baseline_of_another_vocabulary_scores_through_its_own_graph(runs, criteo_preprocessed_dir,
+                                                                       criteo_sample_dir, tmp_path):
+    """Yesterday's run on another pipeline run (the real Criteo sample: other tokens, other ids) scores
+    the new day's raw rows through its own TFT graph: as a run and as its export, the same answer."""
+    from trainer.cli import main, run
+
+    run(["--stage=train", "--data", str(criteo_sample_dir), *TINY_LR, "--train.max_steps_per_epoch=5",
+         "--out", str(tmp_path / "old")])
+    export.export(str(tmp_path / "old"), str(criteo_sample_dir), str(tmp_path / "base"), MODEL, verify_rows=100)
+    records = {}
+    for kind, baseline in (("run", tmp_path / "old"), ("model_dir", tmp_path / "base" / MODEL / "1")):
+        out = tmp_path / f"{kind}.json"
+        assert main(["--stage=evaluate", f"--data={criteo_preprocessed_dir}", f"--candidate={runs['good']}",
+                     f"--baseline={baseline}", f"--output={out}"]) in (0, blessing.EXIT_NOT_BLESSED)
+        records[kind] = json.loads(out.read_text())
+    assert records["run"]["baseline"]["kind"] == "run" and records["model_dir"]["baseline"]["kind"] == "model_dir"
+    for metric in ("auc", "logloss"):
+        assert records["run"]["baseline"][metric] == pytest.approx(records["model_dir"]["baseline"][metric],
+                                                                   abs=1e-5)
+        assert records["run"]["candidate"][metric] == records["model_dir"]["candidate"][metric]
