@@ -207,8 +207,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         return _score(args, info)
     scoring_only = {"--run_dir": args.run_dir, "--split": args.split, "--output": args.output,
                     "--input": args.input, "--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row,
-                    "--unlabeled": args.unlabeled, "--candidate": args.candidate}
-    given = [flag for flag, value in scoring_only.items() if value is not None]
+                    "--unlabeled": args.unlabeled}
+    given = [flag for flag, value in scoring_only.items() if value is not None] + _blessing_given(args)
     if given:
         raise UsageError(f"{given[0]} belongs to --stage=evaluate|predict, not --stage={args.stage}")
     if args.out is None:
@@ -293,14 +293,7 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
     given = [flag for flag, value in training_only.items() if value is not None]
     if given or args.resume:
         raise UsageError(f"{(given or ['--resume'])[0]} belongs to the training stages, not --stage={args.stage}")
-    blessing_flags = {"--candidate": args.candidate, "--baseline": args.baseline,
-                      "--blessing_config": args.blessing_config, "--min_auc": args.min_auc,
-                      "--max_logloss": args.max_logloss, "--auc_delta": args.auc_delta,
-                      "--logloss_delta": args.logloss_delta}
-    given = [flag for flag, value in blessing_flags.items() if value is not None]
-    if given and (args.stage != "evaluate" or args.candidate is None):
-        raise UsageError(f"{given[0]} belongs to --stage=evaluate --candidate RUN (the blessing)")
-    if given:
+    if _blessing_given(args):
         return _bless(args, info)
     if args.run_dir is None:
         raise UsageError(f"--stage={args.stage} needs --run_dir RUN (a finished retrain or train run)")
@@ -324,10 +317,18 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
     return scoring.predict(args.run_dir, info, args.output, args.split)
 
 
+def _blessing_given(args: argparse.Namespace) -> list[str]:
+    """The blessing flags (_add_blessing_args) given on the command line."""
+    return [flag for flag in ("--candidate", "--baseline", "--blessing_config", "--min_auc", "--max_logloss",
+                              "--auc_delta", "--logloss_delta") if getattr(args, flag[2:]) is not None]
+
+
 def _bless(args: argparse.Namespace, info: Any) -> dict[str, Any]:
     """evaluate --candidate: the blessing (trainer/blessing.py)."""
     from trainer import blessing
 
+    if args.stage != "evaluate" or args.candidate is None:
+        raise UsageError(f"{_blessing_given(args)[0]} belongs to --stage=evaluate --candidate RUN (the blessing)")
     if args.run_dir is not None or args.input is not None:
         raise UsageError("--candidate takes the place of --run_dir (and scores --data's raw rows, not --input)")
     thresholds = blessing.load_thresholds(args.blessing_config, min_auc=args.min_auc, max_logloss=args.max_logloss,
