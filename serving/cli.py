@@ -4,6 +4,8 @@
     serving serve   --model_config_file BASE/models.config --port 8500 --rest_api_port 8501
     serving serve   --model_name NAME --model_base_path BASE/NAME --rest_api_port 8501
     serving predict --target localhost:8500 --model_name NAME --input FILE --format criteo
+    serving push     --run RUN --blessing RUN/blessing.json --data DATA --model_base_path BASE --model_name NAME
+    serving rollback --model_base_path BASE --model_name NAME [--to VERSION]
 """
 
 from __future__ import annotations
@@ -179,6 +181,46 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="first wait up to this many seconds for the model to be AVAILABLE")
 
 
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    from serving.push import DEFAULT_KEEP
+
+    p = sub.add_parser(
+        "push",
+        help="export a BLESSED run as the next version, keep the last --keep versions",
+        description="Export a run as BASE/NAME/<next version> (the `export` step: built beside, verified "
+        "under the session loader, renamed) only if --blessing is a BLESSED blessing.json naming --run "
+        "(`trainer --stage=evaluate --candidate RUN ...`); otherwise exit 2 having written nothing. "
+        "Then delete all but the newest --keep versions, never the highest one nor one that "
+        "BASE/models.config names (version labels, a `specific` version policy).",
+    )
+    p.add_argument("--run", required=True, help="the blessed trainer run dir")
+    p.add_argument("--blessing", required=True, help="its blessing.json (trainer --stage=evaluate --candidate)")
+    p.add_argument("--data", required=True, help="the run's pipeline output dir (transform_fn/, stats.json)")
+    p.add_argument("--model_base_path", required=True, help="TF Serving base dir BASE")
+    p.add_argument("--model_name", required=True, help="model name NAME (BASE/NAME/<version>)")
+    p.add_argument("--keep", type=int, default=DEFAULT_KEEP,
+                   help=f"versions to keep after the push (default {DEFAULT_KEEP}, at least 1)")
+
+
+def _add_rollback(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rollback",
+        help="serve an older version again, as a new higher version (safe under a live server)",
+        description="TF Serving (and `serving serve`) serve the highest version under the default "
+        "version policy (latest, 1 version), and deleting a served version under a live server is "
+        "unsafe. So rollback copies the older version (hard links where possible) into a NEW, higher "
+        "version dir, built beside and renamed atomically; the servers switch on their next "
+        "file-system poll (--file_system_poll_wait_seconds). BASE/NAME/ROLLBACK.json records each "
+        "rollback. Alternative: pin a version in models.config with model_version_policy { specific "
+        "{ versions: N } } and let the servers re-read it (--model_config_file_poll_wait_seconds).",
+    )
+    p.add_argument("--model_base_path", required=True, help="TF Serving base dir BASE")
+    p.add_argument("--model_name", required=True, help="model name NAME (BASE/NAME/<version>)")
+    p.add_argument("--to", type=int, default=None,
+                   help="version to serve again (default: the newest older version that holds another "
+                   "model than the served one and that no earlier rollback replaced)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_serve(sub)
     _add_predict(sub)
+    _add_push(sub)
+    _add_rollback(sub)
     return parser
 
 
@@ -376,10 +420,41 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_push(args: argparse.Namespace) -> int:
+    from serving.export import ExportError
+    from serving.push import push
+
+    try:
+        result = push(args.run, args.blessing, args.data, args.model_base_path, args.model_name, keep=args.keep)
+    except ExportError as err:
+        return _fail(str(err), EXIT_FAILED)
+    except UsageError as err:
+        return _fail(f"cannot push {args.run}: {err}")
+    print(f"pushed {args.run} as {result.export.version_dir} (version {result.export.version}, verified on "
+          f"{result.export.verification.rows} rows); {result.blessing}")
+    kept = f"; kept pinned versions {list(result.protected)}" if result.protected else ""
+    print(f"  removed old versions {list(result.removed) or 'none'} (--keep {args.keep}){kept}")
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from serving.push import rollback
+
+    try:
+        result = rollback(args.model_base_path, args.model_name, args.to)
+    except UsageError as err:
+        return _fail(f"cannot roll back {args.model_name}: {err}")
+    print(f"rolled back {args.model_name}: version {result.version} (a copy of version {result.source}) now "
+          f"replaces {result.replaced} as the highest version; servers switch on their next poll; "
+          f"history: {result.history}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO banner drowns the summary
-    handler = {"export": run_export, "serve": run_serve, "predict": run_predict}[args.command]
+    handler = {"export": run_export, "serve": run_serve, "predict": run_predict, "push": run_push,
+               "rollback": run_rollback}[args.command]
     return handler(args)
 
 

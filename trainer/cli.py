@@ -133,7 +133,35 @@ def _parser() -> argparse.ArgumentParser:
                         help="tf.distribute strategy (config train.strategy, default: default); multi_worker and "
                         "parameter_server read TF_CONFIG, the chief writes --out (multi_worker: the other workers "
                         "write .OUT.worker-K beside it)")
+    _add_blessing_args(parser)
     return parser
+
+
+def _add_blessing_args(parser: argparse.ArgumentParser) -> None:
+    """evaluate --candidate: model validation before a push (trainer/blessing.py)."""
+    group = parser.add_argument_group(
+        "blessing (evaluate --candidate)",
+        "Score --candidate (the run trained on --data) and --baseline on the raw rows of --data's held-out "
+        "--split (default test), each through its own transform graph; write blessing.json (default "
+        "CANDIDATE/blessing.json, or --output) with both AUCs and LogLosses, the thresholds and BLESSED or "
+        "NOT_BLESSED with the reason. Exit 0 blessed, 3 not blessed, 2 bad input. Thresholds: "
+        "trainer/configs/blessing.yaml, overridden by --blessing_config and the flags below.")
+    group.add_argument("--candidate", type=pathlib.Path, help="evaluate: the finished run to bless (trained on --data)")
+    group.add_argument("--baseline", type=pathlib.Path,
+                       help="evaluate --candidate: the model to beat: a finished run (scored through its own "
+                       "pipeline run's graph), an exported SavedModel version dir, or BASE/NAME (its highest "
+                       "version); omitted on the first day: the absolute floors alone decide")
+    group.add_argument("--blessing_config", type=pathlib.Path,
+                       help="evaluate --candidate: YAML with a `blessing:` section (any of min_auc, max_logloss, "
+                       "auc_delta, logloss_delta) over trainer/configs/blessing.yaml")
+    group.add_argument("--min_auc", type=float, help="evaluate --candidate: absolute floor on the candidate's AUC")
+    group.add_argument("--max_logloss", type=float,
+                       help="evaluate --candidate: absolute ceiling on the candidate's LogLoss")
+    group.add_argument("--auc_delta", type=float,
+                       help="evaluate --candidate: blessed only if candidate AUC >= baseline AUC - auc_delta")
+    group.add_argument("--logloss_delta", type=float,
+                       help="evaluate --candidate: blessed only if candidate LogLoss <= baseline LogLoss + "
+                       "logloss_delta")
 
 
 def _resolve_config_path(args: argparse.Namespace, dataset: str) -> pathlib.Path:
@@ -180,7 +208,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     scoring_only = {"--run_dir": args.run_dir, "--split": args.split, "--output": args.output,
                     "--input": args.input, "--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row,
                     "--unlabeled": args.unlabeled}
-    given = [flag for flag, value in scoring_only.items() if value is not None]
+    given = [flag for flag, value in scoring_only.items() if value is not None] + _blessing_given(args)
     if given:
         raise UsageError(f"{given[0]} belongs to --stage=evaluate|predict, not --stage={args.stage}")
     if args.out is None:
@@ -265,6 +293,8 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
     given = [flag for flag, value in training_only.items() if value is not None]
     if given or args.resume:
         raise UsageError(f"{(given or ['--resume'])[0]} belongs to the training stages, not --stage={args.stage}")
+    if _blessing_given(args):
+        return _bless(args, info)
     if args.run_dir is None:
         raise UsageError(f"--stage={args.stage} needs --run_dir RUN (a finished retrain or train run)")
     raw_only = {"--input": args.input, "--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row,
@@ -285,6 +315,25 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
                                    keep_columns=batch_scoring.parse_keep_columns(args.keep_columns),
                                    unlabeled=args.unlabeled)
     return scoring.predict(args.run_dir, info, args.output, args.split)
+
+
+def _blessing_given(args: argparse.Namespace) -> list[str]:
+    """The blessing flags (_add_blessing_args) given on the command line."""
+    return [flag for flag in ("--candidate", "--baseline", "--blessing_config", "--min_auc", "--max_logloss",
+                              "--auc_delta", "--logloss_delta") if getattr(args, flag[2:]) is not None]
+
+
+def _bless(args: argparse.Namespace, info: Any) -> dict[str, Any]:
+    """evaluate --candidate: the blessing (trainer/blessing.py)."""
+    from trainer import blessing
+
+    if args.stage != "evaluate" or args.candidate is None:
+        raise UsageError(f"{_blessing_given(args)[0]} belongs to --stage=evaluate --candidate RUN (the blessing)")
+    if args.run_dir is not None or args.input is not None:
+        raise UsageError("--candidate takes the place of --run_dir (and scores --data's raw rows, not --input)")
+    thresholds = blessing.load_thresholds(args.blessing_config, min_auc=args.min_auc, max_logloss=args.max_logloss,
+                                          auc_delta=args.auc_delta, logloss_delta=args.logloss_delta)
+    return blessing.bless(args.candidate, args.baseline, info, thresholds, args.split, args.output)
 
 
 def _tune(args: argparse.Namespace, config: Any, info: Any) -> dict[str, Any]:
@@ -331,6 +380,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
                          f"valid AUC {p['best_valid_auc']:.4f}, LogLoss {p['best_valid_logloss']:.4f}")
         lines.append(summary["rendering"])
         lines.append(f"  architecture: {summary['architecture']}")
+    elif summary["stage"] == "evaluate" and "decision" in summary:
+        from trainer.blessing import describe
+
+        lines = [describe(summary)]
     elif summary["stage"] == "evaluate":
         lines = [f"trainer evaluate: {summary['run_dir']} on split {summary['split']} of {summary['data_dir']}: "
                  f"AUC {summary['auc']:.4f}, LogLoss {summary['logloss']:.4f} (T = {summary['temperature']:.4g}; "
@@ -376,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
     _print_summary(summary)
-    return 0
+    return int(summary.get("exit_code", 0))
 
 
 if __name__ == "__main__":

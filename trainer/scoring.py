@@ -32,7 +32,7 @@ import math
 import pathlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -41,8 +41,9 @@ from tqdm import tqdm
 
 from pipeline import batch_scoring, fingerprint
 from pipeline.atomic import atomic_path, write_text_atomic
-from pipeline.dataset_info import FINGERPRINT_KEY, STATS_FILE, DatasetInfo, is_uri, join
+from pipeline.dataset_info import FINGERPRINT_KEY, STATS_FILE, DatasetInfo, is_uri, join, read_dataset_info
 from pipeline.errors import UsageError
+from pipeline.remote import local_view
 from trainer.calibration import read_temperature
 from trainer.config import load_config
 from trainer.data import input_signature, make_dataset
@@ -236,20 +237,14 @@ def raw_scores(model: Any, transform_layer: Any, raw_spec: dict[str, Any], names
     return tf.sigmoid(logits / temperature), oov_fraction(features, oov_fields)
 
 
-def predict_raw(run_dir: str | pathlib.Path, info: DatasetInfo, input_path: str, output: str | pathlib.Path, *,
-                on_bad_row: str = "error", keep_columns: tuple[str, ...] = (), unlabeled: bool | None = None,
-                ) -> dict[str, Any]:
-    """Scores the raw file `input_path` line-aligned (pipeline.batch_scoring) through `info`'s
-    TFT graph and the run's model; `info` is the pipeline run the model was trained on."""
+def _raw_step(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int, Any]:
+    """(the run's spec, its eval batch size, a traced step: serialized raw tf.Examples ->
+    (calibrated probabilities, oov_fraction)) through `info`'s TFT graph and the run's model."""
     import tensorflow_transform as tft
 
     from pipeline.job import run_spec
-    from pipeline.raw_rows import serialize_example
     from pipeline.transform import oov_fields
 
-    run_dir = pathlib.Path(run_dir)
-    target = _output_path(output)
-    start = time.perf_counter()
     model, batch_size, temperature = _load(run_dir, info)
     spec = run_spec(str(info.data_dir))
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
@@ -257,6 +252,20 @@ def predict_raw(run_dir: str | pathlib.Path, info: DatasetInfo, input_path: str,
     layer, names, fields = tft_output.transform_features_layer(), info.field_names, oov_fields(spec)
     step = tf.function(lambda s: raw_scores(model, layer, raw_spec, names, s, fields, temperature),
                        input_signature=[tf.TensorSpec([None], tf.string)])
+    return spec, batch_size, step
+
+
+def predict_raw(run_dir: str | pathlib.Path, info: DatasetInfo, input_path: str, output: str | pathlib.Path, *,
+                on_bad_row: str = "error", keep_columns: tuple[str, ...] = (), unlabeled: bool | None = None,
+                ) -> dict[str, Any]:
+    """Scores the raw file `input_path` line-aligned (pipeline.batch_scoring) through `info`'s
+    TFT graph and the run's model; `info` is the pipeline run the model was trained on."""
+    from pipeline.raw_rows import serialize_example
+
+    run_dir = pathlib.Path(run_dir)
+    target = _output_path(output)
+    start = time.perf_counter()
+    spec, batch_size, step = _raw_step(run_dir, info)
 
     def scorer(rows: list[dict[str, list]]) -> tuple[np.ndarray, np.ndarray]:
         p, oov = step(tf.constant([serialize_example(r, None, spec) for r in rows]))
@@ -284,3 +293,26 @@ def _output_path(output: str | pathlib.Path) -> pathlib.Path:
     if path.parent.exists() and not path.parent.is_dir():
         raise ScoringError(f"--output {path}: {path.parent} is not a directory")
     return path
+
+
+def run_raw_scorer(run_dir: str | pathlib.Path, batch_size: int | None = None,
+                   ) -> Callable[[list[bytes]], np.ndarray]:
+    """P(click) of serialized raw tf.Examples through the run's OWN transform graph (the
+    pipeline run recorded in its run.json) and its model, calibrated with its temperature:
+    what its export would serve. For comparing runs trained on different pipeline runs
+    (other vocabularies) on the same raw rows (trainer/blessing.py)."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        raise ScoringError(f"{run_dir} is not a trainer run directory: {RUN_FILE} is missing")
+    data_dir = json.loads((run_dir / RUN_FILE).read_text()).get("data_dir")
+    if not data_dir:
+        raise ScoringError(f"{run_dir / RUN_FILE} records no data_dir: cannot find the run's transform graph")
+    info = read_dataset_info(local_view(data_dir))  # its graph: a moved or unfinished pipeline run fails here
+    _spec, eval_batch_size, step = _raw_step(run_dir, info)
+    size = batch_size or eval_batch_size
+
+    def score(serialized: list[bytes]) -> np.ndarray:
+        parts = [step(tf.constant(serialized[i:i + size]))[0].numpy() for i in range(0, len(serialized), size)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+    return score
