@@ -245,7 +245,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         )
     entry = ZOO.get(args.model) if args.model else None
     if entry is not None and args.stage == "train" and any(
-            v is not None for v in (args.architecture, args.mode, args.init, args.fixed_op)):
+            v is not None for v in (args.architecture, args.mode, args.fixed_op)):
         raise UsageError("--model names the whole design: drop --architecture, --mode and --fixed_op")
     if entry is not None:  # the design's own settings; the user's overrides win
         implied = [f"model.n={Architecture.load(entry.architecture_path).n}"] if entry.architecture_path else []
