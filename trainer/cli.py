@@ -85,8 +85,8 @@ STAGE_HELP = {
 }
 OVERRIDES_EPILOG = ("Any further --section.key=value overrides the config, e.g. --train.lr=3e-4 --model.n=2 "
                     "--search.fixed_op=add --search.sequential=true --train.jit_compile=true.")
-# A config override: --section.key=value (anything else left over by argparse is refused).
-OVERRIDE = re.compile(r"^--\w+(\.\w+)+=")
+# A config override: --section.key=value or --key=value (anything else left over by argparse is refused).
+OVERRIDE = re.compile(r"^--\w+(\.\w+)*=")
 
 
 def _flags() -> dict[str, dict[str, Any]]:
@@ -154,14 +154,16 @@ class _TrainerParser(argparse.ArgumentParser):
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         parsed, extra = super().parse_known_args(_subcommand_argv(sys.argv[1:] if args is None else args),
                                                  namespace)
-        bad = [a for a in extra if parsed.stage in SCORING_STAGES or not OVERRIDE.match(a)]
+        bad = [a for a in extra if parsed.stage in SCORING_STAGES or not OVERRIDE.match(a)
+               or a.split("=", 1)[0] in _FLAG_NAMES]  # --model=lr on search: another stage's flag
         if bad:
             self._stage_parsers[parsed.stage].error(f"unrecognized arguments: {' '.join(bad)}")
         # Flags of other stages read as None, so the stage code needs no per-stage attribute checks.
         return argparse.Namespace(**{**dict.fromkeys(_DESTS), **vars(parsed)}), extra
 
 
-_DESTS = tuple(name[2:] for name in _flags())
+_FLAG_NAMES = tuple(_flags())
+_DESTS = tuple(name[2:] for name in _FLAG_NAMES)
 
 
 def _subcommand_argv(argv: list[str]) -> list[str]:

@@ -6,7 +6,7 @@ from trainer import cli
 
 DATA = ["--data", "d"]
 COMMANDS = {  # a valid command line of each stage, without the stage
-    "search": [*DATA, "--out", "o", "--train.lr=0.1"],
+    "search": [*DATA, "--out", "o", "--train.lr=0.1", "--seed=3"],
     "retrain": [*DATA, "--architecture", "a.json", "--mode", "hard", "--init", "search", "--out", "o"],
     "train": [*DATA, "--model", "lr", "--calibrate", "none", "--out", "o"],
     "tune": [*DATA, "--model", "lr", "--grid", "g.yaml", "--max_trials", "2", "--epochs", "1", "--out", "o"],
@@ -29,6 +29,7 @@ def test_stage_flag_is_the_subcommand(stage):
     [
         ("search", ["--model", "lr"]),
         ("search", ["--calibrate", "none"]),
+        ("search", ["--calibrate=none"]),  # a flag of another stage, not a config override
         ("search", ["--architecture", "a.json"]),
         ("retrain", ["--model", "lr"]),
         ("train", ["--init", "search"]),
@@ -79,5 +80,5 @@ def test_verbose_is_accepted_before_and_after_the_stage(where):
             "after_stage": ["search", *COMMANDS["search"], "--verbose"],
             "with_stage_flag": ["--verbose", "--stage=search", *COMMANDS["search"]]}[where]
     args, extra = cli._parser().parse_known_args(argv)
-    assert args.verbose is True and args.stage == "search" and extra == ["--train.lr=0.1"]
+    assert args.verbose is True and args.stage == "search" and extra == ["--train.lr=0.1", "--seed=3"]
     assert not hasattr(cli._parser().parse_known_args(["search", *COMMANDS["search"]])[0], "verbose")
