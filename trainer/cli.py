@@ -89,46 +89,45 @@ OVERRIDES_EPILOG = ("Any further --section.key=value overrides the config, e.g. 
 OVERRIDE = re.compile(r"^--\w+(\.\w+)*=")
 
 
-def _flags() -> dict[str, dict[str, Any]]:
-    """Every flag of every stage, defined once: argparse keywords by flag name."""
-    return {
-        "--data": dict(required=True, help="output DIR of a `pipeline` run (a local path or any tf.io.gfile URI); "
-                       "evaluate and predict also take a `pipeline transform` output"),
-        "--config": dict(type=pathlib.Path, help="YAML config; default: for retrain, the config.yaml beside "
-                         "--architecture, else the dataset's CPU preset trainer/configs/<dataset>_cpu.yaml, else "
-                         "the CPU base trainer/configs/cpu.yaml"),
-        "--out": dict(type=pathlib.Path, required=True, help="run directory to write"),
-        "--resume": dict(action="store_true", help="continue the run in --out from its last checkpoint"),
-        "--strategy": dict(choices=STRATEGIES, help="tf.distribute strategy (config train.strategy, default: "
-                           "default); multi_worker and parameter_server read TF_CONFIG, the chief writes --out "
-                           "(multi_worker: the other workers write .OUT.worker-K beside it)"),
-        "--architecture": dict(type=pathlib.Path, help="architecture JSON"),
-        "--mode": dict(choices=("hard", "soft"), help="one op per component or the softmax(beta) mix"),
-        "--init": dict(choices=("fresh", "search"), help=INIT_HELP),
-        "--fixed_op": dict(choices=OPS, help="keep the architecture's connections, use this one operation in "
-                           "every component (the paper's table 4; implies --mode=hard)"),
-        "--model": dict(choices=(OPTFUSION, *ZOO), help=f"a baseline of the zoo: {describe()}; tune also takes "
-                        f"{OPTFUSION} (tunes the search stage; retrain reuses its lr and L2, as the paper does)"),
-        "--calibrate": dict(choices=("temperature", "none"), help="after training, fit one temperature T on the "
-                            "validation split (minimum validation LogLoss of sigmoid(logit / T)) and write it to "
-                            "RUN/calibration.json; `serving export`, evaluate and predict then give "
-                            "sigmoid(logit / T); none keeps T = 1 (config train.calibrate, default temperature)"),
-        "--grid": dict(type=pathlib.Path, help="YAML of config paths -> values (default: the paper's lr x L2 grid, "
-                       "trainer/configs/tune_grid.yaml)"),
-        "--max_trials": dict(type=int, help="trials at most (default: the whole grid)"),
-        "--epochs": dict(type=int, help="epochs per trial (default: the config's train.epochs)"),
-        "--run_dir": dict(type=pathlib.Path, required=True, help="a finished retrain or train run (its --out)"),
-        "--split": dict(help="split of --data (default: test, or the only split of a `pipeline transform` "
-                        "output)"),
-        "--output": dict(type=pathlib.Path, help="predict: file to write, tab-separated (comma-separated if it "
-                         "ends in .csv); evaluate: JSON file (default: evaluation.SPLIT.json in --run_dir, replaced "
-                         "by the next evaluation of that split); a given --output is never overwritten"),
-        "--input": dict(help="a raw file of --data's schema (labeled or not) to score line-aligned through "
-                        "--data's transform graph, instead of --data's TFRecords"),
-        "--keep_columns": dict(help=f"with --input: {batch_scoring.KEEP_COLUMNS_HELP}"),
-        "--on_bad_row": dict(choices=batch_scoring.ON_BAD_ROW, help=f"with --input: {batch_scoring.ON_BAD_ROW_HELP}"),
-        "--unlabeled": dict(action="store_true", default=None, help=f"with --input: {batch_scoring.UNLABELED_HELP}"),
-    }
+# Every flag of every stage, defined once: argparse keywords by flag name.
+FLAGS: dict[str, dict[str, Any]] = {
+    "--data": dict(required=True, help="output DIR of a `pipeline` run (a local path or any tf.io.gfile URI); "
+                   "evaluate and predict also take a `pipeline transform` output"),
+    "--config": dict(type=pathlib.Path, help="YAML config; default: for retrain, the config.yaml beside "
+                     "--architecture, else the dataset's CPU preset trainer/configs/<dataset>_cpu.yaml, else "
+                     "the CPU base trainer/configs/cpu.yaml"),
+    "--out": dict(type=pathlib.Path, required=True, help="run directory to write"),
+    "--resume": dict(action="store_true", help="continue the run in --out from its last checkpoint"),
+    "--strategy": dict(choices=STRATEGIES, help="tf.distribute strategy (config train.strategy, default: "
+                       "default); multi_worker and parameter_server read TF_CONFIG, the chief writes --out "
+                       "(multi_worker: the other workers write .OUT.worker-K beside it)"),
+    "--architecture": dict(type=pathlib.Path, help="architecture JSON"),
+    "--mode": dict(choices=("hard", "soft"), help="one op per component or the softmax(beta) mix"),
+    "--init": dict(choices=("fresh", "search"), help=INIT_HELP),
+    "--fixed_op": dict(choices=OPS, help="keep the architecture's connections, use this one operation in "
+                       "every component (the paper's table 4; implies --mode=hard)"),
+    "--model": dict(choices=(OPTFUSION, *ZOO), help=f"a baseline of the zoo: {describe()}; tune also takes "
+                    f"{OPTFUSION} (tunes the search stage; retrain reuses its lr and L2, as the paper does)"),
+    "--calibrate": dict(choices=("temperature", "none"), help="after training, fit one temperature T on the "
+                        "validation split (minimum validation LogLoss of sigmoid(logit / T)) and write it to "
+                        "RUN/calibration.json; `serving export`, evaluate and predict then give "
+                        "sigmoid(logit / T); none keeps T = 1 (config train.calibrate, default temperature)"),
+    "--grid": dict(type=pathlib.Path, help="YAML of config paths -> values (default: the paper's lr x L2 grid, "
+                   "trainer/configs/tune_grid.yaml)"),
+    "--max_trials": dict(type=int, help="trials at most (default: the whole grid)"),
+    "--epochs": dict(type=int, help="epochs per trial (default: the config's train.epochs)"),
+    "--run_dir": dict(type=pathlib.Path, required=True, help="a finished retrain or train run (its --out)"),
+    "--split": dict(help="split of --data (default: test, or the only split of a `pipeline transform` "
+                    "output)"),
+    "--output": dict(type=pathlib.Path, help="predict: file to write, tab-separated (comma-separated if it "
+                     "ends in .csv); evaluate: JSON file (default: evaluation.SPLIT.json in --run_dir, replaced "
+                     "by the next evaluation of that split); a given --output is never overwritten"),
+    "--input": dict(help="a raw file of --data's schema (labeled or not) to score line-aligned through "
+                    "--data's transform graph, instead of --data's TFRecords"),
+    "--keep_columns": dict(help=f"with --input: {batch_scoring.KEEP_COLUMNS_HELP}"),
+    "--on_bad_row": dict(choices=batch_scoring.ON_BAD_ROW, help=f"with --input: {batch_scoring.ON_BAD_ROW_HELP}"),
+    "--unlabeled": dict(action="store_true", default=None, help=f"with --input: {batch_scoring.UNLABELED_HELP}"),
+}
 
 
 _TRAINING = ("--data", "--config", "--out", "--resume", "--strategy")
@@ -155,15 +154,14 @@ class _TrainerParser(argparse.ArgumentParser):
         parsed, extra = super().parse_known_args(_subcommand_argv(sys.argv[1:] if args is None else args),
                                                  namespace)
         bad = [a for a in extra if parsed.stage in SCORING_STAGES or not OVERRIDE.match(a)
-               or a.split("=", 1)[0] in _FLAG_NAMES]  # --model=lr on search: another stage's flag
+               or a.split("=", 1)[0] in FLAGS]  # --model=lr on search: another stage's flag
         if bad:
             self._stage_parsers[parsed.stage].error(f"unrecognized arguments: {' '.join(bad)}")
         # Flags of other stages read as None, so the stage code needs no per-stage attribute checks.
         return argparse.Namespace(**{**dict.fromkeys(_DESTS), **vars(parsed)}), extra
 
 
-_FLAG_NAMES = tuple(_flags())
-_DESTS = tuple(name[2:] for name in _FLAG_NAMES)
+_DESTS = tuple(name[2:] for name in FLAGS)
 
 
 def _subcommand_argv(argv: list[str]) -> list[str]:
@@ -180,10 +178,9 @@ def _subcommand_argv(argv: list[str]) -> list[str]:
 
 
 def _add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
-    """The stage's flags from the one definition of each (`_flags`), plus --verbose."""
-    flags = _flags()
+    """The stage's flags from the one definition of each (FLAGS), plus --verbose."""
     for name in names:
-        parser.add_argument(name, **flags[name])
+        parser.add_argument(name, **FLAGS[name])
     quiet.add_verbose_flag(parser)
 
 
