@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from pipeline import quiet
 from pipeline.errors import EXIT_USAGE, UsageError
 from pipeline.features import SPLIT_MODES
 from pipeline.job import WRITE_MODES
@@ -45,6 +46,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="DirectRunner mode (default multi_threading; a 1M-row job took 48-50 s in all "
                              "three here. Multi-worker modes once lost rows through a Beam data-plane race, "
                              "now disabled in pipeline.beam_graph; the job's row-count check still guards it)")
+    quiet.add_verbose_flag(parser)
 
 
 def _job_parser() -> argparse.ArgumentParser:
@@ -158,7 +160,9 @@ def _run_job(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO banner drowns the summary
+    verbose = quiet.wants_verbose(argv)  # global (`pipeline --verbose transform ...`) or after the subcommand
+    argv = argv[1:] if argv[:1] == [quiet.VERBOSE_FLAG] else argv
+    quiet.configure(verbose, import_tensorflow=argv[:1] != ["generate"])
     if argv and argv[0] == "generate":
         from pipeline.generate import main as generate_main
 

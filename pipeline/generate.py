@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from pipeline import quiet
 from pipeline.atomic import atomic_path
 from pipeline.errors import EXIT_USAGE
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, required=True, help="number of rows")
     parser.add_argument("--output", required=True, help="file to write")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    quiet.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if args.rows < 1:
         print(f"pipeline generate: error: --rows must be >= 1, got {args.rows}", file=sys.stderr)

@@ -19,10 +19,10 @@ step "2/6 preprocess with Beam + tensorflow-transform"
 pipeline --dataset criteo --input "$OUT/raw/train.tsv" --output "$OUT/data" --runner DirectRunner
 
 step "3/6 search the fusion architecture (CPU preset)"
-trainer --stage=search --data "$OUT/data" --out "$OUT/search"
+trainer search --data "$OUT/data" --out "$OUT/search"
 
 step "4/6 retrain the found architecture (Hard: one operation per component)"
-trainer --stage=retrain --data "$OUT/data" --architecture "$OUT/search/architecture.json" \
+trainer retrain --data "$OUT/data" --architecture "$OUT/search/architecture.json" \
   --mode hard --out "$OUT/retrain"
 
 step "5/6 export for TF Serving"

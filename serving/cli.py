@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import pathlib
 import signal
@@ -20,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from pipeline import quiet
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import EXIT_USAGE, UsageError
 from serving.limits import CALLER_THREAD_ROWS, DEFAULT_MAX_ROWS
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_push(sub)
     _add_rollback(sub)
+    for p in (parser, *sub.choices.values()):  # global, or after the subcommand
+        quiet.add_verbose_flag(p)
     return parser
 
 
@@ -311,7 +313,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.servable import ServingError
     from serving.server import ModelServer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     base = pathlib.Path(args.model_config_file).parent if args.model_config_file else None
     try:
         if args.model_config_file:
@@ -452,7 +453,7 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO banner drowns the summary
+    quiet.configure(getattr(args, "verbose", False))
     handler = {"export": run_export, "serve": run_serve, "predict": run_predict, "push": run_push,
                "rollback": run_rollback}[args.command]
     return handler(args)

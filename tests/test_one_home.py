@@ -111,7 +111,7 @@ def test_the_users_see_the_home_values():
     from trainer.cli import _parser as trainer_parser
     from trainer.config import CONFIG_DIR, ConfigError, TrainConfig, load_config
 
-    actions = {a.dest: a for a in trainer_parser()._actions}
+    actions = {a.dest: a for stage in trainer_parser()._stage_parsers.values() for a in stage._actions}
     assert actions["fixed_op"].choices is OPS and actions["strategy"].choices is strategies.STRATEGIES
     args = build_parser().parse_args(["serve", "--model_config_file", "m"])
     assert (args.max_rows_per_request, args.caller_thread_max_rows) == (limits.DEFAULT_MAX_ROWS,

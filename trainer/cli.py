@@ -1,17 +1,23 @@
 """Search a fusion architecture, retrain it, or train a fixed design; evaluate a finished run or score new data.
 
-  trainer --stage=search  --data DIR [--config FILE] [--section.key=value ...] --out RUN [--resume]
-  trainer --stage=retrain --data DIR --architecture RUN/architecture.json --mode {hard,soft}
-          [--init {fresh,search}] --out RUN2
-  trainer --stage=retrain --data DIR --architecture RUN/architecture.json
-          --fixed_op {add,prod,concat,att} --out RUN2
-  trainer --stage=train   --data DIR --architecture FILE --mode {hard,soft} --out RUN
-  trainer --stage=train   --data DIR --model {lr,fnn,ipnn,deepfm,dcn,dcnv2_s,dcnv2_p,xdeepfm,edcn} --out RUN
-  trainer --stage=tune    --data DIR --model {optfusion,NAME} [--grid FILE] [--max_trials N] [--epochs E] --out TUNE
-  trainer --stage=evaluate --data DIR --run_dir RUN [--split NAME] [--output FILE.json]
-  trainer --stage=predict  --data DIR --run_dir RUN [--split NAME] --output FILE.tsv|FILE.csv
-  trainer --stage=predict  --data DIR --run_dir RUN --input RAW_FILE --output FILE.tsv|FILE.csv
-          [--keep_columns COL,...] [--on_bad_row {error,nan,skip}] [--unlabeled]
+  trainer search   --data DIR [--config FILE] [--section.key=value ...] --out RUN [--resume]
+  trainer retrain  --data DIR --architecture RUN/architecture.json --mode {hard,soft}
+                   [--init {fresh,search}] --out RUN2
+  trainer retrain  --data DIR --architecture RUN/architecture.json
+                   --fixed_op {add,prod,concat,att} --out RUN2
+  trainer train    --data DIR --architecture FILE --mode {hard,soft} --out RUN
+  trainer train    --data DIR --model {lr,fnn,ipnn,deepfm,dcn,dcnv2_s,dcnv2_p,xdeepfm,edcn} --out RUN
+  trainer tune     --data DIR --model {optfusion,NAME} [--grid FILE] [--max_trials N] [--epochs E] --out TUNE
+  trainer evaluate --data DIR --run_dir RUN [--split NAME] [--output FILE.json]
+  trainer predict  --data DIR --run_dir RUN [--split NAME] --output FILE.tsv|FILE.csv
+  trainer predict  --data DIR --run_dir RUN --input RAW_FILE --output FILE.tsv|FILE.csv
+                   [--keep_columns COL,...] [--on_bad_row {error,nan,skip}] [--unlabeled]
+
+`trainer --stage=NAME ...` is the same command as `trainer NAME ...` (the original form, kept for
+scripts): e.g. trainer --stage=evaluate --data DIR --run_dir RUN. Each stage takes only its own
+flags (`trainer NAME --help`); a flag of another stage is a usage error (exit 2). --verbose, before
+or after the stage, shows TensorFlow's, Beam's and keras-tuner's own logs (hidden by default:
+pipeline/quiet.py).
 
 evaluate and predict take a finished retrain/train run and any transformed data
 made with that run's transform graph (a `pipeline` run, or a `pipeline transform`
@@ -38,13 +44,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pathlib
+import re
 import sys
 import time
 from typing import Any
 
-from pipeline import batch_scoring
+from pipeline import batch_scoring, quiet
 from pipeline.dataset_info import read_dataset_info
 from pipeline.errors import EXIT_USAGE, UsageError
 from pipeline.features import SPLIT_NAMES
@@ -67,101 +73,151 @@ INIT_HELP = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trainer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any further --section.key=value overrides the config, e.g. --train.lr=3e-4 --model.n=2 "
-        "--search.fixed_op=add --search.sequential=true --train.jit_compile=true.",
-    )
-    parser.add_argument("--stage", required=True, choices=(*TRAINING_STAGES, *SCORING_STAGES),
-                        help="search: one-shot supernet search; retrain: a searched architecture (fresh or "
-                        "warm-started, --init); train: any architecture file (fixed designs, ablations) or a "
-                        "baseline (--model); tune: keras-tuner over lr and L2 for --model (writes best.yaml "
-                        "for --config); evaluate: AUC and LogLoss of a finished run (--run_dir) on a labeled "
-                        "split of --data, printed and written as JSON; predict: one probability per record of "
-                        "--data into --output (labeled or unlabeled data), or per row of a raw --input file")
-    parser.add_argument("--data", required=True,
-                        help="output DIR of a `pipeline` run (a local path or any tf.io.gfile URI); evaluate and "
-                        "predict also take a `pipeline transform` output")
-    parser.add_argument(
-        "--config", type=pathlib.Path,
-        help="YAML config; default: for retrain, the config.yaml beside --architecture, else the "
-        "dataset's CPU preset trainer/configs/<dataset>_cpu.yaml, else the CPU base trainer/configs/cpu.yaml",
-    )
-    parser.add_argument("--architecture", type=pathlib.Path, help="architecture JSON (retrain, train)")
-    parser.add_argument("--mode", choices=("hard", "soft"),
-                        help="retrain/train: one op per component or the softmax(beta) mix")
-    parser.add_argument("--init", choices=("fresh", "search"), help=INIT_HELP)
-    parser.add_argument("--fixed_op", choices=OPS,
-                        help="retrain/train: keep the architecture's connections, use this one operation in "
-                        "every component (the paper's table 4; implies --mode=hard)")
-    parser.add_argument("--model", choices=(OPTFUSION, *ZOO),
-                        help=f"train/tune: a baseline of the zoo: {describe()}; tune also takes {OPTFUSION} "
-                        "(tunes the search stage; retrain reuses its lr and L2, as the paper does)")
-    parser.add_argument("--grid", type=pathlib.Path,
-                        help="tune: YAML of config paths -> values (default: the paper's lr x L2 grid, "
-                        "trainer/configs/tune_grid.yaml)")
-    parser.add_argument("--max_trials", type=int, help="tune: trials at most (default: the whole grid)")
-    parser.add_argument("--epochs", type=int, help="tune: epochs per trial (default: the config's train.epochs)")
-    parser.add_argument("--out", type=pathlib.Path, help="run directory to write (search, retrain, train, tune)")
-    parser.add_argument("--run_dir", type=pathlib.Path,
-                        help="evaluate/predict: a finished retrain or train run (its --out)")
-    parser.add_argument("--split",
-                        help="evaluate/predict: split of --data (default: test, or the only split of a "
-                        "`pipeline transform` output)")
-    parser.add_argument("--output", type=pathlib.Path,
-                        help="predict: file to write, tab-separated (comma-separated if it ends in .csv); "
-                        "evaluate: JSON file (default: evaluation.SPLIT.json in --run_dir, replaced by the next "
-                        "evaluation of that split); a given --output is never overwritten")
-    parser.add_argument("--input",
-                        help="predict: a raw file of --data's schema (labeled or not) to score line-aligned "
-                        "through --data's transform graph, instead of --data's TFRecords")
-    parser.add_argument("--keep_columns", help=f"predict --input: {batch_scoring.KEEP_COLUMNS_HELP}")
-    parser.add_argument("--on_bad_row", choices=batch_scoring.ON_BAD_ROW,
-                        help=f"predict --input: {batch_scoring.ON_BAD_ROW_HELP}")
-    parser.add_argument("--unlabeled", action="store_true", default=None,
-                        help=f"predict --input: {batch_scoring.UNLABELED_HELP}")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--calibrate", choices=("temperature", "none"),
-                        help="retrain/train/tune: after training, fit one temperature T on the validation split "
-                        "(minimum validation LogLoss of sigmoid(logit / T)) and write it to RUN/calibration.json; "
-                        "`serving export`, evaluate and predict then give sigmoid(logit / T); none keeps T = 1 "
-                        "(config train.calibrate, default temperature)")
-    parser.add_argument("--strategy", choices=STRATEGIES,
-                        help="tf.distribute strategy (config train.strategy, default: default); multi_worker and "
-                        "parameter_server read TF_CONFIG, the chief writes --out (multi_worker: the other workers "
-                        "write .OUT.worker-K beside it)")
-    _add_blessing_args(parser)
+STAGE_HELP = {
+    "search": "one-shot supernet search",
+    "retrain": "a searched architecture (fresh or warm-started, --init)",
+    "train": "any architecture file (fixed designs, ablations) or a baseline (--model)",
+    "tune": "keras-tuner over lr and L2 for --model (writes best.yaml for --config)",
+    "evaluate": "AUC and LogLoss of a finished run (--run_dir) on a labeled split of --data, printed and "
+                "written as JSON; or, with --candidate, the blessing of a candidate against --baseline",
+    "predict": "one probability per record of --data into --output (labeled or unlabeled data), or per row "
+               "of a raw --input file",
+}
+OVERRIDES_EPILOG = ("Any further --section.key=value overrides the config, e.g. --train.lr=3e-4 --model.n=2 "
+                    "--search.fixed_op=add --search.sequential=true --train.jit_compile=true.")
+# A config override: --section.key=value or --key=value (anything else left over by argparse is refused).
+OVERRIDE = re.compile(r"^--\w+(\.\w+)*=")
+
+
+# Every flag of every stage, defined once: argparse keywords by flag name.
+FLAGS: dict[str, dict[str, Any]] = {
+    "--data": dict(required=True, help="output DIR of a `pipeline` run (a local path or any tf.io.gfile URI); "
+                   "evaluate and predict also take a `pipeline transform` output"),
+    "--config": dict(type=pathlib.Path, help="YAML config; default: for retrain, the config.yaml beside "
+                     "--architecture, else the dataset's CPU preset trainer/configs/<dataset>_cpu.yaml, else "
+                     "the CPU base trainer/configs/cpu.yaml"),
+    "--out": dict(type=pathlib.Path, required=True, help="run directory to write"),
+    "--resume": dict(action="store_true", help="continue the run in --out from its last checkpoint"),
+    "--strategy": dict(choices=STRATEGIES, help="tf.distribute strategy (config train.strategy, default: "
+                       "default); multi_worker and parameter_server read TF_CONFIG, the chief writes --out "
+                       "(multi_worker: the other workers write .OUT.worker-K beside it)"),
+    "--architecture": dict(type=pathlib.Path, help="architecture JSON"),
+    "--mode": dict(choices=("hard", "soft"), help="one op per component or the softmax(beta) mix"),
+    "--init": dict(choices=("fresh", "search"), help=INIT_HELP),
+    "--fixed_op": dict(choices=OPS, help="keep the architecture's connections, use this one operation in "
+                       "every component (the paper's table 4; implies --mode=hard)"),
+    "--model": dict(choices=(OPTFUSION, *ZOO), help=f"a baseline of the zoo: {describe()}; tune also takes "
+                    f"{OPTFUSION} (tunes the search stage; retrain reuses its lr and L2, as the paper does)"),
+    "--calibrate": dict(choices=("temperature", "none"), help="after training, fit one temperature T on the "
+                        "validation split (minimum validation LogLoss of sigmoid(logit / T)) and write it to "
+                        "RUN/calibration.json; `serving export`, evaluate and predict then give "
+                        "sigmoid(logit / T); none keeps T = 1 (config train.calibrate, default temperature)"),
+    "--grid": dict(type=pathlib.Path, help="YAML of config paths -> values (default: the paper's lr x L2 grid, "
+                   "trainer/configs/tune_grid.yaml)"),
+    "--max_trials": dict(type=int, help="trials at most (default: the whole grid)"),
+    "--epochs": dict(type=int, help="epochs per trial (default: the config's train.epochs)"),
+    "--run_dir": dict(type=pathlib.Path, help="a finished retrain or train run (its --out); required, except for "
+                      "evaluate --candidate"),
+    "--split": dict(help="split of --data (default: test, or the only split of a `pipeline transform` "
+                    "output)"),
+    "--output": dict(type=pathlib.Path, help="predict: file to write, tab-separated (comma-separated if it "
+                     "ends in .csv); evaluate: JSON file (default: evaluation.SPLIT.json in --run_dir, replaced "
+                     "by the next evaluation of that split); a given --output is never overwritten"),
+    "--input": dict(help="a raw file of --data's schema (labeled or not) to score line-aligned through "
+                    "--data's transform graph, instead of --data's TFRecords"),
+    "--keep_columns": dict(help=f"with --input: {batch_scoring.KEEP_COLUMNS_HELP}"),
+    "--on_bad_row": dict(choices=batch_scoring.ON_BAD_ROW, help=f"with --input: {batch_scoring.ON_BAD_ROW_HELP}"),
+    "--unlabeled": dict(action="store_true", default=None, help=f"with --input: {batch_scoring.UNLABELED_HELP}"),
+    # evaluate --candidate: the blessing before a push (trainer/blessing.py)
+    "--candidate": dict(type=pathlib.Path, help="blessing: the finished run to bless (trained on --data), in place "
+                        "of --run_dir. Scores it and --baseline on the raw rows of --data's held-out --split "
+                        "(default test), each through its own transform graph, and writes blessing.json (default "
+                        "CANDIDATE/blessing.json, or --output): both AUCs and LogLosses, the thresholds, BLESSED or "
+                        "NOT_BLESSED with the reason. Exit 0 blessed, 3 not blessed, 2 bad input. Thresholds: "
+                        "trainer/configs/blessing.yaml, overridden by --blessing_config and the flags below"),
+    "--baseline": dict(type=pathlib.Path, help="with --candidate: the model to beat: a finished run (scored "
+                       "through its own pipeline run's graph), an exported SavedModel version dir, or BASE/NAME "
+                       "(its highest version); omitted on the first day: the absolute floors alone decide"),
+    "--blessing_config": dict(type=pathlib.Path, help="with --candidate: YAML with a `blessing:` section (any of "
+                              "min_auc, max_logloss, auc_delta, logloss_delta) over trainer/configs/blessing.yaml"),
+    "--min_auc": dict(type=float, help="with --candidate: absolute floor on the candidate's AUC"),
+    "--max_logloss": dict(type=float, help="with --candidate: absolute ceiling on the candidate's LogLoss"),
+    "--auc_delta": dict(type=float, help="with --candidate: blessed only if candidate AUC >= baseline AUC - "
+                        "auc_delta"),
+    "--logloss_delta": dict(type=float, help="with --candidate: blessed only if candidate LogLoss <= baseline "
+                            "LogLoss + logloss_delta"),
+}
+_BLESSING = ("--candidate", "--baseline", "--blessing_config", "--min_auc", "--max_logloss", "--auc_delta",
+             "--logloss_delta")
+
+
+_TRAINING = ("--data", "--config", "--out", "--resume", "--strategy")
+_DESIGN = ("--architecture", "--mode", "--fixed_op")
+_SCORING = ("--data", "--run_dir", "--split", "--output")
+# Each stage's flags, in --help order: adding a flag to a stage is adding its name here.
+STAGE_FLAGS: dict[str, tuple[str, ...]] = {
+    "search": _TRAINING,
+    "retrain": (*_TRAINING, *_DESIGN, "--init", "--calibrate"),
+    "train": (*_TRAINING, *_DESIGN, "--model", "--calibrate"),
+    "tune": (*_TRAINING, "--model", "--grid", "--max_trials", "--epochs", "--calibrate"),
+    "evaluate": (*_SCORING, *_BLESSING),
+    "predict": (*_SCORING, "--input", "--keep_columns", "--on_bad_row", "--unlabeled"),
+}
+
+
+class _TrainerParser(argparse.ArgumentParser):
+    """The top-level parser: translates `--stage=NAME` to the subcommand and refuses leftovers that are not
+    config overrides (and any leftover of evaluate/predict) with the subcommand's usage."""
+
+    _stage_parsers: dict[str, argparse.ArgumentParser]
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extra = super().parse_known_args(_subcommand_argv(sys.argv[1:] if args is None else args),
+                                                 namespace)
+        bad = [a for a in extra if parsed.stage in SCORING_STAGES or not OVERRIDE.match(a)
+               or a.split("=", 1)[0] in FLAGS]  # --model=lr on search: another stage's flag
+        if bad:
+            self._stage_parsers[parsed.stage].error(f"unrecognized arguments: {' '.join(bad)}")
+        # Flags of other stages read as None, so the stage code needs no per-stage attribute checks.
+        return argparse.Namespace(**{**dict.fromkeys(_DESTS), **vars(parsed)}), extra
+
+
+_DESTS = tuple(name[2:] for name in FLAGS)
+
+
+def _subcommand_argv(argv: list[str]) -> list[str]:
+    """`trainer --stage=NAME ...` (or `--stage NAME`), the original form, as `trainer NAME ...`."""
+    args = [str(a) for a in argv]
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg.startswith("--stage="):
+            return [arg.split("=", 1)[1], *args[:i], *args[i + 1:]]
+        if arg == "--stage" and i + 1 < len(args):
+            return [args[i + 1], *args[:i], *args[i + 2:]]
+    return args
+
+
+def _add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """The stage's flags from the one definition of each (FLAGS), plus --verbose."""
+    for name in names:
+        parser.add_argument(name, **FLAGS[name])
+    quiet.add_verbose_flag(parser)
+
+
+def _parser() -> _TrainerParser:
+    parser = _TrainerParser(prog="trainer", description=__doc__, allow_abbrev=False,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="`trainer STAGE --help` lists a stage's flags.")
+    quiet.add_verbose_flag(parser)
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE", parser_class=argparse.ArgumentParser)
+    parser._stage_parsers = {}
+    for stage, names in STAGE_FLAGS.items():
+        parser._stage_parsers[stage] = sub = stages.add_parser(
+            stage, help=STAGE_HELP[stage], description=f"trainer {stage}: {STAGE_HELP[stage]}.",
+            epilog=OVERRIDES_EPILOG if stage in TRAINING_STAGES else None, allow_abbrev=False)
+        _add_flags(sub, names)
     return parser
-
-
-def _add_blessing_args(parser: argparse.ArgumentParser) -> None:
-    """evaluate --candidate: model validation before a push (trainer/blessing.py)."""
-    group = parser.add_argument_group(
-        "blessing (evaluate --candidate)",
-        "Score --candidate (the run trained on --data) and --baseline on the raw rows of --data's held-out "
-        "--split (default test), each through its own transform graph; write blessing.json (default "
-        "CANDIDATE/blessing.json, or --output) with both AUCs and LogLosses, the thresholds and BLESSED or "
-        "NOT_BLESSED with the reason. Exit 0 blessed, 3 not blessed, 2 bad input. Thresholds: "
-        "trainer/configs/blessing.yaml, overridden by --blessing_config and the flags below.")
-    group.add_argument("--candidate", type=pathlib.Path, help="evaluate: the finished run to bless (trained on --data)")
-    group.add_argument("--baseline", type=pathlib.Path,
-                       help="evaluate --candidate: the model to beat: a finished run (scored through its own "
-                       "pipeline run's graph), an exported SavedModel version dir, or BASE/NAME (its highest "
-                       "version); omitted on the first day: the absolute floors alone decide")
-    group.add_argument("--blessing_config", type=pathlib.Path,
-                       help="evaluate --candidate: YAML with a `blessing:` section (any of min_auc, max_logloss, "
-                       "auc_delta, logloss_delta) over trainer/configs/blessing.yaml")
-    group.add_argument("--min_auc", type=float, help="evaluate --candidate: absolute floor on the candidate's AUC")
-    group.add_argument("--max_logloss", type=float,
-                       help="evaluate --candidate: absolute ceiling on the candidate's LogLoss")
-    group.add_argument("--auc_delta", type=float,
-                       help="evaluate --candidate: blessed only if candidate AUC >= baseline AUC - auc_delta")
-    group.add_argument("--logloss_delta", type=float,
-                       help="evaluate --candidate: blessed only if candidate LogLoss <= baseline LogLoss + "
-                       "logloss_delta")
 
 
 def _resolve_config_path(args: argparse.Namespace, dataset: str) -> pathlib.Path:
@@ -193,10 +249,6 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
-    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
-    if bad:
-        raise UsageError(f"unrecognised argument {bad[0]!r} (overrides look like --section.key=value)")
-
     from trainer.architecture import Architecture
     from trainer.config import load_config
     from trainer.data import check_data
@@ -205,28 +257,16 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     info = read_dataset_info(local_view(args.data))  # a URI TF cannot read here is staged once
     if args.stage in SCORING_STAGES:
         return _score(args, info)
-    scoring_only = {"--run_dir": args.run_dir, "--split": args.split, "--output": args.output,
-                    "--input": args.input, "--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row,
-                    "--unlabeled": args.unlabeled}
-    given = [flag for flag, value in scoring_only.items() if value is not None] + _blessing_given(args)
-    if given:
-        raise UsageError(f"{given[0]} belongs to --stage=evaluate|predict, not --stage={args.stage}")
-    if args.out is None:
-        raise UsageError(f"--stage={args.stage} needs --out RUN (the run directory to write)")
     missing = [s for s in SPLIT_NAMES if s not in info.splits]
     if missing or not info.labeled:
         raise UsageError(
             f"{args.data} holds {'unlabeled ' if not info.labeled else ''}splits {list(info.splits)}: training "
-            f"needs a labeled `pipeline` run with {list(SPLIT_NAMES)} (score new data with --stage=predict)"
+            f"needs a labeled `pipeline` run with {list(SPLIT_NAMES)} (score new data with `trainer predict`)"
         )
     entry = ZOO.get(args.model) if args.model else None
-    if args.model is not None and args.stage not in ("train", "tune"):
-        raise UsageError(f"--model belongs to --stage=train|tune, not {args.stage}")
-    if args.stage != "tune" and any(v is not None for v in (args.grid, args.max_trials, args.epochs)):
-        raise UsageError("--grid, --max_trials and --epochs belong to --stage=tune")
     if entry is not None and args.stage == "train" and any(
-            v is not None for v in (args.architecture, args.mode, args.init, args.fixed_op)):
-        raise UsageError("--model names the whole design: drop --architecture, --mode, --init and --fixed_op")
+            v is not None for v in (args.architecture, args.mode, args.fixed_op)):
+        raise UsageError("--model names the whole design: drop --architecture, --mode and --fixed_op")
     if entry is not None:  # the design's own settings; the user's overrides win
         implied = [f"model.n={Architecture.load(entry.architecture_path).n}"] if entry.architecture_path else []
         extra = [*implied, *entry.overrides, *extra]
@@ -235,8 +275,6 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     if args.strategy is not None:
         extra = [*extra, f"train.strategy={args.strategy}"]
     if args.calibrate is not None:
-        if args.stage == "search":
-            raise UsageError("--calibrate belongs to --stage=retrain|train|tune: a search run is not served")
         extra = [*extra, f"train.calibrate={args.calibrate}"]
     config = load_config(_resolve_config_path(args, info.dataset), extra)
     from trainer.distribute import use_strategy, worker_out
@@ -255,17 +293,12 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
                              resume=args.resume, zoo_model=args.model)
         args.architecture, args.mode = entry.architecture_path, "hard"
     if args.stage == "search":
-        if any(v is not None for v in (args.architecture, args.mode, args.init, args.fixed_op)):
-            raise UsageError("--architecture, --mode, --init and --fixed_op belong to --stage=retrain|train, "
-                             "not search (the search's own fixed op is --search.fixed_op=OP)")
         return run_search(config, info, args.out, resume=args.resume)
     if args.fixed_op is not None and args.mode == "soft":
         raise UsageError("--fixed_op uses one operation per component: it needs --mode=hard (or no --mode)")
     mode = "hard" if args.fixed_op is not None else args.mode
     if args.architecture is None or mode is None:
-        raise UsageError(f"--stage={args.stage} needs --architecture FILE and --mode {{hard,soft}} (or --fixed_op OP)")
-    if args.init is not None and args.stage != "retrain":
-        raise UsageError("--init belongs to --stage=retrain (train always starts fresh)")
+        raise UsageError(f"trainer {args.stage} needs --architecture FILE and --mode {{hard,soft}} (or --fixed_op OP)")
     try:
         architecture = Architecture.load(args.architecture)
     except ValueError as err:
@@ -286,29 +319,21 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
     from trainer import scoring
     from trainer.data import check_data
 
-    training_only = {"--out": args.out, "--architecture": args.architecture, "--mode": args.mode,
-                     "--init": args.init, "--fixed_op": args.fixed_op, "--model": args.model, "--grid": args.grid,
-                     "--max_trials": args.max_trials, "--epochs": args.epochs, "--strategy": args.strategy,
-                     "--calibrate": args.calibrate}
-    given = [flag for flag, value in training_only.items() if value is not None]
-    if given or args.resume:
-        raise UsageError(f"{(given or ['--resume'])[0]} belongs to the training stages, not --stage={args.stage}")
     if _blessing_given(args):
         return _bless(args, info)
     if args.run_dir is None:
-        raise UsageError(f"--stage={args.stage} needs --run_dir RUN (a finished retrain or train run)")
-    raw_only = {"--input": args.input, "--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row,
-                "--unlabeled": args.unlabeled}
+        raise UsageError(f"trainer {args.stage} needs --run_dir RUN (a finished retrain or train run)")
+    raw_only = {"--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row, "--unlabeled": args.unlabeled}
     given = [flag for flag, value in raw_only.items() if value is not None]
-    if given and (args.stage != "predict" or args.input is None):
-        raise UsageError(f"{given[0]} belongs to --stage=predict --input RAW_FILE")
+    if given and args.input is None:
+        raise UsageError(f"{given[0]} needs --input RAW_FILE (it describes the raw file's rows)")
     if args.input is not None and args.split is not None:
         raise UsageError("--split selects TFRecords of --data; --input scores a raw file: give one of both")
     check_data(info)
     if args.stage == "evaluate":
         return scoring.evaluate(args.run_dir, info, args.split, args.output)
     if args.output is None:
-        raise UsageError("--stage=predict needs --output FILE (.tsv, or .csv for comma-separated)")
+        raise UsageError("trainer predict needs --output FILE (.tsv, or .csv for comma-separated)")
     if args.input is not None:
         return scoring.predict_raw(args.run_dir, info, args.input, args.output,
                                    on_bad_row=args.on_bad_row or "error",
@@ -318,17 +343,16 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
 
 
 def _blessing_given(args: argparse.Namespace) -> list[str]:
-    """The blessing flags (_add_blessing_args) given on the command line."""
-    return [flag for flag in ("--candidate", "--baseline", "--blessing_config", "--min_auc", "--max_logloss",
-                              "--auc_delta", "--logloss_delta") if getattr(args, flag[2:]) is not None]
+    """The blessing flags (_BLESSING) given on the command line."""
+    return [flag for flag in _BLESSING if getattr(args, flag[2:]) is not None]
 
 
 def _bless(args: argparse.Namespace, info: Any) -> dict[str, Any]:
     """evaluate --candidate: the blessing (trainer/blessing.py)."""
     from trainer import blessing
 
-    if args.stage != "evaluate" or args.candidate is None:
-        raise UsageError(f"{_blessing_given(args)[0]} belongs to --stage=evaluate --candidate RUN (the blessing)")
+    if args.candidate is None:
+        raise UsageError(f"{_blessing_given(args)[0]} belongs to the blessing: trainer evaluate --candidate RUN")
     if args.run_dir is not None or args.input is not None:
         raise UsageError("--candidate takes the place of --run_dir (and scores --data's raw rows, not --input)")
     thresholds = blessing.load_thresholds(args.blessing_config, min_auc=args.min_auc, max_logloss=args.max_logloss,
@@ -342,7 +366,7 @@ def _tune(args: argparse.Namespace, config: Any, info: Any) -> dict[str, Any]:
     from trainer.tune import GRID_FILE, Grid, tune
 
     if args.model is None:
-        raise UsageError(f"--stage=tune needs --model {OPTFUSION} or a zoo model")
+        raise UsageError(f"trainer tune needs --model {OPTFUSION} or a zoo model")
     if args.max_trials is not None and args.max_trials < 1 or args.epochs is not None and args.epochs < 1:
         raise UsageError("--max_trials and --epochs must be >= 1")
     grid = Grid.load(args.grid or GRID_FILE)
@@ -415,9 +439,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parsed = _parser().parse_known_args(sys.argv[1:] if argv is None else argv)  # --help before TF loads
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parsed = _parser().parse_known_args(argv)  # --help and usage errors before TF loads
+    quiet.configure(getattr(parsed[0], "verbose", False))
     from trainer.loop import TrainingFailed
 
     try:

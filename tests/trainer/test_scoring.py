@@ -112,15 +112,12 @@ def _other_graph_dir(multivalued_dir, tmp_path):
         ("unlabeled", "is unlabeled (records without 'label'): nothing to evaluate"),
         ("other_graph", "was transformed with another graph than the run"),
         ("output_exists", "exists; remove it or choose another file"),
-        ("no_output", "--stage=predict needs --output FILE"),
-        ("no_run_dir", "needs --run_dir RUN"),
+        ("no_output", "trainer predict needs --output FILE"),
         ("not_a_run", "is not a trainer run directory: run.json is missing"),
         ("bad_split", "--split 'valid'"),
-        ("training_flag", "--out belongs to the training stages"),
         ("train_on_new_data", "training needs a labeled `pipeline` run"),
-        ("raw_flag_without_input", "--on_bad_row belongs to --stage=predict --input RAW_FILE"),
+        ("raw_flag_without_input", "--on_bad_row needs --input RAW_FILE"),
         ("input_and_split", "--split selects TFRecords of --data; --input scores a raw file"),
-        ("raw_flag_when_training", "--input belongs to --stage=evaluate|predict, not --stage=train"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
@@ -134,16 +131,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
                         "--output", tmp_path / "p.tsv"],
         "output_exists": ["--stage=predict", *new, *run, "--output", existing],
         "no_output": ["--stage=predict", *new, *run],
-        "no_run_dir": ["--stage=predict", *new, "--output", tmp_path / "p.tsv"],
         "not_a_run": ["--stage=predict", *new, "--run_dir", tmp_path, "--output", tmp_path / "p.tsv"],
         "bad_split": ["--stage=predict", *new, *run, "--split", "valid", "--output", tmp_path / "p.tsv"],
-        "training_flag": ["--stage=evaluate", *new, *run, "--out", tmp_path / "o"],
         "train_on_new_data": ["--stage=train", "--model", "lr", *new, "--out", tmp_path / "o"],
         "raw_flag_without_input": ["--stage=predict", *new, *run, "--on_bad_row=nan", "--output", tmp_path / "p.tsv"],
         "input_and_split": ["--stage=predict", *new, *run, "--input", existing, "--split", "data",
                             "--output", tmp_path / "p.tsv"],
-        "raw_flag_when_training": ["--stage=train", "--model", "lr", *new, "--input", existing, "--out",
-                                   tmp_path / "o"],
     }[case]
     assert message in _error(_trainer(capsys, *args, expect=2))
     assert existing.read_text() == "a user's file\n"
@@ -155,6 +148,6 @@ def test_help_lists_the_scoring_stages(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "trainer --stage=evaluate --data DIR --run_dir RUN" in text
-    assert "trainer --stage=predict  --data DIR --run_dir RUN" in text
-    assert "evaluate: AUC and LogLoss of a finished run" in " ".join(text.split())
+    assert "trainer evaluate --data DIR --run_dir RUN" in text
+    assert "trainer predict  --data DIR --run_dir RUN" in text
+    assert "evaluate AUC and LogLoss of a finished run" in " ".join(text.split())

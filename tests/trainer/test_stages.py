@@ -198,13 +198,12 @@ def _fewer_fields_dir(synthetic_dir, tmp_path):
         ("unknown_key", "unknown key train.lrr"),
         ("no_config", "config file"),
         ("n_mismatch", "has n=2 but the config has model.n=3 (pass --model.n=2)"),
-        ("no_mode", "--stage=retrain needs --architecture FILE and --mode"),
+        ("no_mode", "trainer retrain needs --architecture FILE and --mode"),
         ("bad_arch", "Architecture file"),
         ("out_exists", "exists and is not empty; pass --resume"),
         ("fewer_fields", "does not match"),
         ("init_no_search", "--init=search needs the search run's search.weights.npz"),
         ("fixed_op_soft", "--fixed_op uses one operation per component: it needs --mode=hard"),
-        ("calibrate_search", "--calibrate belongs to --stage=retrain|train|tune"),
         ("bad_monitor", "train.monitor must be one of ['auc_minus_logloss', 'auc', 'logloss']"),
     ],
 )
@@ -225,7 +224,6 @@ def test_bad_input_exits_2_with_one_line(case, message, synthetic_dir, search_ru
         "init_no_search": ["--stage=retrain", *base, "--config", CONFIG, "--architecture",
                            CONFIG_DIR.parent / "architectures" / "fnn.json", "--mode", "hard", "--init", "search"],
         "fixed_op_soft": ["--stage=retrain", *base, "--architecture", arch, "--mode", "soft", "--fixed_op", "add"],
-        "calibrate_search": ["--stage=search", *base, "--config", CONFIG, "--calibrate", "none"],
         "bad_monitor": ["--stage=search", *base, "--config", CONFIG, "--train.monitor=loss"],
     }[case]
     capsys.readouterr()
