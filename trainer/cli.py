@@ -178,6 +178,9 @@ class _TrainerParser(argparse.ArgumentParser):
                or a.split("=", 1)[0] in FLAGS]  # --model=lr on search: another stage's flag
         if bad:
             self._stage_parsers[parsed.stage].error(f"unrecognized arguments: {' '.join(bad)}")
+        if parsed.stage in SCORING_STAGES and parsed.run_dir is None and getattr(parsed, "candidate", None) is None:
+            needed = "--run_dir" + (" (or --candidate, the blessing)" if parsed.stage == "evaluate" else "")
+            self._stage_parsers[parsed.stage].error(f"the following arguments are required: {needed}")
         # Flags of other stages read as None, so the stage code needs no per-stage attribute checks.
         return argparse.Namespace(**{**dict.fromkeys(_DESTS), **vars(parsed)}), extra
 
@@ -321,8 +324,6 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
 
     if _blessing_given(args):
         return _bless(args, info)
-    if args.run_dir is None:
-        raise UsageError(f"trainer {args.stage} needs --run_dir RUN (a finished retrain or train run)")
     raw_only = {"--keep_columns": args.keep_columns, "--on_bad_row": args.on_bad_row, "--unlabeled": args.unlabeled}
     given = [flag for flag, value in raw_only.items() if value is not None]
     if given and args.input is None:
