@@ -51,6 +51,7 @@ from pipeline.features import SPLIT_NAMES
 from pipeline.remote import local_view
 from trainer.architecture import OPS
 from trainer.strategies import STRATEGIES
+from trainer.warmstart import INIT_HELP_RUN, init_run_dir, parse_init, use_previous_design
 from trainer.zoo import OPTFUSION, ZOO, describe
 
 log = logging.getLogger("trainer")
@@ -93,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--architecture", type=pathlib.Path, help="architecture JSON (retrain, train)")
     parser.add_argument("--mode", choices=("hard", "soft"),
                         help="retrain/train: one op per component or the softmax(beta) mix")
-    parser.add_argument("--init", choices=("fresh", "search"), help=INIT_HELP)
+    parser.add_argument("--init", type=parse_init, metavar="{fresh,search,run:PATH}",
+                        help=f"{INIT_HELP}. {INIT_HELP_RUN}")
     parser.add_argument("--fixed_op", choices=OPS,
                         help="retrain/train: keep the architecture's connections, use this one operation in "
                         "every component (the paper's table 4; implies --mode=hard)")
@@ -191,14 +193,16 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             f"{args.data} holds {'unlabeled ' if not info.labeled else ''}splits {list(info.splits)}: training "
             f"needs a labeled `pipeline` run with {list(SPLIT_NAMES)} (score new data with --stage=predict)"
         )
+    use_previous_design(args)  # --init=run:PATH: its design and config unless given
     entry = ZOO.get(args.model) if args.model else None
     if args.model is not None and args.stage not in ("train", "tune"):
         raise UsageError(f"--model belongs to --stage=train|tune, not {args.stage}")
     if args.stage != "tune" and any(v is not None for v in (args.grid, args.max_trials, args.epochs)):
         raise UsageError("--grid, --max_trials and --epochs belong to --stage=tune")
-    if entry is not None and args.stage == "train" and any(
-            v is not None for v in (args.architecture, args.mode, args.init, args.fixed_op)):
-        raise UsageError("--model names the whole design: drop --architecture, --mode, --init and --fixed_op")
+    design_flags = (args.architecture, args.mode, args.fixed_op, None if init_run_dir(args.init) else args.init)
+    if entry is not None and args.stage == "train" and any(v is not None for v in design_flags):
+        raise UsageError("--model names the whole design: drop --architecture, --mode, --fixed_op and --init "
+                         "(except --init=run:PATH)")
     if entry is not None:  # the design's own settings; the user's overrides win
         implied = [f"model.n={Architecture.load(entry.architecture_path).n}"] if entry.architecture_path else []
         extra = [*implied, *entry.overrides, *extra]
@@ -224,7 +228,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     if entry is not None:
         if entry.architecture_path is None:
             return run_fixed("train", config, info, None, f"zoo:{args.model}", None, args.out,
-                             resume=args.resume, zoo_model=args.model)
+                             resume=args.resume, zoo_model=args.model, init=args.init or DEFAULT_INIT)
         args.architecture, args.mode = entry.architecture_path, "hard"
     if args.stage == "search":
         if any(v is not None for v in (args.architecture, args.mode, args.init, args.fixed_op)):
@@ -236,8 +240,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     mode = "hard" if args.fixed_op is not None else args.mode
     if args.architecture is None or mode is None:
         raise UsageError(f"--stage={args.stage} needs --architecture FILE and --mode {{hard,soft}} (or --fixed_op OP)")
-    if args.init is not None and args.stage != "retrain":
-        raise UsageError("--init belongs to --stage=retrain (train always starts fresh)")
+    if args.init is not None and args.stage != "retrain" and init_run_dir(args.init) is None:
+        raise UsageError(f"--init={args.init} belongs to --stage=retrain (train starts fresh or from --init=run:PATH)")
     try:
         architecture = Architecture.load(args.architecture)
     except ValueError as err:
