@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # the CLI imports this module for --init before TensorFlow lo
 
 INIT_CHOICES = ("fresh", "search")
 RUN_PREFIX = "run:"
-VOCAB_PATH = "transform_fn/assets/vocabulary.tsv"
 INIT_HELP_RUN = (
     "run:PATH (retrain and train) starts from a finished retrain/train run PATH even when --data's vocabularies "
     "differ from that run's: embedding rows are carried over by token, new tokens start from the initializer, "
@@ -116,7 +115,9 @@ def read_vocabulary(data_dir: str | pathlib.Path) -> tuple[np.ndarray, np.ndarra
     import pyarrow.csv as pacsv
     import tensorflow as tf
 
-    path = join(data_dir, VOCAB_PATH)
+    from pipeline.transform import VOCAB_ASSET
+
+    path = join(data_dir, f"transform_fn/assets/{VOCAB_ASSET}")
     if not tf.io.gfile.exists(path):
         raise UsageError(f"{path} is missing: warm start reads both runs' vocabularies (is {data_dir} a finished "
                          "`pipeline` output?)")
