@@ -7,6 +7,7 @@
           --fixed_op {add,prod,concat,att} --out RUN2
   trainer --stage=train   --data DIR --architecture FILE --mode {hard,soft} --out RUN
   trainer --stage=train   --data DIR --model {lr,fnn,ipnn,deepfm,dcn,dcnv2_s,dcnv2_p,xdeepfm,edcn} --out RUN
+  trainer --stage=train|retrain --data DIR --init=run:RUN --out RUN2   (RUN's design, rows carried by token)
   trainer --stage=tune    --data DIR --model {optfusion,NAME} [--grid FILE] [--max_trials N] [--epochs E] --out TUNE
   trainer --stage=evaluate --data DIR --run_dir RUN [--split NAME] [--output FILE.json]
   trainer --stage=predict  --data DIR --run_dir RUN [--split NAME] --output FILE.tsv|FILE.csv

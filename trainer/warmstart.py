@@ -178,7 +178,7 @@ def plan(previous: pathlib.Path, info: DatasetInfo) -> RowMap:
     try:
         old_kinds = {i: k for i, _, k in vocab_fields(run_spec(str(old_dir)))}
         new_kinds = {i: k for i, _, k in vocab_fields(run_spec(str(info.data_dir)))}
-    except UsageError as err:
+    except (UsageError, OSError) as err:
         raise UsageError(f"--init=run:{previous}: {err} (the previous run's data_dir, from its run.json, "
                          "must still be there: its vocabulary says which token each row holds)") from err
     if old_kinds != new_kinds:
