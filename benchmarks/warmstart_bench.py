@@ -113,7 +113,7 @@ def main() -> None:
     from benchmarks.results import header, write_section
     from pipeline.generate import generate
 
-    argv = ["python", *sys.argv]
+    head = header(["python", *sys.argv])  # date and load at the start
     workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="warmstart_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     days = {}
@@ -130,7 +130,7 @@ def main() -> None:
     body = report(day1, cold, warm, args.rows, args.model)
     print(body)
     if not args.no_write:
-        print(f"wrote {write_section('Warm start across vocabularies', header(argv) + chr(10) + body)}")
+        print(f"wrote {write_section('Warm start across vocabularies', head + chr(10) + body)}")
 
 
 if __name__ == "__main__":
