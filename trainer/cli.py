@@ -7,6 +7,7 @@
                    --fixed_op {add,prod,concat,att} --out RUN2
   trainer train    --data DIR --architecture FILE --mode {hard,soft} --out RUN
   trainer train    --data DIR --model {lr,fnn,ipnn,deepfm,dcn,dcnv2_s,dcnv2_p,xdeepfm,edcn} --out RUN
+  trainer train|retrain --data DIR --init=run:RUN --out RUN2   (RUN's design, rows carried by token)
   trainer tune     --data DIR --model {optfusion,NAME} [--grid FILE] [--max_trials N] [--epochs E] --out TUNE
   trainer evaluate --data DIR --run_dir RUN [--split NAME] [--output FILE.json]
   trainer predict  --data DIR --run_dir RUN [--split NAME] --output FILE.tsv|FILE.csv
@@ -57,6 +58,7 @@ from pipeline.features import SPLIT_NAMES
 from pipeline.remote import local_view
 from trainer.architecture import OPS
 from trainer.strategies import STRATEGIES
+from trainer.warmstart import INIT_HELP_RUN, init_run_dir, parse_init, use_previous_design
 from trainer.zoo import OPTFUSION, ZOO, describe
 
 log = logging.getLogger("trainer")
@@ -103,7 +105,7 @@ FLAGS: dict[str, dict[str, Any]] = {
                        "(multi_worker: the other workers write .OUT.worker-K beside it)"),
     "--architecture": dict(type=pathlib.Path, help="architecture JSON"),
     "--mode": dict(choices=("hard", "soft"), help="one op per component or the softmax(beta) mix"),
-    "--init": dict(choices=("fresh", "search"), help=INIT_HELP),
+    "--init": dict(type=parse_init, metavar="{fresh,search,run:PATH}", help=f"{INIT_HELP}. {INIT_HELP_RUN}"),
     "--fixed_op": dict(choices=OPS, help="keep the architecture's connections, use this one operation in "
                        "every component (the paper's table 4; implies --mode=hard)"),
     "--model": dict(choices=(OPTFUSION, *ZOO), help=f"a baseline of the zoo: {describe()}; tune also takes "
@@ -158,7 +160,7 @@ _SCORING = ("--data", "--run_dir", "--split", "--output")
 STAGE_FLAGS: dict[str, tuple[str, ...]] = {
     "search": _TRAINING,
     "retrain": (*_TRAINING, *_DESIGN, "--init", "--calibrate"),
-    "train": (*_TRAINING, *_DESIGN, "--model", "--calibrate"),
+    "train": (*_TRAINING, *_DESIGN, "--init", "--model", "--calibrate"),
     "tune": (*_TRAINING, "--model", "--grid", "--max_trials", "--epochs", "--calibrate"),
     "evaluate": (*_SCORING, *_BLESSING),
     "predict": (*_SCORING, "--input", "--keep_columns", "--on_bad_row", "--unlabeled"),
@@ -266,10 +268,12 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             f"{args.data} holds {'unlabeled ' if not info.labeled else ''}splits {list(info.splits)}: training "
             f"needs a labeled `pipeline` run with {list(SPLIT_NAMES)} (score new data with `trainer predict`)"
         )
+    use_previous_design(args)  # --init=run:PATH: its design and config unless given
     entry = ZOO.get(args.model) if args.model else None
-    if entry is not None and args.stage == "train" and any(
-            v is not None for v in (args.architecture, args.mode, args.fixed_op)):
-        raise UsageError("--model names the whole design: drop --architecture, --mode and --fixed_op")
+    design_flags = (args.architecture, args.mode, args.fixed_op, None if init_run_dir(args.init) else args.init)
+    if entry is not None and args.stage == "train" and any(v is not None for v in design_flags):
+        raise UsageError("--model names the whole design: drop --architecture, --mode, --fixed_op and --init "
+                         "(except --init=run:PATH)")
     if entry is not None:  # the design's own settings; the user's overrides win
         implied = [f"model.n={Architecture.load(entry.architecture_path).n}"] if entry.architecture_path else []
         extra = [*implied, *entry.overrides, *extra]
@@ -293,7 +297,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     if entry is not None:
         if entry.architecture_path is None:
             return run_fixed("train", config, info, None, f"zoo:{args.model}", None, args.out,
-                             resume=args.resume, zoo_model=args.model)
+                             resume=args.resume, zoo_model=args.model, init=args.init or DEFAULT_INIT)
         args.architecture, args.mode = entry.architecture_path, "hard"
     if args.stage == "search":
         return run_search(config, info, args.out, resume=args.resume)
@@ -302,6 +306,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     mode = "hard" if args.fixed_op is not None else args.mode
     if args.architecture is None or mode is None:
         raise UsageError(f"trainer {args.stage} needs --architecture FILE and --mode {{hard,soft}} (or --fixed_op OP)")
+    if args.init is not None and args.stage != "retrain" and init_run_dir(args.init) is None:
+        raise UsageError(f"--init={args.init} belongs to retrain (train starts fresh or from --init=run:PATH)")
     try:
         architecture = Architecture.load(args.architecture)
     except ValueError as err:

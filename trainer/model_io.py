@@ -114,14 +114,15 @@ def serving_form(model: keras.Model) -> keras.Model:
 
 
 def copy_weights_by_path(model: Any, saved: dict[str, np.ndarray], saved_inputs: dict[str, list[str]]) -> list[str]:
-    """Assigns `saved` (variable path -> value) to `model`'s weights of the same path.
+    """Assigns `saved` (variable path -> value) to `model`'s weights of the same path
+    (--init=search, and --init=run:PATH through trainer/warmstart.py).
 
     Same-shaped weights are copied as they are; a CONCAT kernel keeps the row
     blocks of the inputs that remain connected (`saved_inputs`: each
     component's inputs in the saved model, in block order). Weights the
     saved model lacks stay as they are; their paths are returned.
     """
-    kept = model.component_inputs
+    kept = getattr(model, "component_inputs", {})  # a Keras baseline has no CONCAT blocks
     fresh = []
     for v in model.weights:
         value = saved.get(v.path)
@@ -138,7 +139,7 @@ def copy_weights_by_path(model: Any, saved: dict[str, np.ndarray], saved_inputs:
         if value.shape != tuple(v.shape):
             raise ValueError(
                 f"{v.path} has shape {value.shape} there, {tuple(v.shape)} in the model being trained "
-                "(was the search run made with another model config?)"
+                "(was it made with another model config or architecture?)"
             )
         v.assign(value)
     return fresh

@@ -26,6 +26,7 @@ from pipeline import fingerprint
 from pipeline.atomic import write_text_atomic
 from pipeline.dataset_info import FINGERPRINT_KEY, DatasetInfo
 from pipeline.errors import UsageError
+from trainer import warmstart
 from trainer.architecture import Architecture
 from trainer.calibration import calibrate
 from trainer.config import Config, dump_config
@@ -148,10 +149,15 @@ def run_fixed(
     zoo (`zoo_model`, no architecture); writes metrics.json.
 
     init "search" starts from the weights of the search run that wrote
-    `architecture_source` (its search.weights.npz), "fresh" from scratch.
+    `architecture_source` (its search.weights.npz), "run:PATH" from a finished
+    run across a vocabulary change (trainer/warmstart.py), "fresh" from scratch.
     """
     run: dict[str, Any] = {"stage": stage, "mode": mode, "model": zoo_model, **_data_record(info),
                            "seed": config.seed, "architecture_source": architecture_source, "init": init}
+    previous = warmstart.init_run_dir(init)
+    rows = warmstart.plan(previous, info) if previous is not None else None  # bad input fails before the run dir
+    if rows is not None:
+        run["warm_start"] = {"from": str(previous), "fields": rows.fields}
     search_weights = pathlib.Path(architecture_source).parent / SEARCH_WEIGHTS_FILE
     if init == "search" and not search_weights.is_file():
         raise RunDirError(
@@ -172,6 +178,10 @@ def run_fixed(
     if init == "search":
         fresh = warm_start(model, search_weights)
         log.info("init: weights of %s%s", search_weights, f" (fresh: {', '.join(fresh)})" if fresh else "")
+    elif rows is not None and previous is not None:
+        fresh = warmstart.apply(model, previous, rows)
+        log.info("init: weights of run %s, embedding rows by token%s", previous,
+                 f" (fresh: {', '.join(fresh)})" if fresh else "")
     phase = Phase(stage, model, config, info, out / "checkpoints" / stage, out / "tensorboard", train_arch=False)
     if resume:
         phase.restore()

@@ -150,7 +150,8 @@ def test_missing_or_unfinished_inputs_exit_2(runs, served, criteo_preprocessed_d
         "did not finish": [data, f"--candidate={unfinished}"],
         "neither a trainer run": [data, f"--candidate={runs['good']}", f"--baseline={tmp_path}"],
         "stats.json": [f"--data={tmp_path / 'nowhere'}", f"--candidate={runs['good']}"],
-        "belongs to the blessing: trainer evaluate --candidate": [data, f"--run_dir={runs['good']}", f"--baseline={runs['bad']}"],
+        "belongs to the blessing: trainer evaluate --candidate": [data, f"--run_dir={runs['good']}",
+                                                                  f"--baseline={runs['bad']}"],
         "unknown key": [data, f"--candidate={runs['good']}", f"--blessing_config={tmp_path / 'bad.yaml'}"],
     }
     (tmp_path / "bad.yaml").write_text("blessing:\n  min_acu: 0.6\n")
