@@ -307,7 +307,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     if args.architecture is None or mode is None:
         raise UsageError(f"trainer {args.stage} needs --architecture FILE and --mode {{hard,soft}} (or --fixed_op OP)")
     if args.init is not None and args.stage != "retrain" and init_run_dir(args.init) is None:
-        raise UsageError(f"--init={args.init} belongs to retrain (train starts fresh or from --init=run:PATH)")
+        raise UsageError(f"--init={args.init} belongs to --stage=retrain (train starts fresh or from --init=run:PATH)")
     try:
         architecture = Architecture.load(args.architecture)
     except ValueError as err:

@@ -32,7 +32,7 @@ def test_stage_flag_is_the_subcommand(stage):
         ("search", ["--calibrate=none"]),  # a flag of another stage, not a config override
         ("search", ["--architecture", "a.json"]),
         ("retrain", ["--model", "lr"]),
-        ("train", ["--init", "search"]),
+        ("train", ["--architecture_file", "a.json"]),  # no such flag (train takes --init=run:PATH: test_warmstart)
         ("train", ["--grid", "g.yaml"]),
         ("train", ["--input", "raw.tsv"]),
         ("tune", ["--mode", "hard"]),
