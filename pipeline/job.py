@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 from pipeline import remote
 from pipeline.dataset_info import STATS_FILE, is_finished_output, is_uri, read_dataset_info
+from pipeline.distributions import distributions_json
 from pipeline.errors import UsageError
-from pipeline.features import DATA_SPLIT, DONE_FILE, LABEL_KEY, SPLIT_MODES, SPLIT_NAMES, id_layout
+from pipeline.features import DATA_SPLIT, DISTRIBUTIONS_FILE, DONE_FILE, LABEL_KEY, SPLIT_MODES, SPLIT_NAMES, id_layout
 from pipeline.file_layout import detect_layout
 from pipeline.job_spec import (
     INPUT_COUNTS_FILE,
@@ -457,8 +458,10 @@ def finish(job: JobSpec, config: RunConfig, scratch: Scratch, seconds: float) ->
         if kept is None:
             raise
         raise type(err)(f"{err}; the rejected rows are kept in {kept}") from None
+    distributions = distributions_json(job.transform_spec, job.split_names, STATS_TMP, scratch.read_bytes)
     scratch.drop_job_scratch()
     scratch.write_text(STATS_FILE, json.dumps(stats, indent=1) + "\n")
+    scratch.write_text(DISTRIBUTIONS_FILE, distributions)
     scratch.write_text(DONE_FILE, json.dumps(done_summary(stats), indent=1) + "\n")
     scratch.publish(config.overwrite)
     return stats
