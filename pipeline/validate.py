@@ -187,21 +187,22 @@ def _field_checks(name: str, ref: Run, new: Run, split: str, layers: list[dict])
     if ref_dist["kind"] != new_dist["kind"]:
         return [Check(name, "kind_changed", None, 0.0, ref_dist["kind"], new_dist["kind"],
                       "the field's kind differs: its values cannot be compared")]
-    rates = {r: {run.path: next(f for f in run.stats["fields"] if f["name"] == name)[r][split] for run in (ref, new)}
-             for r in ("missing_rate", "oov_rate")}
-    out = [Check(name, r, abs(v[new.path] - v[ref.path]), resolve(layers, r, name), v[ref.path], v[new.path])
-           for r, v in rates.items()]
+    records = [next(f for f in run.stats["fields"] if f["name"] == name) for run in (ref, new)]
+    out = []
+    for rate in ("missing_rate", "oov_rate"):
+        r, n = (record[rate][split] for record in records)
+        out.append(Check(name, rate, abs(n - r), resolve(layers, rate, name), r, n))
     measure = new_dist["measure"]
     if measure is None:
         return out  # quantile buckets of each run's own boundaries: not comparable
     a, b = _top(ref_dist, split), _top(new_dist, split)
-    if measure == "linf":
-        value, key = linf_distance(a, b)
-        detail = "" if key is None else (f"value {key}: {_share(a, key):.4f} -> {_share(b, key):.4f}")
-    else:
-        value, detail = js_divergence(a, b), ""
-    out.append(Check(name, measure, value, resolve(layers, measure, name), len(a), len(b), detail))
-    return out
+    threshold = resolve(layers, measure, name)
+    if measure == "js":
+        return [*out, Check(name, measure, js_divergence(a, b), threshold)]
+    value, key = linf_distance(a, b)  # reference, new: the value's shares where the distance is reached
+    if key is None:
+        return [*out, Check(name, measure, value, threshold)]
+    return [*out, Check(name, measure, value, threshold, _share(a, key), _share(b, key), f"value {key}")]
 
 
 def _share(counts: dict[str, float], key: str) -> float:
@@ -267,8 +268,9 @@ def report_table(checks: list[Check]) -> str:
     lines.append("")
     for c in anomalies:
         over = "" if c.value is None else f" {c.value:.4f} > {c.threshold:.4f}"
-        lines.append(f"ANOMALY {c.field or '(dataset)'}: {c.check}{over}"
-                     + (f" ({c.detail})" if c.detail else "") + f" [reference {_plain(c.reference)}, new {_plain(c.new)}]")
+        values = "" if c.reference is None and c.new is None else f": {_plain(c.reference)} -> {_plain(c.new)}"
+        lines.append(f"ANOMALY {c.field or '(dataset)'}: {c.check}{over}" + (f" ({c.detail}{values})"
+                     if c.detail else f" ({values[2:]})" if values else ""))
     lines.append(f"{len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'} in {len(checks)} checks")
     return "\n".join(lines)
 
