@@ -145,10 +145,11 @@ def _run_job(argv: list[str]) -> int:
     reference = None if transform else args.validate_against
     try:
         if reference is not None:
+            from pipeline.dataset_info import is_uri
             from pipeline.validate import load_run
 
             load_run(reference, "--validate_against")  # a bad reference fails before the job runs
-            if "://" in args.output:
+            if is_uri(args.output):
                 raise UsageError("--validate_against needs a local --output DIR (validation reads local runs)")
         if transform:
             config = transform_config(args.run, args.unlabeled, **common)

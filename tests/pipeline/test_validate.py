@@ -235,3 +235,22 @@ def test_usage_errors_exit_2(criteo_preprocessed_dir, tmp_path):
     bad_ref = run_pipeline("--dataset", "criteo", "--input", str(tmp_path / "x.tsv"), "--output",
                            str(tmp_path / "out"), "--validate_against", str(old), check=False)
     assert bad_ref.returncode == 2 and DISTRIBUTIONS_FILE in bad_ref.stderr
+
+
+def test_distributions_of_every_field_kind(movielens_run, sequence_run, sequence_transform):
+    """Calendar fields by value, multi-valued tokens by fingerprint, quantile buckets not compared, and a
+    `pipeline transform` output's one split counted on the run's own top values."""
+    movielens = json.loads((movielens_run.out / DISTRIBUTIONS_FILE).read_text())["fields"]
+    weekday = movielens["timestamp_weekday"]
+    assert weekday["measure"] == "js" and all(0 <= int(k) < 7 for k, _ in weekday["splits"]["train"]["top"])
+    sequence = json.loads((sequence_run.out / DISTRIBUTIONS_FILE).read_text())["fields"]
+    kinds = {name: (f["kind"], f["measure"]) for name, f in sequence.items()}
+    multi = next(name for name, (kind, _) in kinds.items() if kind == "multi")
+    assert kinds[multi][1] == "linf" and all(k.startswith("#") for k, _ in sequence[multi]["splits"]["train"]["top"])
+    assert ("float", None) in kinds.values()  # the bucketized price
+    data = json.loads((sequence_transform.out / DISTRIBUTIONS_FILE).read_text())["fields"]
+    for name, field in data.items():
+        assert set(field["splits"]) == {"data"}
+        if field["measure"] == "linf":  # the same vocabulary: the same keys
+            train = {k for k, _ in sequence[name]["splits"]["train"]["top"]}
+            assert {k for k, _ in field["splits"]["data"]["top"]} <= train
