@@ -2,9 +2,10 @@
 graph applied to new files), `pipeline validate` (a run's data against a reference
 run's) and `pipeline generate` for data.
 
-Exit codes: 0 done, 1 too many bad rows or a job failure, 2 bad input or
-arguments (one-line message, nothing written), 3 the run was published but
-`--validate_against` found anomalies (pipeline.validate).
+Exit codes: 0 done, 1 too many bad rows (or all), an empty split or a job
+failure (rejected rows kept), 2 bad input or arguments (one-line message,
+nothing written), 3 the run was published but `--validate_against` found
+anomalies (pipeline.validate).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def _print_summary(stats: dict, output: str) -> None:
         print(f"{split:<6} {s['rows']:>10,} {ratio:>9}")
     rejected = {k: v for k, v in stats["rejected"].items() if v and k != "total"}
     print(f"rejected: {stats['rejected']['total']:,}" + (f" {rejected}" if rejected else ""))
+    print(f"transform fingerprint: {stats['fingerprint']}")
     shown = "valid" if "valid" in stats["splits"] else next(iter(stats["splits"]))
     print(f"{'field':<18} {'vocab':>9} {'oov(' + shown + ')':>10} {'missing':>8}")
     for f in stats["fields"]:
@@ -131,7 +133,7 @@ def _print_summary(stats: dict, output: str) -> None:
 
 
 def _run_job(argv: list[str]) -> int:
-    from pipeline.job import JobIntegrityError, RunConfig, TooManyBadRows, run, transform_config
+    from pipeline.job import EmptySplit, JobIntegrityError, RunConfig, TooManyBadRows, run, transform_config
     from pipeline.specs import load_spec
 
     transform = bool(argv) and argv[0] == "transform"
@@ -162,7 +164,7 @@ def _run_job(argv: list[str]) -> int:
     except UsageError as err:
         print(f"pipeline: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (TooManyBadRows, JobIntegrityError) as err:
+    except (TooManyBadRows, EmptySplit, JobIntegrityError) as err:
         print(f"pipeline: error: {err}", file=sys.stderr)
         return 1
     _print_summary(stats, args.output)

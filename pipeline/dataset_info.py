@@ -24,6 +24,8 @@ from pipeline.errors import UsageError
 from pipeline.features import DONE_FILE, SPLIT_NAMES
 
 STATS_FILE = "stats.json"
+# stats.json / DONE.json / run.json key of the transform graph's fingerprint (pipeline.fingerprint).
+FINGERPRINT_KEY = "fingerprint"
 # Padding id of multi-valued fields (never a real id: those are >= 0).
 PAD_ID = -1
 
@@ -57,6 +59,9 @@ class DatasetInfo:
     # (its records then have no label feature).
     splits: tuple[str, ...] = SPLIT_NAMES
     labeled: bool = True
+    # The transform graph's fingerprint as stats.json records it (None: an older run,
+    # see pipeline.fingerprint.of_data).
+    fingerprint: str | None = None
 
     @property
     def field_names(self) -> list[str]:
@@ -76,6 +81,11 @@ class DatasetInfo:
     def transform_output_dir(self) -> pathlib.Path | str:
         """Directory loadable by `tft.TFTransformOutput`."""
         return self.data_dir
+
+
+def field_info(record: dict) -> FieldInfo:
+    """One field of stats.json's "fields" (or run.json's); KeyError, TypeError or ValueError if malformed."""
+    return FieldInfo(name=record["name"], vocab_size=int(record["vocab_size"]), max_len=int(record.get("max_len", 1)))
 
 
 def is_uri(path: str | pathlib.Path) -> bool:
@@ -134,10 +144,7 @@ def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
         )
     try:
         stats = json.loads(_read_text(stats_path))
-        fields = tuple(
-            FieldInfo(name=f["name"], vocab_size=int(f["vocab_size"]), max_len=int(f.get("max_len", 1)))
-            for f in stats["fields"]
-        )
+        fields = tuple(field_info(f) for f in stats["fields"])
         info = DatasetInfo(
             data_dir=data_dir,
             dataset=str(stats["dataset"]),
@@ -145,6 +152,7 @@ def read_dataset_info(data_dir: str | pathlib.Path) -> DatasetInfo:
             fields=fields,
             splits=tuple(str(s) for s in stats.get("splits", SPLIT_NAMES)),
             labeled=bool(stats.get("labeled", True)),
+            fingerprint=stats.get(FINGERPRINT_KEY),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise DatasetInfoError(f"{stats_path} is malformed: {err!r}") from err

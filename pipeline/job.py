@@ -23,8 +23,15 @@ import shutil
 import time
 from collections.abc import Callable
 
-from pipeline import remote
-from pipeline.dataset_info import STATS_FILE, is_finished_output, is_uri, read_dataset_info
+from pipeline import fingerprint, remote
+from pipeline.dataset_info import (
+    FINGERPRINT_KEY,
+    STATS_FILE,
+    field_info,
+    is_finished_output,
+    is_uri,
+    read_dataset_info,
+)
 from pipeline.distributions import distributions_json
 from pipeline.errors import UsageError
 from pipeline.features import DATA_SPLIT, DISTRIBUTIONS_FILE, DONE_FILE, LABEL_KEY, SPLIT_MODES, SPLIT_NAMES, id_layout
@@ -50,6 +57,10 @@ GRAPH_DIRS = ("transform_fn", "transformed_metadata", "metadata")
 WRITE_MODES = ("auto", "direct", "staged")
 # Runners whose workers share this machine's disk (Beam's names, lower case, without "Runner").
 LOCAL_RUNNERS = frozenset({"direct", "bundlebaseddirect", "switchingdirect", "prism"})
+# Rejected lines quoted per reason in the message of a failed run, and how much of each.
+QUOTED_LINES = 2
+QUOTED_CHARS = 160
+QUOTED_BYTES = 1 << 16  # read from the head of each reason's file
 
 # pipeline.beam_graph (Beam/TFT) loads lazily in `run`, so that bad invocations fail in a second.
 
@@ -59,7 +70,11 @@ class JobIntegrityError(RuntimeError):
 
 
 class TooManyBadRows(RuntimeError):
-    """An input's rejected fraction is over --max_bad_fraction."""
+    """An input's rejected fraction is over --max_bad_fraction, or every row was rejected."""
+
+
+class EmptySplit(RuntimeError):
+    """A split holds no rows (or the inputs none at all): nothing to train, tune or evaluate on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,8 +300,8 @@ def _split_record(config: RunConfig, read: Reader) -> dict:
 
 
 def label_warnings(splits: dict[str, dict], labeled: bool) -> list[str]:
-    """Single-class data, empty splits and splits without positives: the run goes on, the summary says so."""
-    warnings = [f"split {split} is empty" for split, s in splits.items() if not s["rows"]]
+    """Single-class data and splits without positives: the run goes on, the summary says so."""
+    warnings: list[str] = []
     if not labeled:
         return warnings
     rows = sum(s["rows"] for s in splits.values())
@@ -399,6 +414,59 @@ def check_bad_fraction(stats: dict, limit: float) -> None:
         )
 
 
+def _reasons(rejected: dict[str, int]) -> str:
+    return ", ".join(f"{r}={n}" for r, n in rejected.items() if n and r != "total") or "none"
+
+
+def check_not_empty(stats: dict, config: RunConfig) -> None:
+    """TooManyBadRows if every row was rejected; EmptySplit if the inputs hold no rows.
+
+    TFT analyzes an empty training split without an error (see
+    pipeline.transform.EMPTY_VOCABULARY), so this check, not a TF traceback,
+    is what a run with nothing to learn from ends in.
+    """
+    inputs = ", ".join(config.inputs)
+    lines = sum(item["lines"] for item in stats["inputs"])
+    if stats["rows"] == 0 and lines:
+        raise TooManyBadRows(
+            f"all {lines} rows of {inputs} were rejected ({_reasons(stats['rejected'])}): check that "
+            "--dataset/--schema describes these files (columns, label and label_rule, field kinds, formats)"
+        )
+    if stats["rows"] == 0:
+        raise EmptySplit(f"{inputs} hold no rows (a header at most)")
+
+
+def check_splits(stats: dict, config: RunConfig) -> None:
+    """EmptySplit naming each split without rows, the rows per split and why its mode left it empty."""
+    empty = [split for split, s in stats["splits"].items() if not s["rows"]]
+    if not empty:
+        return
+    counts = ", ".join(f"{split} {s['rows']}" for split, s in stats["splits"].items())
+    record = stats["split"]
+    if record["mode"] == "given":
+        why = "; ".join(f"the --input of {split} ({', '.join(record['inputs'].get(split, [])) or 'none'}) "
+                        "holds no valid rows" for split in empty)
+    elif record["mode"] == "time":
+        why = (f"the time cut-offs (valid from {record['valid_from']}, test from {record['test_from']}) leave "
+               f"no rows there: {config.time_field} has too few distinct values for three splits; use --split hash")
+    else:
+        why = "an 8:1:1 hash split of so few rows leaves no rows there; give more rows"
+    raise EmptySplit(f"empty {'splits' if len(empty) > 1 else 'split'} {', '.join(empty)} "
+                     f"(rows per split: {counts}): {why}")
+
+
+def quote_rejected(kept: str, per_reason: int = QUOTED_LINES) -> list[str]:
+    """The first rejected lines of each reason file in `kept` (a local dir or a URI prefix), shortened."""
+    quoted = []
+    for name in sorted(remote.list_objects(kept)):
+        reason = pathlib.PurePosixPath(name).name.split("-", 1)[0]
+        head = remote.read_bytes(f"{kept}/{name}", QUOTED_BYTES).splitlines()
+        for line in head[:per_reason]:
+            text = line.decode("utf-8", "replace")
+            quoted.append(f"  {reason}: {text[:QUOTED_CHARS]!r}{' ...' if len(text) > QUOTED_CHARS else ''}")
+    return quoted
+
+
 def done_summary(stats: dict) -> dict:
     """DONE.json: what a reader may check without parsing stats.json."""
     return {
@@ -406,6 +474,7 @@ def done_summary(stats: dict) -> dict:
         "rows": stats["rows"],
         "splits": {split: s["rows"] for split, s in stats["splits"].items()},
         "rejected": stats["rejected"]["total"],
+        FINGERPRINT_KEY: stats[FINGERPRINT_KEY],
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -418,7 +487,7 @@ def scratch_for(config: RunConfig, job: JobSpec) -> Scratch:
 
 
 def run(config: RunConfig) -> dict:
-    """Runs the job; returns stats. UsageError, TooManyBadRows on failure (nothing in DIR)."""
+    """Runs the job; returns stats. UsageError, TooManyBadRows, EmptySplit on failure (nothing in DIR)."""
     if write_mode(config) == "staged":
         return _run_staged(config)
     job = prepare(config)
@@ -445,19 +514,17 @@ def finish(job: JobSpec, config: RunConfig, scratch: Scratch, seconds: float) ->
             scratch.add_tree(pathlib.Path(config.run_dir) / name, name)
     stats = collect_stats(job, config, seconds, scratch.read_bytes)
     try:
-        first = job.split_names[0]
-        if stats["splits"][first]["rows"] == 0:
-            reasons = ", ".join(f"{r}={n}" for r, n in stats["rejected"].items() if n and r != "total")
-            raise UsageError(
-                f"no valid {first} rows in {', '.join(config.inputs)} (rejected: {reasons or 'none'}); "
-                "check --dataset/--schema"
-            )
+        check_not_empty(stats, config)
         check_bad_fraction(stats, config.max_bad_fraction)
-    except (UsageError, TooManyBadRows) as err:
-        kept = scratch.keep_rejected()
+        check_splits(stats, config)
+    except (TooManyBadRows, EmptySplit) as err:
+        kept = scratch.keep_rejected() if stats["rejected"]["total"] else None
         if kept is None:
             raise
-        raise type(err)(f"{err}; the rejected rows are kept in {kept}") from None
+        quoted = "\n".join(["first rejected lines:", *quote_rejected(kept)])
+        raise type(err)(f"{err}\n{quoted}\nthe rejected rows are kept in {kept}") from None
+    fields = [field_info(f) for f in stats["fields"]]
+    stats[FINGERPRINT_KEY] = fingerprint.compute(fields, scratch.names(), scratch.read_bytes)
     distributions = distributions_json(job.transform_spec, job.split_names, STATS_TMP, scratch.read_bytes)
     scratch.drop_job_scratch()
     scratch.write_text(STATS_FILE, json.dumps(stats, indent=1) + "\n")
@@ -496,11 +563,30 @@ def run_spec(run_dir: str) -> DatasetSpec:
     raise SpecError(f"{run_dir}/{STATS_FILE} records no schema (an older run of {info.dataset!r}): rerun it")
 
 
+def check_graph(run_path: pathlib.Path) -> None:
+    """UsageError unless the run's graph files have the fingerprint its stats.json records.
+
+    A graph copied in from another run (another seed: other vocabularies)
+    would give its ids, not the run's, to every file it transforms. An older
+    run that records none is taken as it is.
+    """
+    info = read_dataset_info(run_path)
+    actual = fingerprint.of_directory(run_path, info.fields)
+    if info.fingerprint is not None and actual != info.fingerprint:
+        raise UsageError(
+            f"--run {run_path}: {run_path / STATS_FILE} records the transform fingerprint "
+            f"{fingerprint.short(info.fingerprint)}, but the graph in {run_path / 'transform_fn'} (with "
+            f"transformed_metadata/) has {fingerprint.short(actual)}: another run's graph; restore the run's own "
+            "graph or rerun `pipeline` to make a consistent run"
+        )
+
+
 def transform_config(run_dir: str, unlabeled: bool, **kwargs) -> RunConfig:
     """RunConfig of `pipeline transform`: the run's spec and graph applied to new files."""
     run_path = remote.stage(run_dir) if is_uri(run_dir) else pathlib.Path(run_dir).resolve()
     if not (run_path / "transform_fn").is_dir():
         raise UsageError(f"--run {run_dir} holds no transform_fn/: give a finished `pipeline` output")
+    check_graph(run_path)
     graph_spec = run_spec(str(run_path))
     spec = graph_spec.without_label() if unlabeled else graph_spec
     return RunConfig(spec=spec, graph_spec=graph_spec, run_dir=str(run_path),

@@ -131,10 +131,10 @@ def list_objects(uri: str | pathlib.Path) -> dict[str, int]:
     return {path[len(prefix):]: size for path, (size, _) in objects_under(prefix).items()}
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole object at `uri` (used for the small marker and stats files)."""
+def read_bytes(uri: str, limit: int = -1) -> bytes:
+    """The object at `uri` (the small marker and stats files), or its first `limit` bytes."""
     with _filesystems().open(uri, compression_type=_uncompressed()) as handle:
-        return handle.read()
+        return handle.read(limit)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -145,6 +145,10 @@ class LocalScratch:
     def read_bytes(self, name: str) -> bytes:
         return (self.work / name).read_bytes()
 
+    def names(self) -> list[str]:
+        """Every file in the scratch, relative and `/`-separated, sorted."""
+        return sorted(p.relative_to(self.work).as_posix() for p in self.work.rglob("*") if p.is_file())
+
     def write_text(self, name: str, text: str) -> None:
         write_text_atomic(self.work / name, text)
 
@@ -180,6 +184,10 @@ class DirectScratch:
 
     def read_bytes(self, name: str) -> bytes:
         return remote.read_bytes(f"{self.work}/{name}")
+
+    def names(self) -> list[str]:
+        """Every object under the scratch prefix, relative, sorted."""
+        return sorted(remote.list_objects(self.work))
 
     def write_text(self, name: str, text: str) -> None:
         remote.write_bytes(f"{self.work}/{name}", text.encode())

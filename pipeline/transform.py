@@ -41,6 +41,11 @@ from pipeline.specs import HOUR_FIELDS, DatasetSpec
 
 VOCAB_ASSET = "vocabulary.tsv"
 SIZES_ASSET = "vocabulary_sizes.txt"  # values kept per vocabulary field, one line each
+# The vocabulary asset's contents when no key is kept (and before analysis): one line
+# for a key that never occurs (keys are >= 0), since TF cannot build a table from an
+# empty file. An empty training split then still yields a graph, and the job's own
+# check reports the empty split (with the rejected rows) instead of a TF traceback.
+EMPTY_VOCABULARY = b"-2\t0\n"
 
 # Key of one (field, value): [string flag: 1 bit][field: FIELD_INDEX_BITS][value: 54 bits].
 _FIELD_SHIFT = 54
@@ -259,7 +264,7 @@ def write_vocabulary(keys_counts, min_counts: dict[int, int], temp_dir: str) -> 
         table, buffer, pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     )
     with tf.io.gfile.GFile(path, "wb") as out:
-        out.write(buffer.getvalue().to_pybytes())
+        out.write(buffer.getvalue().to_pybytes() if kept.any() else EMPTY_VOCABULARY)
     per_field = np.bincount(field_of_key(keys[kept]), minlength=MAX_FIELDS)
     sizes_path = os.path.join(temp_dir, SIZES_ASSET)
     with tf.io.gfile.GFile(sizes_path, "w") as out:
@@ -407,7 +412,7 @@ def make_preprocessing_fn(spec: DatasetSpec, min_count: int):
                 output_dtypes=[tf.string, tf.string],
                 output_shapes=[[], []],
                 # placeholder contents before analysis
-                output_asset_default_values=[b"-2\t0", b"0\n" * len(vocab)],
+                output_asset_default_values=[EMPTY_VOCABULARY, b"0\n" * len(vocab)],
                 name="count_vocabulary",
             )
             kept = tf.strings.to_number(

@@ -1,6 +1,9 @@
 """`serving export`: trained run + transform graph -> a verified TF Serving version dir.
 
 Order of work, so that a server never loads a half-written or wrong model:
+check that --data was made by the transform graph the run trained on (its
+fingerprint, `trainer.scoring.check_compatible`: another seed's run has other
+vocabularies, and its graph would feed the model ids that mean other tokens),
 save into a hidden temp dir beside the versions (TF Serving and the bundled
 server only load numeric dir names), verify it, write the warmup records, and
 only then rename it to BASE/NAME/<version>.
@@ -25,6 +28,7 @@ check always runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -283,6 +287,7 @@ def export(
     from pipeline.transform import oov_fields
     from trainer.calibration import read_temperature
     from trainer.model_io import load_model, serving_form
+    from trainer.scoring import check_compatible
 
     data_dir = str(local_view(data_dir))  # a URI TF cannot read here is staged once, marker checked
     try:
@@ -290,6 +295,7 @@ def export(
     except configs.ConfigFileError as err:
         raise ExportUsageError(str(err)) from err
     info = read_dataset_info(data_dir)
+    check_compatible(pathlib.Path(run_dir), info)  # the model's ids come from --data's graph: the same one?
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     model = load_model(run_dir)
@@ -319,6 +325,7 @@ def export(
         rows = synthetic_rows(raw_spec, verify_rows, seed)
         source = "synthetic rows (the pipeline inputs are gone): unseen tokens, missing cells"
 
+    created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     tmp_dir.chmod(0o755)  # mkdtemp makes it 0700: a server running as another user could not read it
@@ -332,6 +339,9 @@ def export(
         tmp_dir.rename(final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if created:  # no empty BASE/NAME left behind for a server to watch
+            with contextlib.suppress(OSError):
+                model_dir.rmdir()
         raise
     written = [configs.update_models_config(base, model_name)]
     if batching is not None or not (base / configs.BATCHING_CONFIG).exists():  # keep tuned ones

@@ -66,6 +66,15 @@ def criteo_runs(criteo_generated_file, tmp_path_factory) -> dict[str, pathlib.Pa
 
 
 @pytest.fixture(scope="session")
+def criteo_other_seed_dir(criteo_generated_file, tmp_path_factory) -> pathlib.Path:
+    """`pipeline --dataset criteo --seed 1` on `criteo_generated_file`: the schema and fields of
+    `criteo_preprocessed_dir` but another split, so other vocabularies and another transform fingerprint."""
+    out = tmp_path_factory.mktemp("criteo_other_seed") / "data"
+    run_pipeline("--dataset", "criteo", "--input", str(criteo_generated_file), "--output", str(out), "--seed", "1")
+    return out
+
+
+@pytest.fixture(scope="session")
 def criteo_preprocessed_dir(criteo_runs) -> pathlib.Path:
     """`pipeline --dataset criteo` run on `criteo_generated_file`; the finished output dir."""
     return criteo_runs["generated"]

@@ -292,6 +292,7 @@ def test_direct_finish_reads_stats_back_and_publishes_marker_last(emulator, crit
     scratch.discard()
     assert stats["splits"] == want["splits"] and stats["rows"] == want["rows"]
     assert {f["name"]: f["vocab_size"] for f in stats["fields"]} == {f["name"]: f["vocab_size"] for f in want["fields"]}
+    assert stats["fingerprint"] == want["fingerprint"]  # the graph read back through Beam's FileSystems
     published = [(op, names) for op, target, names in copy_log if target == uri]
     assert published[-1] == ("copy", [DONE_FILE]) and all(DONE_FILE not in names for _, names in published[:-1])
     objects = remote.list_objects(uri)

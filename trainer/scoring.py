@@ -2,9 +2,9 @@
 
 The data may be any split of a `pipeline` run, or a `pipeline transform`
 output (split "data", labeled or not) made with the run's own transform
-graph. Both stages first check that the data's fields, vocabulary sizes and
-value counts are the run's: ids from another graph would silently mean other
-tokens.
+graph. Both stages (and `serving export`) first check that the data was made
+by the graph the run trained on (`check_compatible`): ids from another graph,
+even one of the same fields and vocabulary sizes, silently mean other tokens.
 
 `trainer --stage=predict` on transformed data writes one row per record, in
 the stored record order (the split's shards in name order, each in file order):
@@ -39,9 +39,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from pipeline import batch_scoring
+from pipeline import batch_scoring, fingerprint
 from pipeline.atomic import atomic_path, write_text_atomic
-from pipeline.dataset_info import STATS_FILE, DatasetInfo, is_uri, join
+from pipeline.dataset_info import FINGERPRINT_KEY, STATS_FILE, DatasetInfo, is_uri, join
 from pipeline.errors import UsageError
 from trainer.calibration import read_temperature
 from trainer.config import load_config
@@ -68,27 +68,58 @@ def default_split(info: DatasetInfo) -> str:
     raise ScoringError(f"{info.data_dir} holds splits {list(info.splits)}: pass --split NAME")
 
 
-def check_compatible(run_dir: pathlib.Path, info: DatasetInfo) -> None:
-    """Raises unless `info`'s fields (names, order, vocab sizes, max_len) are the run's."""
-    run = json.loads((run_dir / RUN_FILE).read_text())
+def _field_difference(run: dict[str, Any], info: DatasetInfo) -> str | None:
+    """How `info`'s fields (names, order, vocab sizes, max_len) differ from run.json's; None if they do not."""
     trained = [(f["name"], int(f["vocab_size"]), int(f.get("max_len", 1))) for f in run["fields"]]
     given = [(f.name, f.vocab_size, f.max_len) for f in info.fields]
     if trained == given:
-        return
-    hint = (f"transform the raw files with the run's own graph: `pipeline transform --run {run.get('data_dir')} "
-            "--input FILES --output DIR`")
+        return None
     names_run, names_data = [t[0] for t in trained], [g[0] for g in given]
     if names_run != names_data:
         missing = [n for n in names_run if n not in names_data]
         extra = [n for n in names_data if n not in names_run]
-        what = (f"fields missing {missing[:5]}, unexpected {extra[:5]}" if missing or extra
+        return (f"fields missing {missing[:5]}, unexpected {extra[:5]}" if missing or extra
                 else "the same fields in another order")
-        raise ScoringError(f"{info.data_dir} does not match the run {run_dir}: {what}; {hint}")
     name, (_, size_run, len_run), (_, size_data, len_data) = next(
         (t[0], t, g) for t, g in zip(trained, given, strict=True) if t != g)
-    raise ScoringError(
-        f"{info.data_dir} was transformed with another graph than the run {run_dir}: field {name} has "
-        f"vocab_size {size_data} and max_len {len_data} there, {size_run} and {len_run} in the run; {hint}"
+    return (f"field {name} has vocab_size {size_data} and max_len {len_data} there, "
+            f"{size_run} and {len_run} in the run")
+
+
+def check_compatible(run_dir: pathlib.Path, info: DatasetInfo, hint: str | None = None) -> None:
+    """Raises ScoringError, naming both paths, unless `info` was made by the graph the run trained on.
+
+    Compares transform fingerprints (pipeline.fingerprint): another run's graph
+    of the same schema (another seed) has the same fields and sizes but other
+    vocabularies. Where the run (trained before run.json recorded one) or the
+    data (no graph) has none, it falls back to the fields and says so in a warning.
+    `hint`: how to fix a mismatch (default: transform the files with the run's graph).
+    """
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise ScoringError(f"{run_dir} is not a trainer run directory: {RUN_FILE} is missing")
+    run = json.loads(run_file.read_text())
+    hint = hint or (f"transform the raw files with the run's own graph: `pipeline transform --run "
+                    f"{run.get('data_dir')} --input FILES --output DIR`")
+    difference = _field_difference(run, info)
+    trained, given = run.get(FINGERPRINT_KEY), fingerprint.of_data(info)
+    if trained and given:
+        if trained == given:
+            return
+        raise ScoringError(
+            f"{info.data_dir} was transformed with another graph than the run {run_dir} trained on ("
+            f"{difference or 'same fields and vocabulary sizes, other vocabularies: its ids mean other tokens'}): "
+            f"transform fingerprint {fingerprint.short(given)} there, {fingerprint.short(trained)} in {run_file}; "
+            f"{hint}"
+        )
+    if difference:
+        raise ScoringError(f"{info.data_dir} was transformed with another graph than the run {run_dir} "
+                           f"trained on: {difference}; {hint}")
+    log.warning(
+        "%s records no transform fingerprint (%s): only field names and vocabulary sizes were compared, "
+        "which cannot tell another run's vocabularies of the same sizes apart",
+        run_file if not trained else info.data_dir,
+        "a run trained before run.json recorded it" if not trained else "data without a transform graph",
     )
 
 
@@ -111,8 +142,6 @@ def _resolve_split(info: DatasetInfo, split: str | None) -> str:
 
 def _load(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int, float]:
     """The run's model (after the data check), the run's eval batch size and its temperature."""
-    if not (run_dir / RUN_FILE).is_file():
-        raise ScoringError(f"--run_dir {run_dir} is not a trainer run directory: {RUN_FILE} is missing")
     check_compatible(run_dir, info)
     model = load_model(run_dir)  # refuses a search run or an unfinished one, naming why
     return model, load_config(run_dir / CONFIG_FILE).train.eval_batch_size, read_temperature(run_dir)

@@ -22,8 +22,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from pipeline import fingerprint
 from pipeline.atomic import write_text_atomic
-from pipeline.dataset_info import DatasetInfo
+from pipeline.dataset_info import FINGERPRINT_KEY, DatasetInfo
 from pipeline.errors import UsageError
 from trainer.architecture import Architecture
 from trainer.calibration import calibrate
@@ -41,6 +42,7 @@ from trainer.model_io import (
     save_weights,
     warm_start,
 )
+from trainer.scoring import check_compatible
 from trainer.selection import select_ops
 
 log = logging.getLogger("trainer")
@@ -57,10 +59,13 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
-def _fields(info: DatasetInfo) -> list[dict[str, Any]]:
-    """run.json's fields; max_len only where > 1, so single-valued runs read as before."""
-    return [{"name": f.name, "vocab_size": f.vocab_size, **({"max_len": f.max_len} if f.max_len > 1 else {})}
-            for f in info.fields]
+def _data_record(info: DatasetInfo) -> dict[str, Any]:
+    """run.json's record of the data: dataset, dir, fields (max_len only where > 1, so single-valued
+    runs read as before) and the transform graph's fingerprint, which evaluate, predict and export check."""
+    fields = [{"name": f.name, "vocab_size": f.vocab_size, **({"max_len": f.max_len} if f.max_len > 1 else {})}
+              for f in info.fields]
+    return {"dataset": info.dataset, "data_dir": str(info.data_dir), "fields": fields,
+            FINGERPRINT_KEY: fingerprint.of_data(info)}
 
 
 def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resume: bool) -> None:
@@ -69,11 +74,14 @@ def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resu
         if not (out / RUN_FILE).is_file():
             raise RunDirError(f"--resume: {out} holds no {RUN_FILE}; start the run without --resume")
         old = json.loads((out / RUN_FILE).read_text())
-        for key in ("stage", "mode", "model", "fields"):
+        # A run that records no fingerprint (older) resumes on the field check alone.
+        keys = ("stage", "mode", "model", "fields", *((FINGERPRINT_KEY,) if old.get(FINGERPRINT_KEY) else ()))
+        for key in keys:
             if old.get(key) != run.get(key):
                 raise RunDirError(
-                    f"--resume: {out} was a run with a different {key} "
-                    f"({str(old.get(key))[:80]} vs {str(run.get(key))[:80]}); use another --out"
+                    f"--resume: {out} was a run with a different {key} ({str(old.get(key))[:80]} in "
+                    f"{out / RUN_FILE} vs {str(run.get(key))[:80]} now, with --data {run['data_dir']}); "
+                    "use another --out"
                 )
     elif out.exists() and any(out.iterdir()):
         raise RunDirError(f"{out} exists and is not empty; pass --resume to continue it or choose another --out")
@@ -84,8 +92,7 @@ def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resu
 
 def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: bool = False) -> dict[str, Any]:
     """Searches connections and operations; writes architecture.json/.txt."""
-    run: dict[str, Any] = {"stage": "search", "mode": "search", "dataset": info.dataset, "data_dir": str(info.data_dir),
-           "fields": _fields(info), "seed": config.seed}
+    run: dict[str, Any] = {"stage": "search", "mode": "search", **_data_record(info), "seed": config.seed}
     prepare_run_dir(out, run, config, resume)
     s = config.search
     phases: list[tuple[str, dict[str, Any]]]
@@ -143,15 +150,17 @@ def run_fixed(
     init "search" starts from the weights of the search run that wrote
     `architecture_source` (its search.weights.npz), "fresh" from scratch.
     """
-    run: dict[str, Any] = {"stage": stage, "mode": mode, "model": zoo_model, "dataset": info.dataset,
-           "data_dir": str(info.data_dir), "fields": _fields(info), "seed": config.seed,
-           "architecture_source": architecture_source, "init": init}
+    run: dict[str, Any] = {"stage": stage, "mode": mode, "model": zoo_model, **_data_record(info),
+                           "seed": config.seed, "architecture_source": architecture_source, "init": init}
     search_weights = pathlib.Path(architecture_source).parent / SEARCH_WEIGHTS_FILE
     if init == "search" and not search_weights.is_file():
         raise RunDirError(
             f"--init=search needs the search run's {SEARCH_WEIGHTS_FILE} beside {architecture_source}; "
             "pass a search run's architecture.json or use --init=fresh"
         )
+    if init == "search":  # its embeddings are rows of its own vocabularies
+        check_compatible(search_weights.parent, info,
+                         hint="retrain on the search run's data dir, or use --init=fresh")
     prepare_run_dir(out, run, config, resume)
     if architecture is not None:
         architecture.save(out / ARCH_FILE)

@@ -123,6 +123,7 @@ class TestTransformRun:
         assert info.fields == read_dataset_info(sequence_run.out).fields
         stats = _stats(sequence_transform.out)
         assert stats["transform_run"] == str(sequence_run.out.resolve())
+        assert stats["fingerprint"] == _stats(sequence_run.out)["fingerprint"]  # the source run's graph
         assert (sequence_transform.out / DONE_FILE).is_file()
         names = [*info.field_names, LABEL_KEY]
         assert row_multiset(read_records(sequence_transform.out, DATA_SPLIT), names) == row_multiset(

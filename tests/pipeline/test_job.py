@@ -14,7 +14,7 @@ from pipeline.features import SPLIT_NAMES
 from pipeline.parse import REASONS, split_ids
 from pipeline.specs import load_spec
 from tests.conftest import GENERATED_ROWS, run_pipeline
-from tests.pipeline.conftest import INJECTED
+from tests.pipeline.conftest import INJECTED, KDD12_EXTRA_CLICKS
 from tests.pipeline.helpers import (
     as_row_counter,
     raw_rows_of,
@@ -142,7 +142,7 @@ class TestOtherDatasets:
     def test_kdd12_label_is_click_positive(self, kdd12_run):
         _check_records(kdd12_run.out, 11)
         stats = _stats(kdd12_run.out)
-        assert stats["rows"] == 16
+        assert stats["rows"] == 11 + len(KDD12_EXTRA_CLICKS)
         assert sum(s["positives"] for s in stats["splits"].values()) == 3  # Click 1, 4, 2
 
     def test_frappe_schema(self, frappe_run):

@@ -239,3 +239,93 @@ def test_direct_write_mode_end_to_end_with_worker_processes(tmp_path, criteo_gen
     for split in info.splits:
         rows = sum(int(labels.shape[0]) for _, labels in make_dataset(info, split, 1024, shuffle=False))
         assert rows == stats["splits"][split]["rows"], split
+
+
+@pytest.fixture(scope="module")
+def nothing_to_learn_runs(tmp_path_factory) -> dict[str, tuple[pathlib.Path, subprocess.CompletedProcess]]:
+    """Three jobs that must fail with exit 1, side by side: every row rejected by a wrong schema for the
+    file (libFM lines expected, MovieLens CSV given), every row rejected for a wrong timestamp format,
+    and a hashed 8:1:1 split of 7 rows (valid and test empty, nothing rejected)."""
+    from tests.pipeline.conftest import EXAMPLE_DATA, run_pipelines
+
+    schemas = ROOT / "schemas" / "examples"
+    tmp = tmp_path_factory.mktemp("nothing_to_learn")
+    ratings = EXAMPLE_DATA / "movielens_ratings.csv"
+    bad_format = tmp / "bad_format.yaml"
+    bad_format.write_text((schemas / "movielens.yaml").read_text().replace(
+        "format: unix", 'format: "%Y-%m-%d %H:%M:%S"'))
+    tiny = tmp / "tiny.csv"
+    tiny.write_text("".join(ratings.read_text().splitlines(keepends=True)[:8]))
+    jobs = {
+        "wrong_schema": ["--schema", str(schemas / "libfm.yaml"), "--input", str(ratings)],
+        "wrong_time_format": ["--schema", str(bad_format), "--input", str(ratings)],
+        "empty_split": ["--schema", str(schemas / "movielens.yaml"), "--input", str(tiny)],
+    }
+    outs = {name: tmp / name / "out" for name in jobs}
+    for out in outs.values():
+        out.parent.mkdir()
+    results = run_pipelines({name: [*args, "--output", str(outs[name])] for name, args in jobs.items()}, tmp,
+                            check=False)
+    return {name: (outs[name], results[name]) for name in jobs}
+
+
+def _kept_lines(out: pathlib.Path) -> list[bytes]:
+    (kept,) = [p for p in out.parent.iterdir() if p.name.startswith(f"{out.name}.rejected-")]
+    return [line for p in sorted(kept.rglob("*")) if p.is_file() for line in p.read_bytes().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, reasons, lines", [("wrong_schema", "column_count=1501", 1501),
+                                                  ("wrong_time_format", "bad_timestamp=1500", 1500)])
+def test_all_rejected_exits_1_with_counts_and_keeps_the_rows(nothing_to_learn_runs, case, reasons, lines):
+    """No TF traceback from analyzing an empty train split: the job's own check, the reasons, the first
+    offending lines and every rejected row kept beside the (unwritten) output."""
+    out, result = nothing_to_learn_runs[case]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    message = result.stderr[result.stderr.index("pipeline: error: "):]
+    assert f"all {lines} rows of " in message and f"were rejected ({reasons})" in message, message
+    assert "first rejected lines:\n" in message and "'68,2,5.0,1514777107'" in message
+    kept = _kept_lines(out)
+    assert len(kept) == lines and b"68,2,5.0,1514777107" in kept
+    assert f"the rejected rows are kept in {out}.rejected-" in message
+    assert not out.exists() and not _partials(out)
+
+
+@pytest.mark.slow
+def test_an_empty_split_exits_1_naming_it(nothing_to_learn_runs):
+    out, result = nothing_to_learn_runs["empty_split"]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (message,) = [line for line in result.stderr.splitlines() if line.startswith("pipeline: error: ")]
+    assert "empty split" in message and "rows per split: train " in message, message
+    assert "an 8:1:1 hash split of so few rows leaves no rows there; give more rows" in message
+    assert not out.exists() and not _partials(out)
+    assert not [p for p in out.parent.iterdir() if p.name != "out"]  # nothing was rejected: nothing kept
+
+
+def test_empty_split_messages_name_the_split_and_why():
+    """Per split mode, the reason a split came out empty (the check runs before anything is published)."""
+    from pipeline.job import EmptySplit, RunConfig, TooManyBadRows, check_not_empty, check_splits
+    from pipeline.specs import load_spec
+
+    config = RunConfig(spec=load_spec("criteo"), inputs=("a.csv", "b.csv"), output="o", time_field="t")
+
+    def stats(rows: tuple[int, int, int], split: dict, lines: int = 100, rejected: int = 0) -> dict:
+        return {"rows": sum(rows), "inputs": [{"lines": lines}], "rejected": {"bad_label": rejected, "total": rejected},
+                "splits": {s: {"rows": n} for s, n in zip(("train", "valid", "test"), rows, strict=True)},
+                "split": split}
+
+    with pytest.raises(TooManyBadRows, match=r"all 100 rows of a.csv, b.csv were rejected \(bad_label=100\)"):
+        check_not_empty(stats((0, 0, 0), {"mode": "hash"}, rejected=100), config)
+    with pytest.raises(EmptySplit, match="a.csv, b.csv hold no rows"):
+        check_not_empty(stats((0, 0, 0), {"mode": "hash"}, lines=0), config)
+    time_split = {"mode": "time", "valid_from": 5, "test_from": 5}
+    with pytest.raises(EmptySplit, match=r"empty split valid \(rows per split: train 80, valid 0, test 20\): the "
+                                         r"time cut-offs \(valid from 5, test from 5\).*t has too few distinct"):
+        check_splits(stats((80, 0, 20), time_split), config)
+    given = {"mode": "given", "inputs": {"train": ["a.csv"], "valid": ["b.csv"], "test": ["c.csv"]}}
+    with pytest.raises(EmptySplit, match=r"empty splits valid, test .*the --input of valid \(b.csv\) holds no "
+                                         r"valid rows; the --input of test \(c.csv\)"):
+        check_splits(stats((80, 0, 0), given), config)
+    check_splits(stats((80, 10, 10), {"mode": "hash"}), config)

@@ -299,8 +299,8 @@ class TestSplitsAndWarnings:
         assert label_warnings(splits((80, 10), (10, 1), (10, 2)), True) == []
         (single,) = label_warnings(splits((80, 80), (10, 10), (10, 10)), True)
         assert "all 100 rows are positive" in single
-        assert label_warnings(splits((80, 10), (10, 0), (0, 0)), True) == [
-            "split test is empty", "split valid has no positive rows (AUC is undefined on it)"]
+        assert label_warnings(splits((80, 10), (10, 0), (0, 0)), True) == [  # empty: job.check_splits
+            "split valid has no positive rows (AUC is undefined on it)"]
         assert label_warnings({"data": {"rows": 5, "positives": None}}, False) == []
 
 
@@ -310,11 +310,12 @@ def test_summary_prints_warnings_and_unlabeled_splits(capsys):
     stats = {
         "dataset": "d", "rows": 5, "wall_seconds": 1.0, "rows_per_second": 5.0,
         "splits": {"data": {"rows": 5, "positives": None, "positive_ratio": None}},
-        "rejected": {"bad_label": 0, "total": 0},
+        "rejected": {"bad_label": 0, "total": 0}, "fingerprint": "f1" * 32,
         "fields": [{"name": "a", "vocab_size": 3, "oov_rate": {"data": 0.2}, "missing_rate": {"data": 0.0}}],
         "warnings": ["split data has no positive rows (AUC is undefined on it)"],
     }
     _print_summary(stats, "out")
     out = capsys.readouterr().out
     assert "data            5         -" in out and "oov(data)" in out
+    assert f"transform fingerprint: {'f1' * 32}" in out
     assert out.rstrip().endswith("warning: split data has no positive rows (AUC is undefined on it)")
