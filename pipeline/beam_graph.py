@@ -28,6 +28,7 @@ from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
 from pipeline.dataset_info import PAD_ID
+from pipeline.distributions import OTHER_BIN, add_histograms, histogram_file, id_histograms
 from pipeline.features import LABEL_KEY, MISSING_ID, OOV_ID, SPLIT_NAMES
 from pipeline.file_layout import Layout
 from pipeline.job_spec import (
@@ -146,6 +147,11 @@ def split_stats(batch: pa.RecordBatch, fields: list[str]) -> SplitStats:
     labels = batch.schema.get_field_index(LABEL_KEY)
     positives = int(np.asarray(batch.column(labels).flatten()).sum()) if labels >= 0 else 0
     return SplitStats(batch.num_rows, positives, oov, missing, tokens)
+
+
+def batch_histograms(batch: pa.RecordBatch, fields: list[str]) -> dict[str, np.ndarray]:
+    """pipeline.distributions' id histograms of one transformed batch."""
+    return id_histograms({name: np.asarray(batch.column(name).flatten()) for name in fields})
 
 
 def _with_dummy_label(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -330,6 +336,14 @@ def _WriteSplit(pcoll, metadata, split: str, job: JobSpec):
         | "Stats" >> beam.Map(lambda batch: split_stats(batch, fields))
         | "SumStats" >> beam.CombineGlobally(_sum, zero=SplitStats.zero(fields))
         | "StatsDict" >> beam.Map(dataclasses.asdict)
+    )
+    zero = {name: np.zeros(OTHER_BIN + 1, np.int64) for name in fields}
+    _ = (
+        batches
+        | "Histograms" >> beam.Map(batch_histograms, fields)
+        | "SumHistograms" >> beam.CombineGlobally(lambda hs: functools.reduce(add_histograms, hs, zero))
+        | "HistogramsDict" >> beam.Map(lambda hs: {name: h.tolist() for name, h in hs.items()})
+        | "WriteHistograms" >> _WriteJson(os.path.join(job.work_dir, STATS_TMP, histogram_file(split)))
     )
     return stats | "WriteStats" >> _WriteJson(os.path.join(job.work_dir, STATS_TMP, split_stats_file(split)))
 

@@ -1,9 +1,11 @@
 """`pipeline` command line: the preprocessing job, `pipeline transform` (a finished run's
-graph applied to new files) and `pipeline generate` for data.
+graph applied to new files), `pipeline validate` (a run's data against a reference
+run's) and `pipeline generate` for data.
 
 Exit codes: 0 done, 1 too many bad rows (or all), an empty split or a job
 failure (rejected rows kept), 2 bad input or arguments (one-line message,
-nothing written).
+nothing written), 3 the run was published but `--validate_against` found
+anomalies (pipeline.validate).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def _job_parser() -> argparse.ArgumentParser:
             "Beam/TFT preprocessing of raw CTR logs into gzipped tf.Example TFRecords, the TFT "
             "transform graph and stats.json (see docs/DESIGN.md §Preprocessing; schema files: docs/SCHEMA.md). "
             "`pipeline transform --help`: apply a finished run's graph to new files. "
+            "`pipeline validate --help`: compare a run's data with a reference run's. "
             "`pipeline generate --help`: the synthetic Criteo generator. "
             "Unknown --flags are passed to Beam (e.g. --runner=DataflowRunner --project=...)."
         ),
@@ -78,6 +81,10 @@ def _job_parser() -> argparse.ArgumentParser:
                         help="seed of the hashed 8:1:1 split and of --valid_fraction's cut (default 0)")
     parser.add_argument("--min_count", type=int, default=2,
                         help="categorical values seen fewer times in train map to OOV (default 2)")
+    parser.add_argument("--validate_against", metavar="RUN",
+                        help="after publishing, compare the run's train split with this finished run "
+                             "(`pipeline validate`, docs/SCHEMA.md §Validation): anomalies.json in DIR, exit 3 "
+                             "on anomalies (the run is kept)")
     _add_common(parser)
     return parser
 
@@ -139,7 +146,15 @@ def _run_job(argv: list[str]) -> int:
         overwrite=args.overwrite, batch_lines=args.batch_lines, range_bytes=args.range_mb << 20,
         output_shards=args.output_shards, beam_args=_beam_args(args, extra), write_mode=args.write_mode,
     )
+    reference = None if transform else args.validate_against
     try:
+        if reference is not None:
+            from pipeline.dataset_info import is_uri
+            from pipeline.validate import load_run
+
+            load_run(reference, "--validate_against")  # a bad reference fails before the job runs
+            if is_uri(args.output):
+                raise UsageError("--validate_against needs a local --output DIR (validation reads local runs)")
         if transform:
             config = transform_config(args.run, args.unlabeled, **common)
         else:
@@ -155,7 +170,15 @@ def _run_job(argv: list[str]) -> int:
         print(f"pipeline: error: {err}", file=sys.stderr)
         return 1
     _print_summary(stats, args.output)
-    return 0
+    if reference is None:
+        return 0
+    from pipeline.validate import validate_runs
+
+    try:
+        return validate_runs(reference, config.output)
+    except UsageError as err:
+        print(f"pipeline: error: --validate_against: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.generate import main as generate_main
 
         sys.exit(generate_main(argv[1:]))
+    if argv and argv[0] == "validate":
+        from pipeline.validate import main as validate_main
+
+        sys.exit(validate_main(argv[1:]))
     code = _run_job(argv)
     # A TFT Beam run can segfault at interpreter exit (docs/DESIGN.md §Pitfalls):
     # flush and leave without the interpreter's teardown.

@@ -13,6 +13,8 @@ LABEL_KEY = "label"
 # Written last into every finished `pipeline` output (a run summary); readers and
 # --overwrite take a directory as a finished run only when it is there.
 DONE_FILE = "DONE.json"
+# Per-field value distributions of every run (pipeline.distributions), what `pipeline validate` compares.
+DISTRIBUTIONS_FILE = "distributions.json"
 
 # The hashed 8:1:1 split, in this order (the split index in pipeline.parse).
 SPLIT_NAMES = ("train", "valid", "test")

@@ -32,8 +32,9 @@ from pipeline.dataset_info import (
     is_uri,
     read_dataset_info,
 )
+from pipeline.distributions import distributions_json
 from pipeline.errors import UsageError
-from pipeline.features import DATA_SPLIT, DONE_FILE, LABEL_KEY, SPLIT_MODES, SPLIT_NAMES, id_layout
+from pipeline.features import DATA_SPLIT, DISTRIBUTIONS_FILE, DONE_FILE, LABEL_KEY, SPLIT_MODES, SPLIT_NAMES, id_layout
 from pipeline.file_layout import detect_layout
 from pipeline.job_spec import (
     INPUT_COUNTS_FILE,
@@ -524,8 +525,10 @@ def finish(job: JobSpec, config: RunConfig, scratch: Scratch, seconds: float) ->
         raise type(err)(f"{err}\n{quoted}\nthe rejected rows are kept in {kept}") from None
     fields = [field_info(f) for f in stats["fields"]]
     stats[FINGERPRINT_KEY] = fingerprint.compute(fields, scratch.names(), scratch.read_bytes)
+    distributions = distributions_json(job.transform_spec, job.split_names, STATS_TMP, scratch.read_bytes)
     scratch.drop_job_scratch()
     scratch.write_text(STATS_FILE, json.dumps(stats, indent=1) + "\n")
+    scratch.write_text(DISTRIBUTIONS_FILE, distributions)
     scratch.write_text(DONE_FILE, json.dumps(done_summary(stats), indent=1) + "\n")
     scratch.publish(config.overwrite)
     return stats

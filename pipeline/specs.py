@@ -18,6 +18,7 @@ import yaml
 
 from pipeline.errors import UsageError
 from pipeline.features import LABEL_KEY, MAX_FIELDS
+from pipeline.validate import check_thresholds
 
 SCHEMA_DIR = pathlib.Path(__file__).resolve().parents[1] / "schemas"
 
@@ -43,7 +44,7 @@ UNIX_TIME = "unix"
 HOUR_FIELDS = (("hour_of_day", 24), ("weekday", 7), ("is_weekend", 2))
 
 _TOP_KEYS = {"name", "format", "delimiter", "header", "quoting", "columns", "label", "label_rule",
-             "fields", "dropped", "joins"}
+             "fields", "dropped", "joins", "validation"}
 # (`on:` would be YAML 1.1's boolean true: the main file's key column is `key:`.)
 _JOIN_KEYS = {"path", "key", "table_key", "columns", "delimiter", "header", "quoting", "encoding"}
 
@@ -145,6 +146,8 @@ class DatasetSpec:
     quoting: bool = True
     format: str = "csv"
     joins: tuple[Join, ...] = ()
+    # `validation:` thresholds of `pipeline validate` (pipeline.validate.check_thresholds' form), None: defaults.
+    validation: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     @property
     def labeled(self) -> bool:
@@ -205,6 +208,7 @@ class DatasetSpec:
             **({"label_rule": self.label_rule.to_doc()} if self.labeled else {}),
             "fields": {col.name: col.to_doc() for col in self.raw_columns},
             **({"joins": [join.to_doc() for join in self.joins]} if self.joins else {}),
+            **({"validation": self.validation} if self.validation is not None else {}),
         }
 
 
@@ -427,6 +431,12 @@ def spec_from_doc(doc: Any, where: str, default_name: str, base_dir: pathlib.Pat
         raise _fail(where, "fields", f"model field names {clash} clash (an expanded hour/timestamp or the label)")
     if len(names) > MAX_FIELDS:
         raise _fail(where, "fields", f"at most {MAX_FIELDS} fields are supported, got {len(names)}")
+    if "validation" in doc:
+        try:
+            validation = check_thresholds(doc["validation"], "validation", names)
+        except UsageError as err:
+            raise SpecError(f"{where}: key {err} (see docs/SCHEMA.md)") from None
+        spec = dataclasses.replace(spec, validation=validation)
     return spec
 
 

@@ -61,6 +61,13 @@ def field_of_key(keys: np.ndarray) -> np.ndarray:
     return (keys >> _FIELD_SHIFT) & (MAX_FIELDS - 1)
 
 
+def value_labels(keys: np.ndarray) -> list[str]:
+    """Run-independent names of vocabulary keys: `#` + a token's fingerprint (hex), or an integer token."""
+    values = keys & ((1 << _FIELD_SHIFT) - 1)
+    strings = (keys & _STRING_FLAG) != 0
+    return [f"#{int(v):014x}" if s else str(int(v) - _INT_OFFSET) for v, s in zip(values, strings, strict=True)]
+
+
 def discretize(values: tf.Tensor) -> tf.Tensor:
     """Criteo integer rule: v > 2 -> floor(ln(v)^2), else v itself (0, 1, 2, negatives).
 

@@ -192,6 +192,7 @@ def _fill_scratch(work: str, run_dir, rejected: int = 0) -> dict:
     """A direct scratch as the workers leave it: a real run's records and graph, partial stats, rejected rows."""
     import dataclasses
 
+    from pipeline.distributions import OTHER_BIN, histogram_file
     from pipeline.job_spec import INPUT_COUNTS_FILE, STATS_TMP, SplitStats, split_stats_file
 
     stats = json.loads((run_dir / STATS_FILE).read_text())
@@ -205,6 +206,8 @@ def _fill_scratch(work: str, run_dir, rejected: int = 0) -> dict:
                          dict.fromkeys(fields, s["rows"]))
         path = f"{work}/{STATS_TMP}/{split_stats_file(split)}"
         remote.write_bytes(path, json.dumps(dataclasses.asdict(doc)).encode())
+        histograms = {name: [0] * OTHER_BIN + [s["rows"]] for name in fields}  # every row a value beyond the top
+        remote.write_bytes(f"{work}/{STATS_TMP}/{histogram_file(split)}", json.dumps(histograms).encode())
     counts = [{"path": "train.txt", "lines": sum(rows.values()) + rejected,
                "rejected": {"bad_label": rejected}, "parsed": rows}]
     remote.write_bytes(f"{work}/{STATS_TMP}/{INPUT_COUNTS_FILE}", json.dumps(counts).encode())
