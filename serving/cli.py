@@ -32,6 +32,16 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def _add_export_target(p: argparse.ArgumentParser, run_help: str) -> None:
+    """What `export` and `push` share: the run, its pipeline run and where the version goes."""
+    p.add_argument("--run", required=True, help=run_help)
+    p.add_argument("--data", required=True, help="the run's pipeline output dir (transform_fn/, stats.json)")
+    p.add_argument("--model_base_path", required=True, help="TF Serving base dir BASE")
+    p.add_argument("--model_name", required=True,
+                   help="model name NAME (BASE/NAME/<version>): 1-128 letters, digits, '_', '-', "
+                   "'.', starting with a letter or digit")
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -40,12 +50,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "a SavedModel on raw tf.Examples with the TFT graph inside, warmup records, and "
         "BASE/models.config, batching.config, monitoring.config. Verified before it is published.",
     )
-    p.add_argument("--run", required=True, help="trainer run dir (holds the trained model)")
-    p.add_argument("--data", required=True, help="pipeline output dir (transform_fn/, stats.json)")
-    p.add_argument("--model_base_path", required=True, help="TF Serving base dir BASE")
-    p.add_argument("--model_name", required=True,
-                   help="model name NAME (BASE/NAME/<version>): 1-128 letters, digits, '_', '-', "
-                   "'.', starting with a letter or digit")
+    _add_export_target(p, run_help="trainer run dir (holds the trained model)")
     p.add_argument("--version", type=int, default=None, help="version number (default: next)")
     p.add_argument("--verify_input", default=None,
                    help="raw rows to verify on (default: rows drawn from the vocabularies)")
@@ -193,11 +198,8 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
         "Then delete all but the newest --keep versions, never the highest one nor one that "
         "BASE/models.config names (version labels, a `specific` version policy).",
     )
-    p.add_argument("--run", required=True, help="the blessed trainer run dir")
+    _add_export_target(p, run_help="the blessed trainer run dir")
     p.add_argument("--blessing", required=True, help="its blessing.json (trainer --stage=evaluate --candidate)")
-    p.add_argument("--data", required=True, help="the run's pipeline output dir (transform_fn/, stats.json)")
-    p.add_argument("--model_base_path", required=True, help="TF Serving base dir BASE")
-    p.add_argument("--model_name", required=True, help="model name NAME (BASE/NAME/<version>)")
     p.add_argument("--keep", type=int, default=DEFAULT_KEEP,
                    help=f"versions to keep after the push (default {DEFAULT_KEEP}, at least 1)")
 
