@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.dataset_info import PAD_ID, read_dataset_info
+from pipeline.dataset_info import PAD_ID, STATS_FILE, read_dataset_info
 from tests.trainer.synthetic import SEQ_FIELD, SEQ_VOCAB, VOCAB_SIZES
 from trainer import cli
+from trainer.calibration import read_temperature
 from trainer.config import load_config, preset_path
 from trainer.data import make_dataset
 from trainer.model.embedding import FieldEmbedding, stack_ids
@@ -153,7 +154,17 @@ def _hash_transform_dir(data_dir: pathlib.Path, out: pathlib.Path) -> pathlib.Pa
 
     out.mkdir()
     for path in data_dir.iterdir():
-        (out / path.name).symlink_to(path)
+        if path.name != STATS_FILE:
+            (out / path.name).symlink_to(path)
+    # The schema the export reads for its oov_fraction output (which fields are categorical), as a
+    # pipeline run records it: every single-valued field categorical, `seq` multi-valued.
+    stats = json.loads((data_dir / STATS_FILE).read_text())
+    stats["schema"] = {
+        "columns": ["label", *info.field_names], "label": "label", "label_rule": "binary",
+        "fields": {f.name: {"kind": "multi", "separator": "^", "max_len": f.max_len} if f.max_len > 1
+                   else "categorical" for f in info.fields},
+    }
+    (out / STATS_FILE).write_text(json.dumps(stats))
     impl_helper.trace_and_write_v2_saved_model(
         str(out / "transform_fn"), preprocessing_fn, impl_helper.get_type_specs_from_feature_specs(raw),
         None, {}, None, None, None)
@@ -184,7 +195,8 @@ def test_export_serves_raw_multivalued_cells(multivalued_run, multivalued_dir, t
 
     features = {n: tf.strings.to_hash_bucket_fast(texts[n], v) for n, v in zip(singles, VOCAB_SIZES, strict=True)}
     features[SEQ_FIELD] = tf.constant([ids(c) for c in cells], tf.int64)
-    want = tf.sigmoid(tf.reshape(load_model(multivalued_run)(features), [-1])).numpy()
+    temperature = read_temperature(multivalued_run)  # the export serves the calibrated probability
+    want = tf.sigmoid(tf.reshape(load_model(multivalued_run)(features), [-1]) / temperature).numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert got[0] == pytest.approx(got[1], abs=1e-6)  # mean pooling: the order of the ids does not matter
     assert got[2] == pytest.approx(got[3], abs=1e-6)  # mean of one id repeated is that id
