@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-dist install lint
+.PHONY: demo daily-demo test test-dist install lint
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ install: $(BIN)/activate
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+# Three generated days of the daily loop (README, "Daily loop in three days").
+daily-demo: install
+	$(BIN)/python scripts/daily_demo.py --workdir daily_out
 
 # `test` is every test but the multi-process ones (TF_CONFIG training, Beam worker
 # processes: marker `dist`), which
