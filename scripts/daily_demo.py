@@ -29,12 +29,13 @@ quiet.configure(verbose=False)  # before TensorFlow loads (serving.client): no C
 import grpc  # noqa: E402
 
 from pipeline import raw_rows  # noqa: E402
+from pipeline.validate import ANOMALIES_FILE, EXIT_ANOMALIES  # noqa: E402
 from serving import examples  # noqa: E402
 from serving.client import AVAILABLE, ServingClient  # noqa: E402
+from trainer.blessing import EXIT_NOT_BLESSED  # noqa: E402
 
 MODEL = "ctr"
 MARKER = "DAILY_DEMO"  # the work dir is emptied only when an earlier run of this script made it
-EXIT_ANOMALIES = 3  # `pipeline --validate_against` and `trainer evaluate`: the day stops
 STREAM_INTERVAL_S = 0.05
 STREAM_MAX_REQUESTS = 2000  # ~100 s at the interval: the stream's bound in count
 STREAM_MAX_S = 120.0  # and in time
@@ -189,7 +190,7 @@ def train_and_bless(args: argparse.Namespace, day: int, data: pathlib.Path,
     baseline = ["--baseline", str(previous)] if previous else []
     code = run(work / f"day{day}_evaluate.log",
                cli("trainer", "evaluate", "--data", str(data), "--candidate", str(out), *baseline),
-               expect=(0, EXIT_ANOMALIES))
+               expect=(0, EXIT_NOT_BLESSED))
     blessing = json.loads((out / "blessing.json").read_text())
     if code != 0:
         raise ScenarioError(f"day {day} candidate NOT_BLESSED: {blessing}")
@@ -239,7 +240,7 @@ def scenario(args: argparse.Namespace) -> None:
             data3, code = day_data(args, 3, drift=args.drift, previous=data2)
             if code != EXIT_ANOMALIES:
                 raise ScenarioError(f"day 3 (drift {args.drift}) passed validation (exit {code})")
-            report = json.loads((data3 / "anomalies.json").read_text())
+            report = json.loads((data3 / ANOMALIES_FILE).read_text())
             anomalies = [(a["field"] or "dataset", a["check"]) for a in report["anomalies"]]
             named = sorted({field for field, _ in anomalies})
             say(3, "pipeline", f"stopped: anomalies in {', '.join(named)} "
