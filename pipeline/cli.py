@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     verbose = quiet.wants_verbose(argv)  # global (`pipeline --verbose transform ...`) or after the subcommand
     argv = argv[1:] if argv[:1] == [quiet.VERBOSE_FLAG] else argv
-    quiet.configure(verbose, import_tensorflow=argv[:1] != ["generate"])
+    quiet.configure(verbose, import_tensorflow=argv[:1] not in (["generate"], ["validate"]))  # JSON/CSV only: no TF
     if argv and argv[0] == "generate":
         from pipeline.generate import main as generate_main
 
