@@ -195,11 +195,14 @@ class RestClient:
     def predict_examples(
         self, model_name: str, serialized: Sequence[bytes], version: int | None = None
     ) -> np.ndarray:
-        """Probabilities for serialized raw tf.Examples (`serving_default`, row format)."""
+        """Probabilities for serialized raw tf.Examples (`serving_default`, row format);
+        warns (ForeignRowsWarning) as the gRPC client when most rows are out of vocabulary."""
         where = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
         instances = [{"b64": base64.b64encode(s).decode()} for s in serialized]
         status, answer = self.call("POST", f"{where}:predict", {"instances": instances})
         if status != 200:
             raise RuntimeError(f"{self.url}{where}:predict: HTTP {status}: {answer.get('error')}")
-        return np.array([row["probabilities"] for row in answer["predictions"]],
-                        dtype=np.float32).reshape(-1)
+        rows = answer["predictions"]
+        if rows and OOV_OUTPUT in rows[0]:
+            warn_if_foreign(np.array([row[OOV_OUTPUT] for row in rows], dtype=np.float32).reshape(-1))
+        return np.array([row["probabilities"] for row in rows], dtype=np.float32).reshape(-1)

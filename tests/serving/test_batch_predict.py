@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from serving import cli, examples
-from serving.client import ForeignRowsWarning
+from serving.client import ForeignRowsWarning, RestClient
 from tests.conftest import ROOT
 from tests.serving import tiny
 
@@ -163,6 +163,15 @@ def test_foreign_rows_are_flagged_by_the_output_the_metric_and_the_client(tiny_s
     with pytest.warns(ForeignRowsWarning, match="these rows do not look like the training data: 6 of 6"):
         tiny_client.predict_examples("tiny", examples.serialize_rows(FOREIGN, tiny.DTYPES))
     assert _oov_counts(tiny_server) == (rows_before + 10, oov_before + 7)
+
+
+def test_rest_client_warns_on_foreign_rows_as_grpc(tiny_server):
+    with RestClient("127.0.0.1", tiny_server.rest_port) as client:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            client.predict_examples("tiny", examples.serialize_rows(GOOD_ROWS, tiny.DTYPES))
+        with pytest.warns(ForeignRowsWarning, match="these rows do not look like the training data: 6 of 6"):
+            client.predict_examples("tiny", examples.serialize_rows(FOREIGN, tiny.DTYPES))
 
 
 def test_predict_cli_warns_on_foreign_rows(tiny_server, files, tmp_path, capsys):
