@@ -106,3 +106,13 @@ def test_edcn_bridge_rms_per_layer_at_init(prod_norm):
     else:
         scales = [emb, *bridges]
         assert all(scales[i + 1] < 1e-2 * scales[i] for i in range(3)), scales
+
+
+@pytest.mark.parametrize("name", ["ipnn", "deepfm", "xdeepfm"])
+def test_mlp_hidden_layers_are_d_wide_whatever_the_input(name):
+    # Issue 19: IPNN's first layer was as wide as its input, d + F (F - 1) / 2 (~3.4x d on Criteo).
+    model = ZOO[name].model_class(SupernetConfig(n=3, emb_dim=2), ["a", "b", "c", "d"], [3, 3, 3, 3])
+    d = 4 * 2
+    first_in = d + 4 * 3 // 2 if name == "ipnn" else d
+    shapes = [tuple(block.dense.kernel.shape) for block in model.deep]
+    assert shapes == [(first_in, d), (d, d), (d, d)]
