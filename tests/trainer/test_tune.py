@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from trainer.config import Config, ConfigError, load_config
-from trainer.tune import BEST_CONFIG, GRID_FILE, TUNING_ONLY_KEYS, Grid, tune
+from trainer.tune import BEST_CONFIG, CPU_GRID_FILE, GRID_FILE, TUNING_ONLY_KEYS, Grid, tune
 
 GRID = Grid({"train.lr": [1e-2, 1e-3, 1e-4], "train.emb_l2": [0.0, 1e-6]}, {"train.emb_lr": "train.lr"})
 
@@ -84,7 +84,10 @@ def test_every_trial_failing_is_an_error(tmp_path):
 def test_shipped_grid_is_the_papers(tmp_path):
     grid = Grid.load(GRID_FILE)
     assert grid.values["train.lr"] == [3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
-    assert grid.values["train.emb_l2"] == [3e-6, 1e-6, 3e-7, 1e-9, 0.0]
+    assert grid.values["train.emb_l2"] == grid.values["train.l2"] == [3e-6, 1e-6, 3e-7, 1e-9, 0.0]
+    # Issue 19: lr x dense L2 x embedding L2, in the paper's grid and the reduced CPU one.
+    assert set(grid.values) == set(Grid.load(CPU_GRID_FILE).values) == {"train.lr", "train.l2", "train.emb_l2"}
+    assert grid.overrides({"train.lr": 1e-3, "train.l2": 0.0, "train.emb_l2": 1e-9})[-1] == "train.emb_lr=0.001"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"grid": {"train.lr": [1e-3]}, "tie": {"train.emb_lr": "train.nope"}}))
     with pytest.raises(ConfigError, match="tie.train.emb_lr"):
