@@ -1,6 +1,6 @@
 """EDCN's bridge before and after it keeps its scale (issue 19), on the Frappe sample.
 
-Before: the paper's raw Hadamard bridge (`--model.prod_norm=false`); after:
+Before: the paper's raw Hadamard bridge (`--model.bridge_norm=false`); after:
 the scale-preserving bridge (trainer/zoo/edcn.py, the default). For each,
 the RMS per layer at initialisation of the embeddings and of each layer's
 cross, deep and bridge output on one batch of 512 train rows (frappe_cpu.yaml's
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.calibration_quality import SAMPLE, SCHEMA, train  # noqa: E402
 
-VARIANTS = {"before (raw product)": ["--model.prod_norm=false"], "after (scale kept)": []}
+VARIANTS = {"before (raw product)": ["--model.bridge_norm=false"], "after (scale kept)": []}
 
 
 def init_rms(data: pathlib.Path, seed: int) -> dict[str, list[tuple[float, float, float]]]:
@@ -46,7 +46,7 @@ def init_rms(data: pathlib.Path, seed: int) -> dict[str, list[tuple[float, float
     out = {}
     for name, extra in VARIANTS.items():
         keras.utils.set_random_seed(seed)
-        model = ZOO["edcn"].model_class(dataclasses.replace(config, prod_norm=not extra),
+        model = ZOO["edcn"].model_class(dataclasses.replace(config, bridge_norm=not extra),
                                         [f.name for f in info.fields], [f.vocab_size for f in info.fields],
                                         max_lens=[f.max_len for f in info.fields])
         emb = rms(model.flat_embeddings(model.ids(features)))
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{c['test']['ece_calibrated']:.4f} |")
     body = (f"{setup}- setup: pipeline on `shared/data/frappe/frappe_valid.tsv` (8:1:1 split), "
             f"`trainer --stage=train --model edcn --seed {args.seed} --calibrate=temperature`, preset "
-            "`trainer/configs/frappe_cpu.yaml`, before with `--model.prod_norm=false`. RMS at init: one batch of "
+            "`trainer/configs/frappe_cpu.yaml`, before with `--model.bridge_norm=false`. RMS at init: one batch of "
             f"512 train rows, seed {args.seed}.\n\n" + "\n".join(lines) + "\n")
     print(body)
     if args.write:

@@ -60,8 +60,8 @@ class EDCN(ZooModel):
     the bridge fuses their outputs by Hadamard product (the paper's default).
     The logit reads [cross_n || deep_n || bridge_n].
 
-    The bridge keeps its scale (`model.prod_norm`, default true; false is the
-    paper's raw product): per example it is the Hadamard product rescaled to
+    The bridge keeps its scale (`model.bridge_norm`, default true; false is
+    the paper's raw product): per example it is the Hadamard product rescaled to
     the geometric mean of its two inputs' RMS, the supernet's scale-preserving
     PROD (trainer/model/fusion.py). The raw product of two inputs of RMS ~1e-2
     has RMS ~1e-4 and feeds the next layer, so with embeddings of std 1e-2 the
@@ -81,7 +81,7 @@ class EDCN(ZooModel):
         self.deep_gates = [Regulation(f, name=f"deep_gate{i + 1}") for i in range(c.n)]
         self.cross = [CrossNet(name=f"S{i + 1}") for i in range(c.n)]
         self.deep = [DeepBlock(c.deep_batchnorm, c.dropout, name=f"D{i + 1}") for i in range(c.n)]
-        self.bridges = [Fusion(("prod",), prod_norm=c.prod_norm, name=f"bridge{i + 1}") for i in range(c.n)]
+        self.bridges = [Fusion(("prod",), prod_norm=c.bridge_norm, name=f"bridge{i + 1}") for i in range(c.n)]
         self.head = keras.layers.Dense(1, name="head")
         self.build_now()
 
