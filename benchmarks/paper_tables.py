@@ -17,7 +17,7 @@ With --tuned, each table 3 baseline and OptFusion (its searches and
 retrains) first runs `trainer --stage=tune` over GRID on validation AUC
 (OUT/tune/<model>/, resumable) and then every seed with its best point
 (`--config OUT/tune/<model>/best.yaml` and the tuned base's epochs). The
-default grid is the reduced CPU one (trainer/configs/tune_grid_cpu.yaml);
+default grid is the reduced CPU one (trainer/configs/tune_grid_reduced.yaml);
 the report header names the grid and its size.
 """
 
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="tune each table 3 model and OptFusion over --grid on validation AUC first, then run "
                              "every seed at its best point (OUT/tune/<model>/best.yaml)")
     parser.add_argument("--grid", type=pathlib.Path,
-                        help="tune grid of --tuned (default: the reduced CPU grid trainer/configs/tune_grid_cpu.yaml; "
-                             "the paper's: trainer/configs/tune_grid.yaml)")
+                        help="tune grid of --tuned (default: the reduced CPU grid "
+                             "trainer/configs/tune_grid_reduced.yaml; the paper's: trainer/configs/tune_grid.yaml)")
     parser.add_argument("--title", default=None, help="report title (default: the data dir's name)")
     args, extra = parser.parse_known_args(argv)
     base = ([f"--config={args.config}"] if args.config else []) + (list(QUICK) if args.quick else []) + extra

@@ -31,7 +31,7 @@ OBJECTIVE = "val_auc"
 BASE_CONFIG = "base.yaml"
 BEST_CONFIG = "best.yaml"
 GRID_FILE = pathlib.Path(__file__).resolve().parent / "configs" / "tune_grid.yaml"
-CPU_GRID_FILE = GRID_FILE.with_name("tune_grid_cpu.yaml")
+CPU_GRID_FILE = GRID_FILE.with_name("tune_grid_reduced.yaml")
 """The reduced grid of `benchmarks/paper_tables.py --tuned` on CPU."""
 # Left out of best.yaml: they only set the tuning trials' budget (`--epochs` gives each trial's
 # epochs; a step cap shortens trials), not the model. A stage reading best.yaml takes the
