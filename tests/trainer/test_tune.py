@@ -35,6 +35,7 @@ def test_best_config_leaves_out_the_tuning_only_keys(tmp_path):
     # a tune run with 1 epoch and a step cap per trial: the final run must not inherit either
     base = Config()
     base.train.epochs, base.train.max_steps_per_epoch, base.train.patience = 1, 3, 5
+    base.train.model_presets = True  # a paper preset: its per-model lr / L2 must not replace the tuned ones
     tune(base, GRID, lambda config, run_dir, resume: _score(config), tmp_path, "t")
     written = yaml.safe_load((tmp_path / BEST_CONFIG).read_text())
     assert TUNING_ONLY_KEYS == ("train.epochs", "train.max_steps_per_epoch")
@@ -42,6 +43,7 @@ def test_best_config_leaves_out_the_tuning_only_keys(tmp_path):
     best = load_config(tmp_path / BEST_CONFIG)
     assert (best.train.epochs, best.train.max_steps_per_epoch) == (Config().train.epochs, None)
     assert best.train.patience == 5 and best.train.lr == 1e-3  # everything else is the tuned config
+    assert not best.train.model_presets
     assert load_config(tmp_path / BEST_CONFIG, ["train.epochs=4"]).train.epochs == 4
 
 
