@@ -139,9 +139,9 @@ class Runner:
         out = self.out / "tune" / model
         self._trainer(out, ["--stage=tune", f"--model={model}", f"--grid={grid}"])
         base = yaml.safe_load((out / BASE_CONFIG).read_text())
-        budget = [f"--{key}={base[key.split('.')[0]][key.split('.')[1]]}" for key in TUNING_ONLY_KEYS
-                  if base[key.split(".")[0]][key.split(".")[1]] is not None]
-        return [f"--config={out / BEST_CONFIG}", *budget]
+        budget = {key: base[section][name] for key in TUNING_ONLY_KEYS for section, name in [key.split(".")]}
+        return [f"--config={out / BEST_CONFIG}", *(f"--{key}={value}" for key, value in budget.items()
+                                                     if value is not None)]
 
 
 STOPPING_KEYS = ("monitor", "best_epoch", "valid_auc_per_epoch", "valid_logloss_per_epoch")

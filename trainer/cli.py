@@ -334,7 +334,8 @@ def _model_preset(args: argparse.Namespace, config: Any, dataset: str) -> list[s
 
     if not config.train.model_presets:
         return []
-    key = args.model if args.stage == "train" else RETRAIN_KEYS.get(args.mode) if args.stage == "retrain" else None
+    mode = "hard" if args.fixed_op is not None else args.mode
+    key = args.model if args.stage == "train" else RETRAIN_KEYS.get(mode) if args.stage == "retrain" else None
     preset = preset_overrides(dataset, key) if key else []
     if preset:
         log.info("per-model preset of %s on %s (trainer/configs/model_presets.yaml): %s",
