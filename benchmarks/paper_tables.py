@@ -2,7 +2,7 @@
 
   python benchmarks/paper_tables.py --data DATA_DIR --seeds 3 --out reports/NAME \
       [--config PRESET.yaml] [--tables table3 table4 ...] [--models lr deepfm ...] [--quick] \
-      [--section.key=value ...]
+      [--tuned [--grid GRID.yaml]] [--section.key=value ...]
 
 Every run is an ordinary `trainer` command in its own process (the path users
 take), writing to OUT/runs/<run>/s<seed>/; its result goes to
@@ -12,6 +12,13 @@ continues where it stopped. The report (report.md, report.html, figures) is
 redrawn from all records at the end. Training seconds are wall time of the
 trainer processes (search + retrain for OptFusion), TF start-up included;
 inference is ms per 1,000 test rows in this process, batch 8192.
+
+With --tuned, each table 3 baseline and OptFusion (its searches and
+retrains) first runs `trainer --stage=tune` over GRID on validation AUC
+(OUT/tune/<model>/, resumable) and then every seed with its best point
+(`--config OUT/tune/<model>/best.yaml` and the tuned base's epochs). The
+default grid is the reduced CPU one (trainer/configs/tune_grid_reduced.yaml);
+the report header names the grid and its size.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_text_atomic  # noqa: E402
 from trainer.architecture import OPS  # noqa: E402
+from trainer.zoo import OPTFUSION  # noqa: E402
 
 TABLES = ("table3", "table4", "table5", "table6", "table7")
 QUICK = ("--train.epochs=1", "--train.max_steps_per_epoch=3", "--train.batch_size=64")
@@ -85,15 +93,16 @@ class Runner:
 
     def __init__(self, data: pathlib.Path, out: pathlib.Path, base_args: list[str]) -> None:
         self.data, self.out, self.base = data, out, base_args
+        self.tuned: dict[str, list[str]] = {}  # model (or OPTFUSION) -> its tuned arguments, after the base's
 
-    def _trainer(self, run_dir: pathlib.Path, args: list[str]) -> float:
+    def _trainer(self, run_dir: pathlib.Path, args: list[str], tuned: Sequence[str] = ()) -> float:
         """Runs one trainer command to completion; its wall seconds (0 if it had finished before)."""
         done = run_dir / "done.json"
         if done.is_file():
             return float(json.loads(done.read_text())["seconds"])
         resume = ["--resume"] if (run_dir / "run.json").is_file() else []
         cmd = [sys.executable, "-c", "from trainer.cli import main; raise SystemExit(main())",
-               f"--data={self.data}", f"--out={run_dir}", *args, *self.base, *resume]
+               f"--data={self.data}", f"--out={run_dir}", *args, *self.base, *tuned, *resume]
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         log = run_dir.parent / f"{run_dir.name}.log"
@@ -107,7 +116,8 @@ class Runner:
 
     def search(self, key: str, seed: int) -> tuple[pathlib.Path, float]:
         run_dir = self.out / "runs" / f"search-{key}" / f"s{seed}"
-        seconds = self._trainer(run_dir, ["--stage=search", f"--seed={seed}", *searches()[key]])
+        seconds = self._trainer(run_dir, ["--stage=search", f"--seed={seed}", *searches()[key]],
+                                self.tuned.get(OPTFUSION, ()))
         return run_dir, seconds
 
     def cell(self, run: Run, seed: int) -> tuple[pathlib.Path, float]:
@@ -116,7 +126,22 @@ class Runner:
         if run.search is not None:
             search_dir, seconds = self.search(run.search, seed)
             args += [f"--architecture={search_dir / 'architecture.json'}", *searches()[run.search]]
-        return run_dir, seconds + self._trainer(run_dir, args)
+        tuned = self.tuned.get(OPTFUSION if run.search is not None else run.key, ())
+        return run_dir, seconds + self._trainer(run_dir, args, tuned)
+
+    def tune(self, model: str, grid: pathlib.Path) -> list[str]:
+        """Runs (or resumes) `trainer --stage=tune` of `model`; the arguments that give its runs the best point:
+        best.yaml, plus the tuned base's budget keys that best.yaml leaves out (trainer/tune.py)."""
+        import yaml
+
+        from trainer.tune import BASE_CONFIG, BEST_CONFIG, TUNING_ONLY_KEYS
+
+        out = self.out / "tune" / model
+        self._trainer(out, ["--stage=tune", f"--model={model}", f"--grid={grid}"])
+        base = yaml.safe_load((out / BASE_CONFIG).read_text())
+        budget = {key: base[section][name] for key in TUNING_ONLY_KEYS for section, name in [key.split(".")]}
+        return [f"--config={out / BEST_CONFIG}", *(f"--{key}={value}" for key, value in budget.items()
+                                                     if value is not None)]
 
 
 STOPPING_KEYS = ("monitor", "best_epoch", "valid_auc_per_epoch", "valid_logloss_per_epoch")
@@ -161,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-optfusion", dest="optfusion", action="store_false",
                         help="run table 3's baselines only (OptFusion's runs follow in a later rerun)")
     parser.add_argument("--quick", action="store_true", help="1 epoch of 3 steps per run (tests, smoke runs)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="tune each table 3 model and OptFusion over --grid on validation AUC first, then run "
+                             "every seed at its best point (OUT/tune/<model>/best.yaml)")
+    parser.add_argument("--grid", type=pathlib.Path,
+                        help="tune grid of --tuned (default: the reduced CPU grid "
+                             "trainer/configs/tune_grid_reduced.yaml; the paper's: trainer/configs/tune_grid.yaml)")
     parser.add_argument("--title", default=None, help="report title (default: the data dir's name)")
     args, extra = parser.parse_known_args(argv)
     base = ([f"--config={args.config}"] if args.config else []) + (list(QUICK) if args.quick else []) + extra
@@ -169,6 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     records_dir.mkdir(parents=True, exist_ok=True)
     cells = plan(args.tables, args.models, args.optfusion)
     total, finished, failed = len(cells) * args.seeds, 0, []
+    tuned_note = None
+    if args.tuned:
+        from trainer.tune import BEST_CONFIG, CPU_GRID_FILE, Grid
+
+        grid_path = (args.grid or CPU_GRID_FILE).resolve()
+        grid = Grid.load(grid_path)
+        tuned_note = (f"tuned: each model at its best point of `{grid_path.name}` ({grid.size()} points: "
+                      f"{', '.join(grid.values)}; validation AUC, the config's seed)"
+                      + (", a reduced grid for CPU" if grid_path == CPU_GRID_FILE else ""))
+        names = {run.key for table, _, run in cells if table == "table3" and run.search is None}
+        for model in [m for m in args.models if m in names] + ([OPTFUSION] if any(r.search for *_, r in cells) else []):
+            try:
+                runner.tuned[model] = runner.tune(model, grid_path)
+            except RuntimeError as err:  # its cells fail below rather than run untuned
+                failed.append(f"tune {model}: {err}")
+                print(f"tune {model}: FAILED ({err})", flush=True)
+                runner.tuned[model] = [f"--config={runner.out / 'tune' / model / BEST_CONFIG}"]
     for seed in range(1, args.seeds + 1):
         for table, variant, run in cells:
             path = records_dir / f"{table}__{variant.replace('=', '')}__s{seed}.json"
@@ -189,11 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomic(path, json.dumps(record, indent=1))
             print(f"[{finished}/{total}] {table} {variant} seed {seed}: test AUC {record['test_auc']:.4f} "
                   f"({seconds:.0f}s)", flush=True)
-    write_report(args.out, args.title or args.data.name, base, args.seeds, failed)
+    write_report(args.out, args.title or args.data.name, base, args.seeds, failed, tuned_note)
     return 1 if failed else 0
 
 
-def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, failed: Sequence[str] = ()) -> None:
+def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, failed: Sequence[str] = (),
+                 tuned: str | None = None) -> None:
     """Redraws report.md, report.html and the figures from every record in OUT/records."""
     from benchmarks import report
     from benchmarks.results import header
@@ -210,7 +259,8 @@ def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, fai
                                          out / "figure3_architecture")
         figures += [p.name for p in paths]
     setup = header() + (f"- trainer arguments: `{' '.join(base) or '(preset defaults)'}`; seeds 1..{seeds} "
-                        "requested, the `seeds` column says how many each row holds\n")
+                        "requested, the `seeds` column says how many each row holds\n"
+                        + (f"- {tuned}\n" if tuned else ""))
     md = report.markdown(f"OptFusion vs baselines: {title}", setup, summary,
                          report.best_comparison(summary.get("table3", {})), figures)
     if failed:  # rerun the script to retry them (their trainer runs resume)

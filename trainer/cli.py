@@ -70,7 +70,8 @@ DEFAULT_INIT = "fresh"
 INIT_HELP = (
     "retrain: weights to start from: fresh (random) or search (the search run's weights beside "
     "--architecture, copied by variable path; CONCAT keeps the blocks of the remaining inputs). "
-    "Default fresh: on the Criteo and Frappe samples (5 seeds, benchmarks/RESULTS.md) a Hard retrain from "
+    "Default: the config's train.retrain_init (fresh; search in official.yaml, the official code's protocol). "
+    "Fresh because on the Criteo and Frappe samples (5 seeds, benchmarks/RESULTS.md) a Hard retrain from "
     "the search weights was no better (Criteo mean test AUC 0.707 vs 0.713 fresh; Frappe 0.945 vs 0.946)"
 )
 
@@ -283,7 +284,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         extra = [*extra, f"train.strategy={args.strategy}"]
     if args.calibrate is not None:
         extra = [*extra, f"train.calibrate={args.calibrate}"]
-    config = load_config(_resolve_config_path(args, info.dataset), extra)
+    config_path = _resolve_config_path(args, info.dataset)
+    config = load_config(config_path, extra, info.dataset)
+    preset = _model_preset(args, config, info.dataset)
+    if preset:  # under the command line's overrides; recorded resolved, so a resume does not reapply it
+        config = load_config(config_path, [*preset, "train.model_presets=false", *extra], info.dataset)
     from trainer.distribute import use_strategy, worker_out
 
     try:
@@ -320,7 +325,22 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             f"(pass --model.n={architecture.n})"
         )
     return run_fixed(args.stage, config, info, architecture, str(args.architecture), mode, args.out,
-                     resume=args.resume, init=args.init or DEFAULT_INIT)
+                     resume=args.resume, init=args.init or config.train.retrain_init)
+
+
+def _model_preset(args: argparse.Namespace, config: Any, dataset: str) -> list[str]:
+    """The overrides of trainer/configs/model_presets.yaml for this run, where the config asks for them."""
+    from trainer.model_presets import RETRAIN_KEYS, preset_overrides
+
+    if not config.train.model_presets:
+        return []
+    mode = "hard" if args.fixed_op is not None else args.mode
+    key = args.model if args.stage == "train" else RETRAIN_KEYS.get(mode) if args.stage == "retrain" else None
+    preset = preset_overrides(dataset, key) if key else []
+    if preset:
+        log.info("per-model preset of %s on %s (trainer/configs/model_presets.yaml): %s",
+                 key, dataset, " ".join(preset))
+    return preset
 
 
 def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:

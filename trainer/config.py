@@ -56,6 +56,12 @@ class TrainConfig:
     emb_lr: float = 1e-3  # Adam lr of the embedding table
     l2: float = 0.0  # L2 on non-embedding model weights: gradient += l2 * w (the reference's Adam weight_decay)
     emb_l2: float = 0.0  # L2 on the embedding table, same meaning
+    # Apply the per-model settings of trainer/configs/model_presets.yaml (the official code's hyperparam.md)
+    # for this dataset and --model (or OptFusion's retrain mode) over this config; the command line's
+    # overrides still win. The resolved config.yaml records the values with this off, so they apply once.
+    model_presets: bool = False
+    # Retrain start when --init is not given: fresh weights or the search run's (`--init=search`).
+    retrain_init: Literal["fresh", "search"] = "fresh"
     shuffle_buffer: int = 100_000
     jit_compile: bool = False  # XLA-compile the train step
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
@@ -128,9 +134,12 @@ def preset_path(dataset: str, scale: str = "cpu") -> pathlib.Path:
 
 BASE_KEY = "base"
 """A config's optional parent file (relative to it): its values first, this file's on top."""
+DATASET_FIELD = "{dataset}"
+"""In a `base:` name, the dataset being trained on (official.yaml: `base: "{dataset}_paper.yaml"`)."""
 
 
-def _read_mapping(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> dict[str, Any]:
+def _read_mapping(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = (),
+                  dataset: str | None = None) -> dict[str, Any]:
     """The YAML mapping of `path` merged over its `base:` chain (one source of truth per default)."""
     if not path.is_file():
         shipped = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
@@ -148,7 +157,16 @@ def _read_mapping(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> di
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: `{BASE_KEY}:` must be a file name. Received: {base!r}")
-    merged = _read_mapping(path.parent / base, (*seen, path.resolve()))
+    if DATASET_FIELD in base:
+        if dataset is None:
+            raise ConfigError(f"{path} builds on {base!r}, a preset per dataset: use it with trainer --data")
+        named = path.parent / base.replace(DATASET_FIELD, dataset)
+        if not named.is_file():
+            shipped = sorted(p.name for p in path.parent.glob(base.replace(DATASET_FIELD, "*")))
+            raise ConfigError(f"{path} builds on {base!r}, but dataset {dataset!r} has no {named.name} "
+                              f"(it is for {shipped})")
+        base = named.name
+    merged = _read_mapping(path.parent / base, (*seen, path.resolve()), dataset)
     for section, values in data.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section] = {**merged[section], **values}
@@ -157,10 +175,11 @@ def _read_mapping(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> di
     return merged
 
 
-def load_config(path: str | pathlib.Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Reads a YAML config (and its `base:` chain), applies `key=value` overrides, validates."""
+def load_config(path: str | pathlib.Path, overrides: typing.Sequence[str] = (), dataset: str | None = None) -> Config:
+    """Reads a YAML config (and its `base:` chain, `{dataset}` in it named by `dataset`), applies
+    `key=value` overrides, validates."""
     path = pathlib.Path(path)
-    data = _read_mapping(path)
+    data = _read_mapping(path, dataset=dataset)
     for override in overrides:
         _apply_override(data, override)
     try:

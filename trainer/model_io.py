@@ -162,9 +162,9 @@ def load_model(run_dir: str | pathlib.Path) -> keras.Model:
         )
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise UsageError(f"{run_dir / WEIGHTS_FILE} is missing: the run did not finish (rerun it with --resume)")
-    # Runs written before model.prod_norm existed used the paper's raw PROD.
+    # Runs written before model.prod_norm / model.bridge_norm existed used the paper's raw PROD / EDCN bridge.
     model_section = (yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}).get("model") or {}
-    legacy = [] if "prod_norm" in model_section else ["--model.prod_norm=false"]
+    legacy = [f"--model.{key}=false" for key in ("prod_norm", "bridge_norm") if key not in model_section]
     config = load_config(run_dir / CONFIG_FILE, legacy)
     zoo_model = run.get("model")
     architecture = None if zoo_model in KERAS_MODELS else Architecture.load(run_dir / ARCH_FILE)

@@ -31,6 +31,8 @@ OBJECTIVE = "val_auc"
 BASE_CONFIG = "base.yaml"
 BEST_CONFIG = "best.yaml"
 GRID_FILE = pathlib.Path(__file__).resolve().parent / "configs" / "tune_grid.yaml"
+CPU_GRID_FILE = GRID_FILE.with_name("tune_grid_reduced.yaml")
+"""The reduced grid of `benchmarks/paper_tables.py --tuned` on CPU."""
 # Left out of best.yaml: they only set the tuning trials' budget (`--epochs` gives each trial's
 # epochs; a step cap shortens trials), not the model. A stage reading best.yaml takes the
 # Config defaults for them (trainer/config.py) or its own `--train.epochs=N`.
@@ -134,13 +136,16 @@ class _StageTuner(kt.engine.base_tuner.BaseTuner):
 
 
 def write_best_config(config: Config, path: pathlib.Path) -> None:
-    """The tuned config without TUNING_ONLY_KEYS, temp-then-rename, with a comment saying so."""
+    """The tuned config without TUNING_ONLY_KEYS and with train.model_presets off (the per-model lr and
+    L2 of model_presets.yaml would override the tuned ones), temp-then-rename, with a comment saying so."""
     doc = to_dict(config)
     for key in TUNING_ONLY_KEYS:
         section, name = key.split(".")
         doc[section].pop(name)
+    doc["train"]["model_presets"] = False
     note = (f"# The best trial's config from `trainer --stage=tune`, without {', '.join(TUNING_ONLY_KEYS)}\n"
-            "# (they only set the tuning trials' budget): pass --train.epochs=N with --config to change it.\n")
+            "# (they only set the tuning trials' budget): pass --train.epochs=N with --config to change it.\n"
+            "# train.model_presets is off: trainer/configs/model_presets.yaml does not replace the tuned lr and L2.\n")
     write_text_atomic(path, note + yaml.safe_dump(doc, sort_keys=False))
 
 

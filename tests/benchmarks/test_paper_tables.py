@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from benchmarks import paper_tables
 from tests.trainer.synthetic import write_synthetic_run
@@ -63,3 +64,23 @@ def test_a_failed_run_is_reported_and_the_rest_goes_on(tmp_path, monkeypatch):
     assert code == 1 and attempts == ["lr", "fnn", "main-hard", "main-soft"]
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Failed runs" in md and "table3 fnn seed 1: trainer failed (exit 1) for fnn" in md
+
+
+@pytest.mark.slow
+def test_tuned_runs_each_model_at_its_best_grid_point(tmp_path):
+    data = write_synthetic_run(tmp_path / "data")
+    grid = tmp_path / "grid.yaml"  # lr x dense L2 x embedding L2, one L2 point each: 2 trials
+    grid.write_text("grid:\n  train.lr: [1.0e-4, 3.0e-2]\n  train.l2: [1.0e-7]\n  train.emb_l2: [1.0e-6]\n"
+                    "tie:\n  train.emb_lr: train.lr\n")
+    out = tmp_path / "report"
+    args = ["--data", str(data), "--out", str(out), "--seeds", "1", "--tables", "table3", "--models", "lr",
+            "--no-optfusion", "--quick", "--tuned", "--grid", str(grid), "--config",
+            str(preset_path("criteo", "cpu"))]
+    assert paper_tables.main(args) == 0
+    best = yaml.safe_load((out / "tune" / "lr" / "best.yaml").read_text())["train"]
+    used = yaml.safe_load((out / "runs" / "lr" / "s1" / "config.yaml").read_text())["train"]
+    assert best["lr"] in (1e-4, 3e-2) and (best["l2"], best["emb_l2"]) == (1e-7, 1e-6)
+    keys = ("lr", "emb_lr", "l2", "emb_l2")
+    assert {k: used[k] for k in keys} == {k: best[k] for k in keys}
+    assert used["epochs"] == 1 and used["max_steps_per_epoch"] == 3  # the tuned base's budget, not Config's
+    assert "tuned: each model at its best point of `grid.yaml` (2 points" in (out / "report.md").read_text()

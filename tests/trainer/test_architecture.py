@@ -176,7 +176,8 @@ SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "trainer" / "architectur
     [
         ("parallel_dcn", [("E", "S1"), ("E", "D1"), ("S1", "S2"), ("D1", "D2"), ("S2", "S3"),
                           ("D2", "D3"), ("S3", "H"), ("D3", "H")], "concat"),
-        ("stacked_dcnv2", [("E", "S0"), ("S0", "S1"), ("S1", "D2"), ("D2", "D3"), ("D3", "H")], "add"),
+        ("stacked_dcnv2", [("E", "S0"), ("S0", "S1"), ("S1", "S2"), ("S2", "D3"), ("D3", "D4"), ("D4", "D5"),
+                           ("D5", "H")], "add"),
         ("fnn", [("E", "D1"), ("D1", "D2"), ("D2", "D3"), ("D3", "H")], "add"),
     ],
 )
@@ -187,3 +188,12 @@ def test_shipped_designs(name, edges, hard_h):
     assert arch.hard_ops()["H"] == hard_h
     assert arch.description
     assert path.read_text() == arch.to_json()  # files are exactly what save() writes
+
+
+def test_stacked_dcnv2_is_as_deep_as_the_parallel_design():
+    # Issue 19: stacked had 2 cross + 2 deep layers, parallel 3 + 3.
+    def depth(name: str) -> tuple[int, int]:
+        kept = Architecture.load(SHIPPED / f"{name}.json").reachable()
+        return sum(c.startswith("S") for c in kept), sum(c.startswith("D") for c in kept)
+
+    assert depth("stacked_dcnv2") == depth("parallel_dcn") == (3, 3)

@@ -214,6 +214,6 @@ def test_bad_arguments_fail_with_a_reason(kwargs, message):
 @pytest.mark.parametrize("name", ["parallel_dcn", "stacked_dcnv2", "fnn"])
 def test_shipped_designs_build_pruned_hard_models(name):
     arch = Architecture.load(SHIPPED / f"{name}.json")
-    model = _model(SupernetConfig(n=3, emb_dim=2, shallow="crossnetv2"), architecture=arch, mode="hard")
+    model = _model(SupernetConfig(n=arch.n, emb_dim=2, shallow="crossnetv2"), architecture=arch, mode="hard")
     assert set(model.component_inputs) == arch.reachable() - {"E"}
     assert model(_features()).shape == (5, 1)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from trainer.config import Config, ConfigError, load_config
-from trainer.tune import BEST_CONFIG, GRID_FILE, TUNING_ONLY_KEYS, Grid, tune
+from trainer.tune import BEST_CONFIG, CPU_GRID_FILE, GRID_FILE, TUNING_ONLY_KEYS, Grid, tune
 
 GRID = Grid({"train.lr": [1e-2, 1e-3, 1e-4], "train.emb_l2": [0.0, 1e-6]}, {"train.emb_lr": "train.lr"})
 
@@ -35,6 +35,7 @@ def test_best_config_leaves_out_the_tuning_only_keys(tmp_path):
     # a tune run with 1 epoch and a step cap per trial: the final run must not inherit either
     base = Config()
     base.train.epochs, base.train.max_steps_per_epoch, base.train.patience = 1, 3, 5
+    base.train.model_presets = True  # a paper preset: its per-model lr / L2 must not replace the tuned ones
     tune(base, GRID, lambda config, run_dir, resume: _score(config), tmp_path, "t")
     written = yaml.safe_load((tmp_path / BEST_CONFIG).read_text())
     assert TUNING_ONLY_KEYS == ("train.epochs", "train.max_steps_per_epoch")
@@ -42,6 +43,7 @@ def test_best_config_leaves_out_the_tuning_only_keys(tmp_path):
     best = load_config(tmp_path / BEST_CONFIG)
     assert (best.train.epochs, best.train.max_steps_per_epoch) == (Config().train.epochs, None)
     assert best.train.patience == 5 and best.train.lr == 1e-3  # everything else is the tuned config
+    assert not best.train.model_presets
     assert load_config(tmp_path / BEST_CONFIG, ["train.epochs=4"]).train.epochs == 4
 
 
@@ -84,7 +86,10 @@ def test_every_trial_failing_is_an_error(tmp_path):
 def test_shipped_grid_is_the_papers(tmp_path):
     grid = Grid.load(GRID_FILE)
     assert grid.values["train.lr"] == [3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
-    assert grid.values["train.emb_l2"] == [3e-6, 1e-6, 3e-7, 1e-9, 0.0]
+    assert grid.values["train.emb_l2"] == grid.values["train.l2"] == [3e-6, 1e-6, 3e-7, 1e-9, 0.0]
+    # Issue 19: lr x dense L2 x embedding L2, in the paper's grid and the reduced CPU one.
+    assert set(grid.values) == set(Grid.load(CPU_GRID_FILE).values) == {"train.lr", "train.l2", "train.emb_l2"}
+    assert grid.overrides({"train.lr": 1e-3, "train.l2": 0.0, "train.emb_l2": 1e-9})[-1] == "train.emb_lr=0.001"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"grid": {"train.lr": [1e-3]}, "tie": {"train.emb_lr": "train.nope"}}))
     with pytest.raises(ConfigError, match="tie.train.emb_lr"):

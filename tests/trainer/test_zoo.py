@@ -75,3 +75,44 @@ def test_regulation_gate_starts_as_the_identity_and_reweights_fields():
     np.testing.assert_allclose(layer(x).numpy(), [[2.0, 4.0, 6.0, 8.0]])
     layer.gate.assign([np.log(3.0), 0.0])  # 2 * softmax -> (3/2, 1/2)
     np.testing.assert_allclose(layer(x).numpy(), [[3.0, 6.0, 3.0, 4.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bridge_norm, expected", [(False, [1e-4, -1e-4]), (True, [1e-2, -1e-2])])
+def test_edcn_bridge_by_hand_raw_product_or_scale_kept(bridge_norm, expected):
+    # cross (0.02, -0.02), RMS 0.02; deep (0.005, 0.005), RMS 0.005: the raw product has RMS 1e-4,
+    # the kept scale is the geometric mean sqrt(0.02 * 0.005) = 0.01, in the product's direction.
+    model = ZOO["edcn"].model_class(SupernetConfig(n=1, emb_dim=1, bridge_norm=bridge_norm), ["a", "b"], [3, 3])
+    bridge = model.bridges[0]([tf.constant([[0.02, -0.02]]), tf.constant([[0.005, 0.005]])])
+    np.testing.assert_allclose(bridge.numpy(), [expected], rtol=1e-3)  # eps 1e-8 under the RMS
+
+
+def _rms(x: tf.Tensor) -> float:
+    return float(tf.sqrt(tf.reduce_mean(tf.square(x))))
+
+
+@pytest.mark.parametrize("bridge_norm", [False, True])
+def test_edcn_bridge_rms_per_layer_at_init(bridge_norm):
+    # Issue 19 measured 7.9e-5 -> 4.5e-9 -> 1.9e-17 for the raw bridge: each layer multiplies the
+    # scale by ~1e-4 (the product of two inputs of RMS ~1e-2). Kept, it stays at the embeddings' 1e-2.
+    tf.random.set_seed(0)
+    config = SupernetConfig(n=3, emb_dim=4, bridge_norm=bridge_norm)
+    model = ZOO["edcn"].model_class(config, NAMES, SIZES)
+    features = _features(batch=7)
+    emb = _rms(model.flat_embeddings(model.ids(features)))
+    bridges = [_rms(bridge) for _, _, bridge in model.layers_out(features)]
+    assert 3e-3 < emb < 3e-2
+    if bridge_norm:
+        assert all(0.1 * emb < r < 10 * emb for r in bridges), bridges
+    else:
+        scales = [emb, *bridges]
+        assert all(scales[i + 1] < 1e-2 * scales[i] for i in range(3)), scales
+
+
+@pytest.mark.parametrize("name", ["ipnn", "deepfm", "xdeepfm"])
+def test_mlp_hidden_layers_are_d_wide_whatever_the_input(name):
+    # Issue 19: IPNN's first layer was as wide as its input, d + F (F - 1) / 2 (~3.4x d on Criteo).
+    model = ZOO[name].model_class(SupernetConfig(n=3, emb_dim=2), ["a", "b", "c", "d"], [3, 3, 3, 3])
+    d = 4 * 2
+    first_in = d + 4 * 3 // 2 if name == "ipnn" else d
+    shapes = [tuple(block.dense.kernel.shape) for block in model.deep]
+    assert shapes == [(first_in, d), (d, d), (d, d)]

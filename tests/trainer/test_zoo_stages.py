@@ -55,6 +55,17 @@ def test_every_zoo_model_trains_above_chance_and_reloads(name, synthetic_dir, tm
         scores.append(predict(features).numpy().ravel())
         labels.append(batch_labels.numpy())
     assert roc_auc(np.concatenate(labels), np.concatenate(scores)) == pytest.approx(metrics["test_auc"], abs=1e-6)
+    if name == "edcn":  # a run from before model.bridge_norm reloads with the raw bridge it was trained with
+        import shutil
+
+        import yaml
+
+        shutil.copytree(out, tmp_path / "old")
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        del config["model"]["bridge_norm"]
+        (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(config))
+        assert [b.prod_norm for b in load_model(tmp_path / "old").bridges] == [False] * 3
+        assert [b.prod_norm for b in model.bridges] == [True] * 3
 
 
 def test_model_flag_is_refused_where_it_does_not_belong(synthetic_dir, tmp_path, capsys):

@@ -102,26 +102,33 @@ class CIN(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="optfusion")
 class DeepBlock(keras.layers.Layer):
-    """Dense(d) + [BatchNorm] + ReLU + [Dropout], d = input width.
+    """Dense(units) + [BatchNorm] + ReLU + [Dropout].
 
     Args:
         batchnorm: add BatchNormalization before the ReLU.
         dropout: dropout rate after the ReLU, in [0, 1).
+        units: output width; None = the input width (the supernet's d). A
+            baseline whose MLP reads a wider input (IPNN's products) sets d,
+            so that its hidden layers are as wide as every other model's.
     """
 
-    def __init__(self, batchnorm: bool = False, dropout: float = 0.0, **kwargs):
+    def __init__(self, batchnorm: bool = False, dropout: float = 0.0, units: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        if units is not None and units < 1:
+            raise ValueError(f"`units` must be >= 1 or None (= input width). Received: units={units}")
         self.batchnorm = bool(batchnorm)
         self.dropout = float(dropout)
+        self.units = None if units is None else int(units)
 
     def build(self, input_shape) -> None:
-        self.dense = keras.layers.Dense(input_shape[-1], name="dense")
+        units = input_shape[-1] if self.units is None else self.units
+        self.dense = keras.layers.Dense(units, name="dense")
         self.dense.build(input_shape)
         self.norm = keras.layers.BatchNormalization(name="norm") if self.batchnorm else None
         if self.norm is not None:
-            self.norm.build(input_shape)
+            self.norm.build((*input_shape[:-1], units))
         self.drop = keras.layers.Dropout(self.dropout) if self.dropout else None
 
     def call(self, x, training=False):
@@ -134,7 +141,7 @@ class DeepBlock(keras.layers.Layer):
         return x
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "batchnorm": self.batchnorm, "dropout": self.dropout}
+        return {**super().get_config(), "batchnorm": self.batchnorm, "dropout": self.dropout, "units": self.units}
 
 
 SHALLOW = ("crossnet", "crossnetv2", "cin")

@@ -72,6 +72,8 @@ class SupernetConfig:
         prod_norm: scale-preserving PROD (trainer/model/fusion.py), a
             documented deviation from the paper; False = the paper's raw
             product, which acts as a zero op over small inputs.
+        bridge_norm: EDCN's bridge with the same scale-preserving product
+            (trainer/zoo/edcn.py); False = the paper's raw Hadamard bridge.
         pooling: "mean" or "sum" of the embeddings of a multi-valued
             field's ids (trainer/model/embedding.py); single-valued fields
             are unaffected.
@@ -86,6 +88,7 @@ class SupernetConfig:
     dropout: float = 0.0
     emb_std: float = 1e-2
     prod_norm: bool = True
+    bridge_norm: bool = True
     pooling: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:

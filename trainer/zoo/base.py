@@ -85,9 +85,11 @@ class ZooModel(keras.Model):
         return ops.sum(self.linear(ids), axis=1, keepdims=True) + self.linear_bias
 
     def mlp(self, prefix: str) -> list[DeepBlock]:
-        """n deep layers of width d, the supernet's D_i blocks chained."""
+        """n deep layers of width d = F * emb_dim whatever their input's width, the supernet's D_i
+        blocks chained (the same hidden units in every model, as FuxiCTR's `hidden_units`)."""
         c = self.config
-        return [DeepBlock(c.deep_batchnorm, c.dropout, name=f"{prefix}{i + 1}") for i in range(c.n)]
+        return [DeepBlock(c.deep_batchnorm, c.dropout, units=self.width, name=f"{prefix}{i + 1}")
+                for i in range(c.n)]
 
     def add_mlp_tower(self) -> None:
         """The deep tower of DeepFM, xDeepFM and IPNN: `mlp("D")` then Dense(1) (`mlp_logit`)."""

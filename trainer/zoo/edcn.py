@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from trainer.model.components import CrossNet, DeepBlock
+from trainer.model.fusion import Fusion
 from trainer.model.supernet import SupernetConfig
 from trainer.zoo.base import ZooModel
 
@@ -58,6 +59,17 @@ class EDCN(ZooModel):
     cross tower's regulated embeddings) and the deep layer run side by side;
     the bridge fuses their outputs by Hadamard product (the paper's default).
     The logit reads [cross_n || deep_n || bridge_n].
+
+    The bridge keeps its scale (`model.bridge_norm`, default true; false is
+    the paper's raw product): per example it is the Hadamard product rescaled to
+    the geometric mean of its two inputs' RMS, the supernet's scale-preserving
+    PROD (trainer/model/fusion.py). The raw product of two inputs of RMS ~1e-2
+    has RMS ~1e-4 and feeds the next layer, so with embeddings of std 1e-2 the
+    bridge RMS fell 7.9e-5 -> 4.5e-9 -> 1.9e-17 over three layers at init
+    (issue 19) and EDCN trained on almost nothing but its last cross and deep
+    outputs. FuxiCTR keeps the scale with batch norm in the regulation module
+    instead; the per-example rescaling needs no running statistics, so a
+    model behaves the same in training and serving from the first step.
     """
 
     def __init__(self, config: SupernetConfig, field_names: Sequence[str],
@@ -69,19 +81,25 @@ class EDCN(ZooModel):
         self.deep_gates = [Regulation(f, name=f"deep_gate{i + 1}") for i in range(c.n)]
         self.cross = [CrossNet(name=f"S{i + 1}") for i in range(c.n)]
         self.deep = [DeepBlock(c.deep_batchnorm, c.dropout, name=f"D{i + 1}") for i in range(c.n)]
+        self.bridges = [Fusion(("prod",), prod_norm=c.bridge_norm, name=f"bridge{i + 1}") for i in range(c.n)]
         self.head = keras.layers.Dense(1, name="head")
         self.build_now()
 
-    def call(self, features: dict[str, Any], training: bool = False) -> Any:
+    def layers_out(self, features: dict[str, Any], training: bool = False) -> list[tuple[Any, Any, Any]]:
+        """(cross_i, deep_i, bridge_i) of every layer i = 1..n, each [B, F * emb_dim]."""
         shared = self.flat_embeddings(self.ids(features))
-        x0 = None
-        for cross_gate, deep_gate, cross, deep in zip(
-            self.cross_gates, self.deep_gates, self.cross, self.deep, strict=True
+        x0, outputs = None, []
+        for cross_gate, deep_gate, cross, deep, bridge in zip(
+            self.cross_gates, self.deep_gates, self.cross, self.deep, self.bridges, strict=True
         ):
             x_cross, x_deep = cross_gate(shared), deep_gate(shared)
             if x0 is None:
                 x0 = x_cross
             x_cross = cross(x0, x_cross)
             x_deep = deep(x_deep, training=training)
-            shared = x_cross * x_deep  # the bridge
-        return self.head(ops.concatenate([x_cross, x_deep, shared], axis=1))
+            shared = bridge([x_cross, x_deep])
+            outputs.append((x_cross, x_deep, shared))
+        return outputs
+
+    def call(self, features: dict[str, Any], training: bool = False) -> Any:
+        return self.head(ops.concatenate(self.layers_out(features, training)[-1], axis=1))

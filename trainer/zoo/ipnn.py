@@ -27,7 +27,11 @@ class IPNN(ZooModel):
     """[flattened embeddings || all pairwise inner products] -> n deep layers -> logit.
 
     The product layer's output feeds the MLP directly (the paper's l_z, l_p
-    halves concatenated); the MLP is the supernet's deep block chained n times.
+    halves concatenated, as FuxiCTR's PNN); the MLP is the supernet's deep
+    block chained n times, every layer d = F * emb_dim wide like the other
+    models' (the paper's first hidden layer D_1 reads l_z and l_p). Its first
+    kernel is [d + F (F - 1) / 2, d]: a first layer as wide as its input was
+    ~3.4x the others' on Criteo (F = 39, emb 8) and gave IPNN more capacity.
     """
 
     def __init__(self, config: SupernetConfig, field_names: Sequence[str],
