@@ -4,7 +4,8 @@ Beam 2.77's DaskRunner (`apache_beam.runners.dask.dask_runner.DaskRunner`) was
 run here on a dask.distributed LocalCluster (2 worker processes, 127.0.0.1).
 The workers read and parse, then the job dies on a missing
 `_partial_stats/inputs.json`. Its translation to dask bags loses data in three
-ways, each reproduced with a 10-element pipeline (BUILD.md §"The Beam job"):
+ways, each reproduced by a 10-element pipeline in scripts/dask_runner_probe.py
+(rerun it after a Beam upgrade; the DirectRunner passes all three):
 1. `run_pipeline` computes only the bag of the last transform visited
    (`list(bags.values())[-1]`): every other sink is never run;
 2. a multi-output ParDo's tags are dropped: every consumer of one tag gets
