@@ -1,38 +1,23 @@
-"""Beam runners the job refuses up front, because they would publish a wrong or incomplete output.
+"""The Beam runner a `--runner` value names, in any spelling: the DaskRunner is this project's patched one.
 
-Beam 2.77's DaskRunner (`apache_beam.runners.dask.dask_runner.DaskRunner`) was
-run here on a dask.distributed LocalCluster (2 worker processes, 127.0.0.1).
-The workers read and parse, then the job dies on a missing
-`_partial_stats/inputs.json`. Its translation to dask bags loses data in three
-ways, each reproduced by a 10-element pipeline in scripts/dask_runner_probe.py
-(rerun it after a Beam upgrade; the DirectRunner passes all three):
-1. `run_pipeline` computes only the bag of the last transform visited
-   (`list(bags.values())[-1]`): every other sink is never run;
-2. a multi-output ParDo's tags are dropped: every consumer of one tag gets
-   the elements of all tags;
-3. `apply_dofn_to_bundle` collects a DoFn's outputs before `finish_bundle`:
-   what a DoFn emits there is lost, so Beam's file sinks (WriteToText,
-   fileio.WriteToFiles) report no written file ("No shards found to finalize").
+Beam 2.77's own DaskRunner loses data in this job (four defects, listed in
+pipeline.dask_runner, which fixes them); every spelling of it ("DaskRunner",
+"dask", Beam's full class path) runs `pipeline.dask_runner.DaskRunner`
+instead. Beam registers no short name for it. This module imports neither
+Beam nor dask: a bad invocation fails before they load.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 from pipeline.errors import UsageError
 
-# What to use instead of a refused runner (BUILD.md §"The Beam job" has the flags of each).
-ALTERNATIVES = (
-    "use the DirectRunner on one machine (--direct_running_mode=multi_processing --direct_num_workers=N), "
-    "or DataflowRunner, FlinkRunner or SparkRunner on a cluster (BUILD.md, \"The Beam job\")"
-)
-# Refused runners by `runner_key`, with why.
-REFUSED = {
-    "dask": (
-        "Beam 2.77's DaskRunner loses data in this job: it runs only the last of the pipeline's sinks (the "
-        "TFRecords of other splits and the row counts are never written: the missing _partial_stats/inputs.json), "
-        "it hands every output of a multi-output step (train, valid, test, rejected rows) to each consumer, and it "
-        "drops what a step emits when a bundle finishes (Beam's file writes: \"No shards found to finalize\")"
-    ),
-}
+DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
+# Each Create element (a file range of --range_mb) its own dask partition: a partition's outputs are held in
+# one worker's memory, so the default of 128 ranges per partition would hold up to 4 GB of parsed rows there.
+DASK_PARTITION_ARGS = ("--dask_partition_size=1",)
+DASK_PARTITION_FLAGS = ("--dask_partition_size", "--dask_npartitions")
 
 
 def runner_key(name: str) -> str:
@@ -40,8 +25,23 @@ def runner_key(name: str) -> str:
     return name.rsplit(".", 1)[-1].lower().removesuffix("runner")
 
 
-def check_runner(name: str) -> None:
-    """UsageError naming the reason and the alternatives if `name` is a refused runner (`REFUSED`)."""
-    reason = REFUSED.get(runner_key(name))
-    if reason is not None:
-        raise UsageError(f"--runner {name}: refused. {reason}; {ALTERNATIVES}")
+def is_dask(name: str) -> bool:
+    return runner_key(name) == "dask"
+
+
+def resolve_runner(name: str) -> str:
+    """The runner class Beam is given for `--runner name`; UsageError for the DaskRunner without dask installed."""
+    if not is_dask(name):
+        return name
+    if importlib.util.find_spec("distributed") is None:
+        raise UsageError(
+            f"--runner {name} needs dask[distributed], which is not installed: pip install -c requirements.lock "
+            "-e '.[dask]' (make install does)"
+        )
+    return DASK_RUNNER
+
+
+def dask_defaults(extra: list[str]) -> tuple[str, ...]:
+    """Beam arguments the job adds for the DaskRunner: one file range per partition unless the user chose."""
+    chosen = any(arg.split("=", 1)[0] in DASK_PARTITION_FLAGS for arg in extra)
+    return () if chosen else DASK_PARTITION_ARGS
