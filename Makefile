@@ -11,7 +11,7 @@ $(BIN)/activate:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/activate
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[test]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[test,dask]'
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
