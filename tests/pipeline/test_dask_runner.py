@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from pipeline.runners import DASK_RUNNER
 from tests.conftest import ROOT, run_pipeline
 from tests.server_process import started
 
@@ -22,7 +23,6 @@ pytestmark = [pytest.mark.dist, pytest.mark.slow]
 pytest.importorskip("distributed", reason="the dask extra is not installed (make install installs it)")
 
 BEAMS_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
-PATCHED = "pipeline.dask_runner.DaskRunner"
 NUMBERS = list(range(10))
 
 
@@ -136,7 +136,7 @@ def test_beams_own_dask_runner_still_has_the_defects_the_patch_fixes(dask_addres
 
 
 def test_the_patched_runner_has_none_of_them(dask_address, tmp_path):
-    shown = _run_probes(PATCHED, dask_address, tmp_path)
+    shown = _run_probes(DASK_RUNNER, dask_address, tmp_path)
     assert not any(shown.values()), shown
 
 
