@@ -21,7 +21,7 @@ daily-demo: install
 	$(BIN)/python scripts/daily_demo.py --workdir daily_out
 
 # `test` is every test but the multi-process ones (TF_CONFIG training, Beam worker
-# processes, the three-day daily loop: marker `dist`), which `test-dist` runs;
+# processes, the DaskRunner on a LocalCluster, the three-day daily loop: marker `dist`), which `test-dist` runs;
 # CI (.ci/run) runs both.
 test: install
 	$(BIN)/python -m pytest -q -m "not dist" --durations=20
