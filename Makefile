@@ -11,7 +11,7 @@ $(BIN)/activate:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/activate
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[test]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[test,dask]'
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
@@ -21,7 +21,7 @@ daily-demo: install
 	$(BIN)/python scripts/daily_demo.py --workdir daily_out
 
 # `test` is every test but the multi-process ones (TF_CONFIG training, Beam worker
-# processes, the three-day daily loop: marker `dist`), which `test-dist` runs;
+# processes, the DaskRunner on a LocalCluster, the three-day daily loop: marker `dist`), which `test-dist` runs;
 # CI (.ci/run) runs both.
 test: install
 	$(BIN)/python -m pytest -q -m "not dist" --durations=20

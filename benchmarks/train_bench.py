@@ -19,6 +19,12 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+
+    from trainer.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,34 +37,42 @@ VOCABS = [60] * 13 + [1500, 600, 300_000, 150_000, 300, 25, 12_000, 650, 4, 50_0
 TARGET = 1000.0
 
 
+def bench_model(kind: str, config: Config) -> keras.Model:
+    """The benchmark's model on Criteo's shape: "search" (the supernet) or "soft" (every edge on, every op
+    mixed: the costliest Soft model of this space)."""
+    import numpy as np
+
+    from trainer.architecture import Architecture, candidate_inputs, connectable_components, fusing_components
+    from trainer.model_io import build_model
+
+    fields = [{"name": n, "vocab_size": v} for n, v in zip(FIELDS, VOCABS, strict=True)]
+    if kind == "search":
+        return build_model(config, fields, mode="search")
+    n, rng = config.model.n, np.random.default_rng(0)
+    arch = Architecture(
+        n=n,
+        alpha={c: {s: 1.0 for s in candidate_inputs(c, n)} for c in connectable_components(n)},
+        beta={c: list(rng.normal(size=4)) for c in fusing_components(n)},
+    )
+    return build_model(config, fields, mode="soft", architecture=arch)
+
+
 def measure(kind: str, jit: bool, steps: int, warmup: int, batch: int) -> dict:
     """Examples/s of `steps` train steps after `warmup` (tracing/compiling) ones."""
     import numpy as np
     import tensorflow as tf
 
     from pipeline.dataset_info import DatasetInfo, FieldInfo
-    from trainer.architecture import Architecture, candidate_inputs, connectable_components, fusing_components
     from trainer.config import Config, TrainConfig
     from trainer.loop import Phase
     from trainer.model.supernet import SupernetConfig
-    from trainer.model_io import build_model
 
     # att_dim 64: the setting the figures in RESULTS.md were measured at (the default is now d = 624)
     config = Config(model=SupernetConfig(n=3, emb_dim=16, att_dim=64),
                     train=TrainConfig(batch_size=batch, jit_compile=jit, lr=1e-3, emb_lr=1e-3, emb_l2=1e-6))
     info = DatasetInfo(pathlib.Path("."), "criteo", "label",
                        tuple(FieldInfo(n, v) for n, v in zip(FIELDS, VOCABS, strict=True)))
-    fields = [{"name": n, "vocab_size": v} for n, v in zip(FIELDS, VOCABS, strict=True)]
-    if kind == "search":
-        model = build_model(config, fields, mode="search")
-    else:  # every edge on, every op mixed: the costliest Soft model of this space
-        rng = np.random.default_rng(0)
-        arch = Architecture(
-            n=3,
-            alpha={c: {s: 1.0 for s in candidate_inputs(c, 3)} for c in connectable_components(3)},
-            beta={c: list(rng.normal(size=4)) for c in fusing_components(3)},
-        )
-        model = build_model(config, fields, mode="soft", architecture=arch)
+    model = bench_model(kind, config)
     tmp = pathlib.Path("/tmp/train_bench_unused")
     phase = Phase(kind, model, config, info, tmp / "ckpt", tmp / "tb", train_arch=kind == "search")
     rng = np.random.default_rng(1)

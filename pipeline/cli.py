@@ -39,7 +39,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_shards", type=int, default=2, help="TFRecord shards per split (default 2)")
     parser.add_argument("--range_mb", type=int, default=32, help="plain files are split into ranges of this size")
     parser.add_argument("--runner", default="DirectRunner",
-                        help="Beam runner (default DirectRunner: local, offline, never Prism)")
+                        help="Beam runner (default DirectRunner: local, offline, never Prism); DataflowRunner, "
+                             "FlinkRunner, SparkRunner, DaskRunner: BUILD.md. DaskRunner (any spelling) runs "
+                             "pipeline.dask_runner's patched one (Beam 2.77's loses data) and needs the dask "
+                             "extra; give --dask_client_address=tcp://HOST:PORT (else a LocalCluster)")
     parser.add_argument("--direct_num_workers", type=int, default=2,
                         help="DirectRunner workers (default 2, the local job uses both cores; "
                              "more than 1 needs a multi_* running mode)")
@@ -108,10 +111,15 @@ def _transform_parser() -> argparse.ArgumentParser:
 
 
 def _beam_args(args: argparse.Namespace, extra: list[str]) -> tuple[str, ...]:
-    beam_args = [f"--runner={args.runner}"]
+    """Beam's arguments: the resolved runner (pipeline.runners), its defaults here, then the unknown flags."""
+    from pipeline.runners import dask_defaults, is_dask, resolve_runner
+
+    beam_args = [f"--runner={resolve_runner(args.runner)}"]
     if args.runner == "DirectRunner":
         beam_args += [f"--direct_num_workers={args.direct_num_workers}",
                       f"--direct_running_mode={args.direct_running_mode}"]
+    elif is_dask(args.runner):
+        beam_args += dask_defaults(extra)
     return tuple(beam_args + extra)
 
 
@@ -141,13 +149,13 @@ def _run_job(argv: list[str]) -> int:
     transform = bool(argv) and argv[0] == "transform"
     parser = _transform_parser() if transform else _job_parser()
     args, extra = parser.parse_known_args(argv[1:] if transform else argv)
-    common = dict(
-        inputs=tuple(args.input), output=args.output.rstrip("/"), max_bad_fraction=args.max_bad_fraction,
-        overwrite=args.overwrite, batch_lines=args.batch_lines, range_bytes=args.range_mb << 20,
-        output_shards=args.output_shards, beam_args=_beam_args(args, extra), write_mode=args.write_mode,
-    )
     reference = None if transform else args.validate_against
     try:
+        common = dict(  # the runner is resolved first: a DaskRunner without dask fails before anything is read
+            beam_args=_beam_args(args, extra), inputs=tuple(args.input), output=args.output.rstrip("/"),
+            max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite, batch_lines=args.batch_lines,
+            range_bytes=args.range_mb << 20, output_shards=args.output_shards, write_mode=args.write_mode,
+        )
         if reference is not None:
             from pipeline.dataset_info import is_uri
             from pipeline.validate import load_run
