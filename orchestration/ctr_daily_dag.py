@@ -9,8 +9,8 @@ TensorFlow nor the project, so Airflow lives in its own venv with its own pins.
 
 Exit codes: 0 is done; 3 from validation (anomalies) or the blessing (NOT_BLESSED) is a verdict, not a
 crash: the task raises AirflowSkipException, so it is not retried, and everything downstream is skipped
-by the trigger rules (the day stops cleanly, the served version stays). 2 is bad input: AirflowFailException,
-no retry. Anything else (1, a signal) is a failure, retried `retries` times.
+(default trigger rule all_success: the day stops cleanly, the served version stays). 2 is bad input:
+AirflowFailException, no retry. Anything else (1, a signal) is a failure, retried `retries` times.
 
 Settings, each read when a task runs: the Airflow Variable `ctr_daily_<name>`, else the environment
 variable `CTR_DAILY_<NAME>`, else the default below (README.md, "The daily loop on Airflow").
@@ -28,7 +28,7 @@ from typing import Any
 
 import daily_steps as steps  # beside this file in the dags folder, which Airflow puts on sys.path
 import pendulum
-from airflow.sdk import Param, TriggerRule, Variable, dag, get_current_context, task
+from airflow.sdk import Param, Variable, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 DAG_ID = "ctr_daily"
@@ -111,7 +111,8 @@ def ctr_daily() -> None:
     def plan() -> dict[str, Any]:
         """The day's paths, the served run (None before the first push) and whether this is a search day."""
         context = get_current_context()
-        day, where = context["ds"], layout()
+        when = context.get("logical_date") or context["dag_run"].run_after  # a manual run may have no date
+        day, where = when.strftime("%Y-%m-%d"), layout()
         try:
             served = steps.served(where, setting("model_name"))
         except (LookupError, ValueError, KeyError) as err:
@@ -119,7 +120,7 @@ def ctr_daily() -> None:
         if str(where.run(day)) in {run for run, _ in steps.pushed(where).values()}:
             raise AirflowSkipException(f"{day} was pushed already ({steps.PUSHED_FILE}): its run is kept")
         weekday = setting("search_weekday")
-        weekly = weekday != "none" and context["logical_date"].weekday() == int(weekday)
+        weekly = weekday != "none" and when.weekday() == int(weekday)
         return {"day": day, "search": setting("model") == OPTFUSION and (served is None or weekly),
                 "served_run": str(served.run) if served else None,
                 "served_data": str(served.data) if served else None}
@@ -149,14 +150,17 @@ def ctr_daily() -> None:
 
     @task
     def search(day: dict[str, Any]) -> None:
+        """A new architecture on search days; a no-op success otherwise. Not a skip: a skip here would need
+        a trigger rule on train that also lets it run after a skipped (stopped) pipeline."""
         if not day["search"]:
-            raise AirflowSkipException("not a search day: train warm-starts the served run's design")
+            print("not a search day: train warm-starts the served run's design", flush=True)
+            return
         where = layout()
         fresh(where.search(day["day"]))
         run_cli("trainer", steps.search(where.data(day["day"]), where.search(day["day"]),
                                         setting("train_overrides").split()))
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)  # runs after pipeline when search skipped
+    @task
     def train(day: dict[str, Any]) -> None:
         where, model = layout(), setting("model")
         init = pathlib.Path(day["served_run"]) if day["served_run"] else None
@@ -182,9 +186,7 @@ def ctr_daily() -> None:
 
     day = plan()
     validated = pipeline(day, ingest(day))
-    searched, trained = search(day), train(day)
-    validated >> searched
-    [validated, searched] >> trained >> evaluate(day) >> push(day)
+    validated >> search(day) >> train(day) >> evaluate(day) >> push(day)
 
 
 ctr_daily()
