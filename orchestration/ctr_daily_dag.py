@@ -100,7 +100,8 @@ def fresh(*paths: pathlib.Path) -> None:
     catchup=False,  # a missed day is replayed on purpose (`airflow backfill create`), not on unpause
     max_active_runs=1,  # each day warm-starts from and validates against the previous day's push
     default_args={"retries": int(os.environ.get("CTR_DAILY_RETRIES", "2")),
-                  "retry_delay": datetime.timedelta(seconds=float(os.environ.get("CTR_DAILY_RETRY_DELAY_S", "300")))},
+                  "retry_delay": datetime.timedelta(seconds=float(os.environ.get("CTR_DAILY_RETRY_DELAY_S", "300"))),
+                  "execution_timeout": datetime.timedelta(hours=6)},  # a hung step fails (and is retried)
     params={"drift": Param([], type="array", description="simulation only: `pipeline generate --drift` "
                            "changes of a generated day, e.g. [\"C3\"]")},
     doc_md=__doc__,
