@@ -34,3 +34,20 @@ LINT_PATHS := pipeline trainer serving
 lint: install
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy $(LINT_PATHS)
+
+# Airflow (orchestration/, BUILD.md "Orchestration") in its own venv, pinned by
+# orchestration/constraints.txt: it never touches .venv or requirements.lock.
+AIRFLOW_VENV := .venv-airflow
+.PHONY: airflow test-airflow
+
+$(AIRFLOW_VENV)/bin/airflow: orchestration/requirements.txt orchestration/constraints.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install --quiet -c orchestration/constraints.txt -r orchestration/requirements.txt
+	touch $@
+
+airflow: $(AIRFLOW_VENV)/bin/airflow
+
+# The DAG for three logical days with `airflow dags test` (tests/orchestration); CI runs it.
+test-airflow: install airflow
+	CTR_AIRFLOW_VENV=$(CURDIR)/$(AIRFLOW_VENV) $(BIN)/python -m pytest -q tests/orchestration --durations=10

@@ -22,7 +22,10 @@ import threading
 import time
 from collections.abc import Sequence
 
-from pipeline import quiet
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # orchestration/ (not an installed package)
+
+from orchestration import daily_steps as steps  # noqa: E402 (the commands, shared with the Airflow DAG)
+from pipeline import quiet  # noqa: E402
 
 quiet.configure(verbose=False)  # before TensorFlow loads (serving.client): no C++ log lines
 
@@ -32,9 +35,9 @@ from pipeline import raw_rows  # noqa: E402
 from pipeline.validate import ANOMALIES_FILE, EXIT_ANOMALIES  # noqa: E402
 from serving import examples  # noqa: E402
 from serving.client import AVAILABLE, ServingClient  # noqa: E402
-from trainer.blessing import EXIT_NOT_BLESSED  # noqa: E402
+from trainer.blessing import BLESSING_FILE, EXIT_NOT_BLESSED  # noqa: E402
 
-MODEL = "ctr"
+MODEL = steps.MODEL_NAME
 MARKER = "DAILY_DEMO"  # the work dir is emptied only when an earlier run of this script made it
 STREAM_INTERVAL_S = 0.05
 STREAM_MAX_REQUESTS = 2000  # ~100 s at the interval: the stream's bound in count
@@ -52,8 +55,8 @@ def say(day: int, step: str, outcome: str) -> None:
     print(f"day {day} {step}: {outcome}", flush=True)
 
 
-def cli(package: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", f"{package}.cli", *args]
+def cli(package: str, args: Sequence[str]) -> list[str]:
+    return steps.cli(sys.executable, package, *args)
 
 
 def run(log: pathlib.Path, command: Sequence[str], expect: Sequence[int] = (0,)) -> int:
@@ -64,10 +67,6 @@ def run(log: pathlib.Path, command: Sequence[str], expect: Sequence[int] = (0,))
         tail = log.read_text(errors="replace")[-3000:]
         raise ScenarioError(f"{' '.join(command)} exited {code} (expected {list(expect)}); log {log}:\n{tail}")
     return code
-
-
-def versions(base: pathlib.Path) -> list[int]:
-    return sorted(int(p.name) for p in (base / MODEL).iterdir() if p.name.isdigit())
 
 
 class RequestStream(threading.Thread):
@@ -105,8 +104,8 @@ class Server:
         self.port_file = work / "server.ports"
         self.log = (work / "server.log").open("w")
         self.process = subprocess.Popen(
-            cli("serving", "serve", "--model_config_file", str(base / "models.config"), "--host", "127.0.0.1",
-                "--port", "0", "--port_file", str(self.port_file), "--file_system_poll_wait_seconds", "1"),
+            cli("serving", ["serve", "--model_config_file", str(base / "models.config"), "--host", "127.0.0.1",
+                            "--port", "0", "--port_file", str(self.port_file), "--file_system_poll_wait_seconds", "1"]),
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def target(self, timeout: float = 300) -> str:
@@ -164,15 +163,11 @@ def request_batch(raw: pathlib.Path) -> list[bytes]:
 def day_data(args: argparse.Namespace, day: int, drift: Sequence[str] = (),
              previous: pathlib.Path | None = None) -> tuple[pathlib.Path, int]:
     """generate + pipeline (validated against `previous`); (data dir, the job's exit code)."""
-    work: pathlib.Path = args.workdir
-    raw, data = work / f"day{day}.tsv", work / "data" / f"day{day}"
-    run(work / f"day{day}_generate.log",
-        cli("pipeline", "generate", "--rows", str(args.rows), "--seed", str(day), "--output", str(raw),
-            *[a for d in drift for a in ("--drift", d)]))
+    where, label = args.layout, f"day{day}"
+    raw, data = where.raw(label), where.data(label)
+    run(where.log(label, "generate"), cli("pipeline", steps.generate(raw, args.rows, day, drift)))
     say(day, "generate", f"{args.rows} rows{' drift ' + ','.join(drift) if drift else ''}")
-    validate = ["--validate_against", str(previous)] if previous else []
-    code = run(work / f"day{day}_pipeline.log",
-               cli("pipeline", "--dataset", "criteo", "--input", str(raw), "--output", str(data), *validate),
+    code = run(where.log(label, "pipeline"), cli("pipeline", steps.pipeline_job(raw, data, previous)),
                expect=(0, EXIT_ANOMALIES))
     return data, code
 
@@ -180,18 +175,14 @@ def day_data(args: argparse.Namespace, day: int, drift: Sequence[str] = (),
 def train_and_bless(args: argparse.Namespace, day: int, data: pathlib.Path,
                     previous: pathlib.Path | None) -> pathlib.Path:
     """Trains the day's run (warm from `previous`) and blesses it against `previous`; returns the run."""
-    work: pathlib.Path = args.workdir
-    out = work / "runs" / f"day{day}"
-    init = [f"--init=run:{previous}"] if previous else []
-    run(work / f"day{day}_train.log",
-        cli("trainer", "train", "--data", str(data), "--model", "lr", "--out", str(out),
-            f"--train.epochs={args.epochs}", *init))
+    where, label = args.layout, f"day{day}"
+    out = where.run(label)
+    run(where.log(label, "train"),
+        cli("trainer", steps.train(data, out, model="lr", init=previous, overrides=[f"--train.epochs={args.epochs}"])))
     say(day, "train", "warm start from day " + str(day - 1) if previous else "cold start")
-    baseline = ["--baseline", str(previous)] if previous else []
-    code = run(work / f"day{day}_evaluate.log",
-               cli("trainer", "evaluate", "--data", str(data), "--candidate", str(out), *baseline),
+    code = run(where.log(label, "evaluate"), cli("trainer", steps.evaluate(data, out, previous)),
                expect=(0, EXIT_NOT_BLESSED))
-    blessing = json.loads((out / "blessing.json").read_text())
+    blessing = json.loads((out / BLESSING_FILE).read_text())
     if code != 0:
         raise ScenarioError(f"day {day} candidate NOT_BLESSED: {blessing}")
     say(day, "evaluate", "BLESSED")
@@ -199,10 +190,8 @@ def train_and_bless(args: argparse.Namespace, day: int, data: pathlib.Path,
 
 
 def push(args: argparse.Namespace, day: int, run_dir: pathlib.Path, data: pathlib.Path) -> None:
-    run(args.workdir / f"day{day}_push.log",
-        cli("serving", "push", "--run", str(run_dir), "--blessing", str(run_dir / "blessing.json"),
-            "--data", str(data), "--model_base_path", str(args.base), "--model_name", MODEL))
-    say(day, "push", f"v{versions(args.base)[-1]} pushed")
+    run(args.layout.log(f"day{day}", "push"), cli("serving", steps.push(run_dir, data, args.base, MODEL)))
+    say(day, "push", f"v{steps.versions(args.base, MODEL)[-1]} pushed")
 
 
 def scenario(args: argparse.Namespace) -> None:
@@ -221,10 +210,11 @@ def scenario(args: argparse.Namespace) -> None:
             # Day 2: validated, warm-started, blessed against day 1, pushed under a request stream.
             data2, code = day_data(args, 2, previous=data1)
             if code != 0:
-                raise ScenarioError(f"day 2 (no drift) stopped at validation: see {work / 'day2_pipeline.log'}")
+                raise ScenarioError(f"day 2 (no drift) stopped at validation: see "
+                                    f"{args.layout.log('day2', 'pipeline')}")
             say(2, "pipeline", "validated against day 1: no anomaly")
             run2 = train_and_bless(args, 2, data2, run1)
-            stream = RequestStream(target, request_batch(work / "day2.tsv"))
+            stream = RequestStream(target, request_batch(args.layout.raw("day2")))
             stream.start()
             try:
                 time.sleep(1)  # a few requests on v1 before the push
@@ -249,7 +239,7 @@ def scenario(args: argparse.Namespace) -> None:
             if not set(drifted) <= set(named):
                 raise ScenarioError(f"day 3 anomalies {named} do not name the drifted fields {drifted}")
             time.sleep(2)  # two file-system polls: nothing may have changed
-            on_disk, served = versions(args.base), served_version(client)
+            on_disk, served = steps.versions(args.base, MODEL), served_version(client)
             say(3, "serve", f"v{served} still served (versions on disk {on_disk})")
             if served != 2 or on_disk[-1] != 2:
                 raise ScenarioError(f"after day 3 v{served} is served, versions {on_disk}: expected v2")
@@ -275,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     marker.write_text("written by scripts/daily_demo.py, which empties this directory on its next run\n")
-    args.base = args.workdir / "models"
+    args.layout = steps.Layout(args.workdir)
+    args.base = args.layout.models
     start = time.monotonic()
     try:
         scenario(args)
