@@ -59,7 +59,7 @@ def searches() -> dict[str, tuple[str, ...]]:
 
 
 NAS_SEARCHES = {method: (f"--method={method}",) for method in NAS_METHODS}
-"""AutoCTR / NASRec search runs by key; unlike searches()' arguments, theirs are search-only (the retrain takes none)."""
+"""AutoCTR / NASRec search runs by key; unlike searches()' arguments, theirs are search-only (no retrain takes them)."""
 
 
 def plan(tables: list[str], models: list[str], optfusion: bool = True,

@@ -60,8 +60,8 @@ from pipeline.features import SPLIT_NAMES
 from pipeline.remote import local_view
 from trainer.architecture import OPS
 from trainer.nas import METHODS, OPTFUSION_METHOD
-from trainer.strategies import STRATEGIES
 from trainer.nas.space import is_nas_file
+from trainer.strategies import STRATEGIES
 from trainer.warmstart import INIT_HELP_RUN, init_run_dir, parse_init, use_previous_design
 from trainer.zoo import OPTFUSION, ZOO, describe
 

@@ -33,8 +33,6 @@ from trainer.config import Config, dump_config
 from trainer.data import make_dataset
 from trainer.loop import Phase, TrainingFailed, epoch_summary
 from trainer.metrics import roc_auc
-from trainer.nas import OPTFUSION_METHOD
-from trainer.nas.space import NasArchitecture
 from trainer.model_io import (
     ARCH_FILE,
     CONFIG_FILE,
@@ -45,6 +43,8 @@ from trainer.model_io import (
     save_weights,
     warm_start,
 )
+from trainer.nas import OPTFUSION_METHOD
+from trainer.nas.space import NasArchitecture
 from trainer.scoring import check_compatible
 from trainer.selection import select_ops
 

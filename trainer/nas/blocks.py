@@ -222,7 +222,7 @@ class NasSupernet(_BlockModel):
     def sample_choice(self) -> dict[str, Any]:
         """One any-path subnet as the choice tensors (graph ops: a new one each step)."""
         n = self.num_blocks
-        rows = {"dense_in": [], "sparse_in": []}
+        rows: dict[str, list[Any]] = {"dense_in": [], "sparse_in": []}
         for i in range(1, n + 1):
             for key in rows:
                 k = tf.random.uniform((), 1, i + 1, dtype=tf.int32)

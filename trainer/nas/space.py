@@ -162,7 +162,7 @@ def is_nas_file(path: str | os.PathLike) -> bool:
 
 
 def sample_inputs(rng: random.Random, block: int) -> tuple[int, ...]:
-    """NASRec's any-path rule for block `block` (1-based): k uniform in 1..block, then k distinct of nodes 0..block-1."""
+    """NASRec's any-path rule for block `block` (1-based): k uniform in 1..block, then k distinct nodes 0..block-1."""
     k = rng.randint(1, block)
     return tuple(sorted(rng.sample(range(block), k)))
 
@@ -186,8 +186,10 @@ def mutate(rng: random.Random, parent: NasArchitecture) -> NasArchitecture:
             child = dataclasses.replace(b, dense_op=rng.choice(dense_ops))
         elif what == "sparse_op":
             child = dataclasses.replace(b, sparse_op=rng.choice(sparse_ops))
+        elif what == "dense_in":
+            child = dataclasses.replace(b, dense_in=sample_inputs(rng, i + 1))
         else:
-            child = dataclasses.replace(b, **{what: sample_inputs(rng, i + 1)})
+            child = dataclasses.replace(b, sparse_in=sample_inputs(rng, i + 1))
         if child != b:
             blocks = (*parent.blocks[:i], child, *parent.blocks[i + 1:])
             return NasArchitecture(parent.method, blocks)
