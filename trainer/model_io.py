@@ -33,6 +33,7 @@ from trainer.zoo import KERAS_MODELS, ZOO
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 ARCH_FILE = "architecture.json"
+ARCH_TEXT_FILE = "architecture.txt"
 WEIGHTS_FILE = "model.weights.h5"
 SEARCH_WEIGHTS_FILE = "search.weights.npz"
 _SOURCES_KEY = "__component_inputs__"

@@ -35,6 +35,7 @@ from trainer.loop import Phase, TrainingFailed, epoch_summary
 from trainer.metrics import roc_auc
 from trainer.model_io import (
     ARCH_FILE,
+    ARCH_TEXT_FILE,
     CONFIG_FILE,
     RUN_FILE,
     SEARCH_WEIGHTS_FILE,
@@ -51,7 +52,6 @@ from trainer.selection import select_ops
 log = logging.getLogger("trainer")
 
 METRICS_FILE = "metrics.json"
-ARCH_TEXT_FILE = "architecture.txt"
 
 
 class RunDirError(UsageError):

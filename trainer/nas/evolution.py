@@ -42,8 +42,7 @@ def evolve(config: Config, method: str, out: pathlib.Path, evaluate: Evaluate, *
     """Runs (or, with `resume`, continues) the evolution; writes the best design to OUT/architecture.json.
 
     Returns the best candidate's record plus the number evaluated and cached."""
-    from trainer.model_io import ARCH_FILE
-    from trainer.stages import ARCH_TEXT_FILE
+    from trainer.model_io import ARCH_FILE, ARCH_TEXT_FILE
 
     n = config.nas
     path = out / EVOLUTION_FILE
