@@ -339,6 +339,9 @@ def _nas_design(args: argparse.Namespace, config: Any, info: Any) -> dict[str, A
     from trainer.nas.space import NasArchitecture
     from trainer.stages import run_fixed
 
+    if init_run_dir(args.init) is not None:
+        raise UsageError(f"--init={args.init}: warm starts across vocabularies take OptFusion and zoo runs, not an "
+                         "autoctr/nasrec design; train it fresh (--architecture RUN/architecture.json)")
     given = [flag for flag, value in (("--mode", args.mode), ("--fixed_op", args.fixed_op)) if value is not None]
     if args.init not in (None, DEFAULT_INIT):
         given.append(f"--init={args.init}")

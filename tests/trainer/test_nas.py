@@ -121,7 +121,9 @@ def test_method_is_a_search_flag_only(synthetic_dir, tmp_path, capsys):
 def test_killed_search_resumes_where_it_stopped(method, synthetic_dir, tmp_path):
     """SIGKILL (by PID) once two candidates are recorded; --resume keeps them and finishes the budget."""
     out = tmp_path / "search"
-    budget = [*TINY, "--nas.population=4", "--nas.cycles=8", "--nas.candidate_steps=10"]
+    cycles = 8 if method == "autoctr" else 60  # NASRec scores a subnet in a fraction of a second
+    total = 4 + cycles
+    budget = [*TINY, "--nas.population=4", f"--nas.cycles={cycles}", "--nas.candidate_steps=10"]
     args = [sys.executable, "-c", "from trainer.cli import main; raise SystemExit(main())", "search",
             f"--method={method}", "--data", str(synthetic_dir), "--config", CONFIG, "--out", str(out), *budget]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -136,9 +138,9 @@ def test_killed_search_resumes_where_it_stopped(method, synthetic_dir, tmp_path)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     before = json.loads(state.read_text())["candidates"]
-    assert 2 <= len(before) < 12, "the kill came too late to test a resume"
+    assert 2 <= len(before) < total, "the kill came too late to test a resume"
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     after = json.loads(state.read_text())["candidates"]
-    assert len(after) == 12 and after[:len(before)] == before
+    assert len(after) == total and after[:len(before)] == before
     assert (out / "architecture.json").is_file()
