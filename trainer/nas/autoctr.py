@@ -45,10 +45,20 @@ def candidate_config(config: Config) -> Config:
                                                                   max_steps_per_epoch=steps))
 
 
+class _NoRetracingWarning(logging.Filter):
+    """Drops TF's "triggered tf.function retracing" warning: each candidate is a new model with new step
+    functions by design, which that warning would report as a bug after the fifth candidate."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def search(config: Config, info: DatasetInfo, fields: list[dict[str, Any]], out: pathlib.Path, *,
            resume: bool) -> dict[str, Any]:
     """Evolution over designs, each trained from scratch on the subsample; the best design by validation."""
     short = candidate_config(config)
+    tf_log = logging.getLogger("tensorflow")
+    quiet = _NoRetracingWarning()
 
     def evaluate(design: NasArchitecture, index: int) -> dict[str, float]:
         work = out / CANDIDATES_DIR / f"c{index}"
@@ -65,4 +75,8 @@ def search(config: Config, info: DatasetInfo, fields: list[dict[str, Any]], out:
         shutil.rmtree(work, ignore_errors=True)
         return {"valid_auc": summary["best_valid_auc"], "valid_logloss": summary["best_valid_logloss"]}
 
-    return evolve(config, "autoctr", out, evaluate, resume=resume)
+    tf_log.addFilter(quiet)
+    try:
+        return evolve(config, "autoctr", out, evaluate, resume=resume)
+    finally:
+        tf_log.removeFilter(quiet)
