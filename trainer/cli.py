@@ -80,7 +80,7 @@ INIT_HELP = (
 
 
 STAGE_HELP = {
-    "search": "one-shot supernet search",
+    "search": "one-shot supernet search, or a whole-architecture search (--method autoctr or nasrec)",
     "retrain": "a searched architecture (fresh or warm-started, --init)",
     "train": "any architecture file (fixed designs, ablations) or a baseline (--model)",
     "tune": "keras-tuner over lr and L2 for --model (writes best.yaml for --config)",
