@@ -2,7 +2,7 @@
 
   python benchmarks/paper_tables.py --data DATA_DIR --seeds 3 --out reports/NAME \
       [--config PRESET.yaml] [--tables table3 table4 ...] [--models lr deepfm ...] [--quick] \
-      [--tuned [--grid GRID.yaml]] [--section.key=value ...]
+      [--tuned [--grid GRID.yaml]] [--nas autoctr nasrec] [--section.key=value ...]
 
 Every run is an ordinary `trainer` command in its own process (the path users
 take), writing to OUT/runs/<run>/s<seed>/; its result goes to
@@ -10,7 +10,8 @@ OUT/records/<table>__<variant>__s<seed>.json. A rerun skips finished records
 and resumes unfinished trainer runs (`--resume`), so a killed report
 continues where it stopped. The report (report.md, report.html, figures) is
 redrawn from all records at the end. Training seconds are wall time of the
-trainer processes (search + retrain for OptFusion), TF start-up included;
+trainer processes (search + retrain for OptFusion, and for AutoCTR and NASRec,
+`--nas`: table 3 rows, figure 2(a)), TF start-up included;
 inference is ms per 1,000 test rows in this process, batch 8192.
 
 With --tuned, each table 3 baseline and OptFusion (its searches and
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_text_atomic  # noqa: E402
 from trainer.architecture import OPS  # noqa: E402
+from trainer.nas import NAS_METHODS  # noqa: E402
 from trainer.zoo import OPTFUSION  # noqa: E402
 
 TABLES = ("table3", "table4", "table5", "table6", "table7")
@@ -64,13 +66,20 @@ def searches() -> dict[str, tuple[str, ...]]:
     }
 
 
-def plan(tables: list[str], models: list[str], optfusion: bool = True) -> list[tuple[str, str, Run]]:
-    """(table, variant, run) for every cell of the requested tables (`optfusion` False: baselines only)."""
+NAS_SEARCHES = {method: (f"--method={method}",) for method in NAS_METHODS}
+"""AutoCTR / NASRec search runs by key; unlike searches()' arguments, theirs are search-only (no retrain takes them)."""
+
+
+def plan(tables: list[str], models: list[str], optfusion: bool = True,
+         nas: Sequence[str] = ()) -> list[tuple[str, str, Run]]:
+    """(table, variant, run) for every cell of the requested tables (`optfusion` False: baselines only;
+    `nas`: AutoCTR / NASRec rows of table 3, each its search + a retrain of the design it found)."""
     hard = lambda search, *extra: Run(f"{search}-hard" + "".join(extra), (  # noqa: E731
         "--stage=retrain", "--mode=hard", *extra), search)
     cells: list[tuple[str, str, Run]] = []
     if "table3" in tables:
         cells += [("table3", m, Run(m, ("--stage=train", f"--model={m}"))) for m in models]
+        cells += [("table3", m, Run(f"{m}-retrain", ("--stage=retrain",), m)) for m in nas]
     if not optfusion:
         return cells
     if "table3" in tables:
@@ -116,8 +125,8 @@ class Runner:
 
     def search(self, key: str, seed: int) -> tuple[pathlib.Path, float]:
         run_dir = self.out / "runs" / f"search-{key}" / f"s{seed}"
-        seconds = self._trainer(run_dir, ["--stage=search", f"--seed={seed}", *searches()[key]],
-                                self.tuned.get(OPTFUSION, ()))
+        seconds = self._trainer(run_dir, ["--stage=search", f"--seed={seed}", *{**searches(), **NAS_SEARCHES}[key]],
+                                self.tuned.get(OPTFUSION, ()) if key in searches() else ())
         return run_dir, seconds
 
     def cell(self, run: Run, seed: int) -> tuple[pathlib.Path, float]:
@@ -125,8 +134,8 @@ class Runner:
         args, seconds = [*run.args, f"--seed={seed}"], 0.0
         if run.search is not None:
             search_dir, seconds = self.search(run.search, seed)
-            args += [f"--architecture={search_dir / 'architecture.json'}", *searches()[run.search]]
-        tuned = self.tuned.get(OPTFUSION if run.search is not None else run.key, ())
+            args += [f"--architecture={search_dir / 'architecture.json'}", *searches().get(run.search, ())]
+        tuned = self.tuned.get(OPTFUSION if run.search in searches() else run.key, ())
         return run_dir, seconds + self._trainer(run_dir, args, tuned)
 
     def tune(self, model: str, grid: pathlib.Path) -> list[str]:
@@ -185,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO), help="table 3 baselines")
     parser.add_argument("--no-optfusion", dest="optfusion", action="store_false",
                         help="run table 3's baselines only (OptFusion's runs follow in a later rerun)")
+    parser.add_argument("--nas", nargs="*", default=[], choices=NAS_METHODS,
+                        help="table 3 also runs these whole-architecture searches (search + retrain, budgets in the "
+                             "config's nas: section, docs/NAS.md); figure 2(a) compares their time with OptFusion's")
     parser.add_argument("--quick", action="store_true", help="1 epoch of 3 steps per run (tests, smoke runs)")
     parser.add_argument("--tuned", action="store_true",
                         help="tune each table 3 model and OptFusion over --grid on validation AUC first, then run "
@@ -198,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args.data.resolve(), args.out.resolve(), base)
     records_dir = args.out / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
-    cells = plan(args.tables, args.models, args.optfusion)
+    cells = plan(args.tables, args.models, args.optfusion, args.nas)
     total, finished, failed = len(cells) * args.seeds, 0, []
     tuned_note = None
     if args.tuned:
@@ -210,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{', '.join(grid.values)}; validation AUC, the config's seed)"
                       + (", a reduced grid for CPU" if grid_path == CPU_GRID_FILE else ""))
         names = {run.key for table, _, run in cells if table == "table3" and run.search is None}
-        for model in [m for m in args.models if m in names] + ([OPTFUSION] if any(r.search for *_, r in cells) else []):
+        for model in [m for m in args.models if m in names] + ([OPTFUSION] if any(r.search in searches() for *_, r in cells) else []):
             try:
                 runner.tuned[model] = runner.tune(model, grid_path)
             except RuntimeError as err:  # its cells fail below rather than run untuned
@@ -241,6 +253,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def nas_budgets(out: pathlib.Path) -> str:
+    """The report's lines stating each NAS method's budget, read from its seed-1 search run's config."""
+    import yaml
+
+    lines = []
+    for method in NAS_METHODS:
+        config = out / "runs" / f"search-{method}" / "s1" / "config.yaml"
+        if config.is_file():
+            budget = {k: v for k, v in ((yaml.safe_load(config.read_text()) or {}).get("nas") or {}).items()
+                      if method == "autoctr" or not k.startswith("candidate_")}  # NASRec trains no candidates
+            lines.append(f"- {method} budget (config `nas:`): " + ", ".join(f"{k} {v}" for k, v in budget.items()) +
+                         "\n")
+    return "".join(lines)
+
+
 def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, failed: Sequence[str] = (),
                  tuned: str | None = None) -> None:
     """Redraws report.md, report.html and the figures from every record in OUT/records."""
@@ -253,6 +280,9 @@ def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, fai
     figures = []
     if "table3" in summary:
         figures.append(report.draw_times(summary["table3"], out / "figure2_times.png").name)
+        figures += [f.name for f in (report.draw_search_cost(summary["table3"], out / "figure2a_search_cost.png"),
+                                     report.draw_speed_vs_auc(summary["table3"], out / "figure2bd_speed_auc.png"))
+                    if f is not None]
     arch_path = out / "runs" / "search-main" / "s1" / "architecture.json"
     if arch_path.is_file():
         paths = report.draw_architecture(Architecture.load(arch_path), f"{title}: searched architecture (seed 1)",
@@ -260,7 +290,7 @@ def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, fai
         figures += [p.name for p in paths]
     setup = header() + (f"- trainer arguments: `{' '.join(base) or '(preset defaults)'}`; seeds 1..{seeds} "
                         "requested, the `seeds` column says how many each row holds\n"
-                        + (f"- {tuned}\n" if tuned else ""))
+                        + (f"- {tuned}\n" if tuned else "")) + nas_budgets(out)
     md = report.markdown(f"OptFusion vs baselines: {title}", setup, summary,
                          report.best_comparison(summary.get("table3", {})), figures)
     if failed:  # rerun the script to retry them (their trainer runs resume)

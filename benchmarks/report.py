@@ -1,4 +1,5 @@
-"""Renders the paper-tables report: Markdown + HTML tables, Welch's t-test, figures 2 and 3.
+"""Renders the paper-tables report: Markdown + HTML tables, Welch's t-test, figures 2 (times; 2(a) search cost,
+2(b-d) inference time vs AUC) and 3.
 
 Input: the per-run result records of `paper_tables.py` ({table, variant,
 seed, test_auc, test_logloss, test_logloss_calibrated, best_epoch,
@@ -197,6 +198,47 @@ def draw_times(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pathlib.
     right.barh(names, infer, color="#c96")
     right.set_xlabel("inference ms per 1,000 test rows")
     right.set_yticklabels([])
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+SEARCH_COST_ROWS = {"optfusion_hard": "OptFusion", "autoctr": "AutoCTR", "nasrec": "NASRec"}
+"""Figure 2(a)'s methods: table 3 variant -> label (train s of each is its search + retrain)."""
+
+
+def draw_search_cost(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pathlib.Path | None:
+    """Figure 2(a): total search + retrain wall seconds per method (mean over seeds, stdev as error bars);
+    None unless table 3 holds OptFusion and at least one NAS method."""
+    rows = [k for k in SEARCH_COST_ROWS if k in table3]
+    if "optfusion_hard" not in rows or len(rows) < 2:
+        return None
+    stats_ = [mean_std(table3[k]["train_s"]) for k in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.bar([SEARCH_COST_ROWS[k] for k in rows], [m for m, _ in stats_], yerr=[s for _, s in stats_],
+           color=["#69c" if k == "optfusion_hard" else "#c96" for k in rows], capsize=4)
+    ax.set_ylabel("search + retrain seconds")
+    ax.set_title("Figure 2(a): search cost (same machine, same run)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def draw_speed_vs_auc(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pathlib.Path | None:
+    """Figure 2(b-d): one point per model of table 3, inference ms per 1,000 test rows vs mean test AUC."""
+    if not table3:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, v in table3.items():
+        x, y = statistics.fmean(v["infer_s"]) * 1e3, statistics.fmean(v["auc"])
+        searched = name.startswith("optfusion") or name in SEARCH_COST_ROWS
+        ax.scatter([x], [y], color="#c33" if searched else "#369", marker="*" if searched else "o", s=60)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("inference ms per 1,000 test rows")
+    ax.set_ylabel("test AUC (mean over seeds)")
+    ax.set_title("Figure 2(b-d): inference time vs AUC", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -1,6 +1,8 @@
 """Search a fusion architecture, retrain it, or train a fixed design; evaluate a finished run or score new data.
 
   trainer search   --data DIR [--config FILE] [--section.key=value ...] --out RUN [--resume]
+                   [--method {optfusion,autoctr,nasrec}]
+  trainer retrain  --data DIR --architecture RUN/architecture.json --out RUN2   (an autoctr/nasrec search's)
   trainer retrain  --data DIR --architecture RUN/architecture.json --mode {hard,soft}
                    [--init {fresh,search}] --out RUN2
   trainer retrain  --data DIR --architecture RUN/architecture.json
@@ -57,6 +59,8 @@ from pipeline.errors import EXIT_USAGE, UsageError
 from pipeline.features import SPLIT_NAMES
 from pipeline.remote import local_view
 from trainer.architecture import OPS
+from trainer.nas import METHODS, OPTFUSION_METHOD
+from trainer.nas.space import is_nas_file
 from trainer.strategies import STRATEGIES
 from trainer.warmstart import INIT_HELP_RUN, init_run_dir, parse_init, use_previous_design
 from trainer.zoo import OPTFUSION, ZOO, describe
@@ -77,7 +81,7 @@ INIT_HELP = (
 
 
 STAGE_HELP = {
-    "search": "one-shot supernet search",
+    "search": "one-shot supernet search, or a whole-architecture search (--method autoctr or nasrec)",
     "retrain": "a searched architecture (fresh or warm-started, --init)",
     "train": "any architecture file (fixed designs, ablations) or a baseline (--model)",
     "tune": "keras-tuner over lr and L2 for --model (writes best.yaml for --config)",
@@ -104,7 +108,12 @@ FLAGS: dict[str, dict[str, Any]] = {
     "--strategy": dict(choices=STRATEGIES, help="tf.distribute strategy (config train.strategy, default: "
                        "default); multi_worker and parameter_server read TF_CONFIG, the chief writes --out "
                        "(multi_worker: the other workers write .OUT.worker-K beside it)"),
-    "--architecture": dict(type=pathlib.Path, help="architecture JSON"),
+    "--architecture": dict(type=pathlib.Path, help="architecture JSON (an autoctr or nasrec search's takes no "
+                           "--mode, --fixed_op or --init)"),
+    "--method": dict(choices=METHODS, default=OPTFUSION_METHOD, help="search method: optfusion (the one-shot "
+                     "fusion supernet, default), autoctr (evolution, each candidate trained on a subsample) or "
+                     "nasrec (a weight-sharing supernet, then evolution over its subnets); budgets in the "
+                     "config's nas: section (docs/NAS.md)"),
     "--mode": dict(choices=("hard", "soft"), help="one op per component or the softmax(beta) mix"),
     "--init": dict(type=parse_init, metavar="{fresh,search,run:PATH}", help=f"{INIT_HELP}. {INIT_HELP_RUN}"),
     "--fixed_op": dict(choices=OPS, help="keep the architecture's connections, use this one operation in "
@@ -159,7 +168,7 @@ _DESIGN = ("--architecture", "--mode", "--fixed_op")
 _SCORING = ("--data", "--run_dir", "--split", "--output")
 # Each stage's flags, in --help order: adding a flag to a stage is adding its name here.
 STAGE_FLAGS: dict[str, tuple[str, ...]] = {
-    "search": _TRAINING,
+    "search": (*_TRAINING, "--method"),
     "retrain": (*_TRAINING, *_DESIGN, "--init", "--calibrate"),
     "train": (*_TRAINING, *_DESIGN, "--init", "--model", "--calibrate"),
     "tune": (*_TRAINING, "--model", "--grid", "--max_trials", "--epochs", "--calibrate"),
@@ -305,7 +314,9 @@ def _run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
                              resume=args.resume, zoo_model=args.model, init=args.init or DEFAULT_INIT)
         args.architecture, args.mode = entry.architecture_path, "hard"
     if args.stage == "search":
-        return run_search(config, info, args.out, resume=args.resume)
+        return run_search(config, info, args.out, resume=args.resume, method=args.method)
+    if args.architecture is not None and is_nas_file(args.architecture):
+        return _nas_design(args, config, info)
     if args.fixed_op is not None and args.mode == "soft":
         raise UsageError("--fixed_op uses one operation per component: it needs --mode=hard (or no --mode)")
     mode = "hard" if args.fixed_op is not None else args.mode
@@ -341,6 +352,28 @@ def _model_preset(args: argparse.Namespace, config: Any, dataset: str) -> list[s
         log.info("per-model preset of %s on %s (trainer/configs/model_presets.yaml): %s",
                  key, dataset, " ".join(preset))
     return preset
+
+
+def _nas_design(args: argparse.Namespace, config: Any, info: Any) -> dict[str, Any]:
+    """retrain / train of an AutoCTR or NASRec design (trainer/nas/): fresh weights, no fusion flags."""
+    from trainer.nas.space import NasArchitecture
+    from trainer.stages import run_fixed
+
+    if init_run_dir(args.init) is not None:
+        raise UsageError(f"--init={args.init}: warm starts across vocabularies take OptFusion and zoo runs, not an "
+                         "autoctr/nasrec design; train it fresh (--architecture RUN/architecture.json)")
+    given = [flag for flag, value in (("--mode", args.mode), ("--fixed_op", args.fixed_op)) if value is not None]
+    if args.init not in (None, DEFAULT_INIT):
+        given.append(f"--init={args.init}")
+    if given:
+        raise UsageError(f"{args.architecture} is an autoctr/nasrec design: {', '.join(given)} belong to OptFusion "
+                         "architectures (drop them; the design trains from fresh weights)")
+    try:
+        design = NasArchitecture.load(args.architecture)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    return run_fixed(args.stage, config, info, None, str(args.architecture), None, args.out, resume=args.resume,
+                     nas_design=design)
 
 
 def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
@@ -425,6 +458,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for t in summary["trials"][:5]:
             lines.append(f"  trial {t['id']}: valid AUC {t['val_auc']:.4f}  {t['values']}")
         lines.append(f"  best config: {summary['best_config']} (pass it to other stages with --config)")
+    elif summary["stage"] == "search" and "method" in summary:
+        best = summary["best"]
+        lines.append(f"  {summary['method']}: {summary['candidates']} candidates ({summary['cached']} seen before), "
+                     f"best #{best['index']}: valid AUC {best['valid_auc']:.4f}, LogLoss {best['valid_logloss']:.4f}")
+        lines.append(summary["rendering"])
+        lines.append(f"  architecture: {summary['architecture']} (trainer retrain --architecture it)")
     elif summary["stage"] == "search":
         for name, p in summary["phases"].items():
             lines.append(f"  {name}: best valid {p['monitor']} at epoch {p['best_epoch']} of {p['epochs']}: "

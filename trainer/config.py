@@ -86,6 +86,21 @@ class SearchConfig:
 
 
 @dataclasses.dataclass
+class NasConfig:
+    """The budgets of `trainer search --method=autoctr|nasrec` (trainer/nas/). The defaults are the paper scale
+    of NASRec's official evolution script (7 blocks, population 128, 240 generations of 8 children, tournaments
+    of 64); cpu.yaml sets the CPU budget. Both methods share them, so their costs compare."""
+
+    blocks: int = 7  # choice blocks of a design (trainer/nas/space.py)
+    dense_dim: int = 256  # width of every dense node
+    population: int = 128  # random designs evaluated first; the evolution keeps the latest this many (aging)
+    cycles: int = 1920  # children evaluated after the initial population
+    sample_size: int = 64  # tournament: the best of this many of the population is the next parent
+    candidate_steps: int = 2000  # autoctr: train batches per candidate per epoch (its data subsample)
+    candidate_epochs: int = 1  # autoctr: epochs per candidate (early stopping as train.*)
+
+
+@dataclasses.dataclass
 class Config:
     """One run: seed, supernet shape, training and search settings."""
 
@@ -93,6 +108,7 @@ class Config:
     model: SupernetConfig = dataclasses.field(default_factory=SupernetConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    nas: NasConfig = dataclasses.field(default_factory=NasConfig)
 
     def validate(self) -> None:
         """Cross-field checks the types alone cannot express."""
@@ -123,6 +139,13 @@ class Config:
                               f"Received: {self.train.lr_decay_factor}")
         if not self.search.hard_select_margin >= 0:
             raise ConfigError(f"search.hard_select_margin must be >= 0. Received: {self.search.hard_select_margin}")
+        for key in ("blocks", "dense_dim", "population", "sample_size", "candidate_steps", "candidate_epochs"):
+            if getattr(self.nas, key) < 1:
+                raise ConfigError(f"nas.{key} must be >= 1. Received: {getattr(self.nas, key)}")
+        if self.nas.cycles < 0 or self.nas.sample_size > self.nas.population:
+            raise ConfigError(f"nas.cycles must be >= 0 and nas.sample_size <= nas.population. Received: "
+                              f"cycles {self.nas.cycles}, sample_size {self.nas.sample_size}, "
+                              f"population {self.nas.population}")
         if self.search.arch_lr <= 0:
             raise ConfigError(f"search.arch_lr must be > 0. Received: {self.search.arch_lr}")
 

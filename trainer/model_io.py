@@ -25,11 +25,15 @@ from trainer.config import Config, ConfigError, load_config
 from trainer.distribute import active
 from trainer.model.serving_form import serving_form as supernet_serving_form
 from trainer.model.supernet import Supernet
+from trainer.nas import NAS_METHODS
+from trainer.nas.blocks import NasNet
+from trainer.nas.space import NasArchitecture
 from trainer.zoo import KERAS_MODELS, ZOO
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 ARCH_FILE = "architecture.json"
+ARCH_TEXT_FILE = "architecture.txt"
 WEIGHTS_FILE = "model.weights.h5"
 SEARCH_WEIGHTS_FILE = "search.weights.npz"
 _SOURCES_KEY = "__component_inputs__"
@@ -50,14 +54,18 @@ def _build_model(
     fixed_op: str | None = None,
     search_ops_only: bool = False,
     zoo_model: str | None = None,
+    nas_design: NasArchitecture | None = None,
 ) -> keras.Model:
     """The supernet of `config` over `fields` ([{name, vocab_size, max_len (default 1)}]), weights built;
-    with `zoo_model`, that baseline of trainer/zoo instead (sized by the same config)."""
+    with `zoo_model`, that baseline of trainer/zoo instead (sized by the same config); with `nas_design`,
+    that AutoCTR / NASRec design (trainer/nas/blocks.py, width config.nas.dense_dim)."""
     names = [f["name"] for f in fields]
     sizes = [int(f["vocab_size"]) for f in fields]
     max_lens = [int(f.get("max_len", 1)) for f in fields]
     try:
-        if zoo_model is not None:
+        if nas_design is not None:
+            model = NasNet(config.model, names, sizes, nas_design, config.nas.dense_dim, max_lens=max_lens)
+        elif zoo_model is not None:
             model_class = ZOO[zoo_model].model_class
             if model_class is None:
                 raise ValueError(f"{zoo_model!r} is an architecture file, not a zoo model class")
@@ -167,8 +175,10 @@ def load_model(run_dir: str | pathlib.Path) -> keras.Model:
     legacy = [f"--model.{key}=false" for key in ("prod_norm", "bridge_norm") if key not in model_section]
     config = load_config(run_dir / CONFIG_FILE, legacy)
     zoo_model = run.get("model")
-    architecture = None if zoo_model in KERAS_MODELS else Architecture.load(run_dir / ARCH_FILE)
-    model = build_model(config, run["fields"], mode=run["mode"], architecture=architecture,
-                        zoo_model=zoo_model if zoo_model in KERAS_MODELS else None)
+    nas_design = NasArchitecture.load(run_dir / ARCH_FILE) if zoo_model in NAS_METHODS else None
+    fusion = zoo_model not in KERAS_MODELS and nas_design is None
+    model = build_model(config, run["fields"], mode=run["mode"] or "hard",
+                        architecture=Architecture.load(run_dir / ARCH_FILE) if fusion else None,
+                        zoo_model=zoo_model if zoo_model in KERAS_MODELS else None, nas_design=nas_design)
     model.load_weights(str(run_dir / WEIGHTS_FILE))
     return model

@@ -35,6 +35,7 @@ from trainer.loop import Phase, TrainingFailed, epoch_summary
 from trainer.metrics import roc_auc
 from trainer.model_io import (
     ARCH_FILE,
+    ARCH_TEXT_FILE,
     CONFIG_FILE,
     RUN_FILE,
     SEARCH_WEIGHTS_FILE,
@@ -43,13 +44,14 @@ from trainer.model_io import (
     save_weights,
     warm_start,
 )
+from trainer.nas import OPTFUSION_METHOD
+from trainer.nas.space import NasArchitecture
 from trainer.scoring import check_compatible
 from trainer.selection import select_ops
 
 log = logging.getLogger("trainer")
 
 METRICS_FILE = "metrics.json"
-ARCH_TEXT_FILE = "architecture.txt"
 
 
 class RunDirError(UsageError):
@@ -91,10 +93,17 @@ def prepare_run_dir(out: pathlib.Path, run: dict[str, Any], config: Config, resu
     dump_config(config, out / CONFIG_FILE)
 
 
-def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: bool = False) -> dict[str, Any]:
-    """Searches connections and operations; writes architecture.json/.txt."""
-    run: dict[str, Any] = {"stage": "search", "mode": "search", **_data_record(info), "seed": config.seed}
+def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: bool = False,
+               method: str = OPTFUSION_METHOD) -> dict[str, Any]:
+    """Searches connections and operations; writes architecture.json/.txt. Another `method`
+    (autoctr, nasrec) searches whole architectures instead (trainer/nas/search.py)."""
+    run: dict[str, Any] = {"stage": "search", "mode": "search", **_data_record(info), "seed": config.seed,
+                           **({"model": method} if method != OPTFUSION_METHOD else {})}
     prepare_run_dir(out, run, config, resume)
+    if method != OPTFUSION_METHOD:
+        from trainer.nas import search
+
+        return search.run(method, config, info, out, resume=resume)
     s = config.search
     phases: list[tuple[str, dict[str, Any]]]
     if s.sequential:
@@ -144,15 +153,17 @@ def run_fixed(
     resume: bool = False,
     init: str = "fresh",
     zoo_model: str | None = None,
+    nas_design: NasArchitecture | None = None,
 ) -> dict[str, Any]:
     """Trains a frozen architecture (Hard or Soft), or a Keras baseline of the
-    zoo (`zoo_model`, no architecture); writes metrics.json.
+    zoo (`zoo_model`, no architecture), or an AutoCTR / NASRec design (`nas_design`); writes metrics.json.
 
     init "search" starts from the weights of the search run that wrote
     `architecture_source` (its search.weights.npz), "run:PATH" from a finished
     run across a vocabulary change (trainer/warmstart.py), "fresh" from scratch.
     """
-    run: dict[str, Any] = {"stage": stage, "mode": mode, "model": zoo_model, **_data_record(info),
+    model_name = nas_design.method if nas_design is not None else zoo_model
+    run: dict[str, Any] = {"stage": stage, "mode": mode, "model": model_name, **_data_record(info),
                            "seed": config.seed, "architecture_source": architecture_source, "init": init}
     previous = warmstart.init_run_dir(init)
     rows = warmstart.plan(previous, info) if previous is not None else None  # bad input fails before the run dir
@@ -168,13 +179,14 @@ def run_fixed(
         check_compatible(search_weights.parent, info,
                          hint="retrain on the search run's data dir, or use --init=fresh")
     prepare_run_dir(out, run, config, resume)
-    if architecture is not None:
-        architecture.save(out / ARCH_FILE)
-        write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")
+    design = architecture if architecture is not None else nas_design
+    if design is not None:
+        design.save(out / ARCH_FILE)
+        write_text_atomic(out / ARCH_TEXT_FILE, design.render() + "\n")
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, run["fields"], mode=mode or "hard", architecture=architecture,
-                        zoo_model=zoo_model)
+                        zoo_model=zoo_model, nas_design=nas_design)
     if init == "search":
         fresh = warm_start(model, search_weights)
         log.info("init: weights of %s%s", search_weights, f" (fresh: {', '.join(fresh)})" if fresh else "")
@@ -194,7 +206,7 @@ def run_fixed(
     metrics = {
         "stage": stage,
         "mode": mode,
-        "model": zoo_model,
+        "model": model_name,
         "test_auc": roc_auc(*test),  # the same under any T > 0
         "test_logloss": calibration["test"]["logloss"],  # the uncalibrated model, as the paper reports
         "test_rows": calibration["test"]["rows"],
