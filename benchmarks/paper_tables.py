@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{', '.join(grid.values)}; validation AUC, the config's seed)"
                       + (", a reduced grid for CPU" if grid_path == CPU_GRID_FILE else ""))
         names = {run.key for table, _, run in cells if table == "table3" and run.search is None}
-        for model in [m for m in args.models if m in names] + ([OPTFUSION] if any(r.search in searches() for *_, r in cells) else []):
+        optfusion = [OPTFUSION] if any(r.search in searches() for *_, r in cells) else []
+        for model in [m for m in args.models if m in names] + optfusion:
             try:
                 runner.tuned[model] = runner.tune(model, grid_path)
             except RuntimeError as err:  # its cells fail below rather than run untuned
