@@ -76,7 +76,11 @@ class SearchConfig:
     # trained supernet loses without each op / has with it alone (trainer/selection.py, docs/DESIGN.md §3).
     # remove measured best (benchmarks/RESULTS.md, Criteo and Frappe sample quality).
     hard_select: Literal["beta", "alone", "remove"] = "remove"
-    hard_select_margin: float = 0.0  # scores within this of the best tie; the larger beta wins (trainer/selection.py)
+    # Scores within this many standard errors of the best tie, and the larger beta wins: the margin is
+    # hard_select_tie_se x the DeLong standard error of the paired validation AUC difference
+    # (trainer/selection.py tie_margin), recorded per component in architecture.json; 0 = no margin.
+    # One standard error, as Breiman's one-SE rule: a difference smaller than its noise does not override beta.
+    hard_select_tie_se: float = 1.0
 
 
 @dataclasses.dataclass
@@ -115,8 +119,9 @@ class Config:
         if not 0 < self.train.lr_decay_factor <= 1:
             raise ConfigError(f"train.lr_decay_factor must be in (0, 1] (1 = no decay). "
                               f"Received: {self.train.lr_decay_factor}")
-        if not self.search.hard_select_margin >= 0:
-            raise ConfigError(f"search.hard_select_margin must be >= 0. Received: {self.search.hard_select_margin}")
+        if not 0 <= self.search.hard_select_tie_se < float("inf"):
+            raise ConfigError(f"search.hard_select_tie_se must be a finite number >= 0. "
+                              f"Received: {self.search.hard_select_tie_se}")
         if self.search.arch_lr <= 0:
             raise ConfigError(f"search.arch_lr must be > 0. Received: {self.search.arch_lr}")
 
