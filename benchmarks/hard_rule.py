@@ -35,6 +35,7 @@ from collections.abc import Sequence
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import paired  # noqa: E402
 from pipeline.atomic import write_text_atomic  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "frappe" / "frappe_valid.tsv"
@@ -110,20 +111,6 @@ def load_records(work: pathlib.Path) -> dict[str, dict[int, dict]]:
         r = json.loads(path.read_text())
         out.setdefault(r["rule"], {})[r["seed"]] = r
     return out
-
-
-def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """Mean of a - b with the two-sided paired t-test and Wilcoxon signed-rank p-values
-    (nan with fewer than two pairs; Wilcoxon's p is 1 when every pair is equal)."""
-    from scipy import stats
-
-    diff = [x - y for x, y in zip(a, b, strict=True)]
-    if len(diff) < 2:
-        return {"diff": statistics.fmean(diff) if diff else float("nan"), "t_p": float("nan"), "w_p": float("nan")}
-    if all(d == 0 for d in diff):
-        return {"diff": 0.0, "t_p": 1.0, "w_p": 1.0}
-    return {"diff": statistics.fmean(diff), "t_p": float(stats.ttest_rel(a, b).pvalue),
-            "w_p": float(stats.wilcoxon(a, b).pvalue)}
 
 
 def choose(records: dict[str, dict[int, dict]], seeds: Sequence[int]) -> tuple[str, dict[str, dict[str, float]]]:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_text_atomic  # noqa: E402
 from trainer.architecture import OPS  # noqa: E402
+from trainer.config import SearchConfig  # noqa: E402
 
 TABLES = ("table3", "table4", "table5", "table6", "table7")
 QUICK = ("--train.epochs=1", "--train.max_steps_per_epoch=3", "--train.batch_size=64")
@@ -37,11 +38,18 @@ QUICK = ("--train.epochs=1", "--train.max_steps_per_epoch=3", "--train.batch_siz
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One trainer command; `search` names the search run whose architecture it retrains."""
+    """One trainer command; `search` names the search run whose architecture it retrains, with its
+    Hard ops chosen by `rule` (`search.hard_select`) from that search's weights, or as the search chose."""
 
     key: str
     args: tuple[str, ...]
     search: str | None = None
+    rule: str | None = None
+
+
+HARD_ROWS = {"beta": "optfusion_hard", "remove": "optfusion_hard_remove"}
+"""Table 3's Hard rows by rule, each retrained from the same main search per seed (paired): the paper's
+argmax(beta) is "OptFusion-Hard"; `remove` is a variant (benchmarks/hard_rule.py chose the default)."""
 
 
 def searches() -> dict[str, tuple[str, ...]]:
@@ -58,15 +66,16 @@ def searches() -> dict[str, tuple[str, ...]]:
 
 def plan(tables: list[str], models: list[str], optfusion: bool = True) -> list[tuple[str, str, Run]]:
     """(table, variant, run) for every cell of the requested tables (`optfusion` False: baselines only)."""
-    hard = lambda search, *extra: Run(f"{search}-hard" + "".join(extra), (  # noqa: E731
-        "--stage=retrain", "--mode=hard", *extra), search)
+    default = SearchConfig.hard_select  # tables 5-7: the shipped rule
+    hard = lambda search, rule=default: Run(f"{search}-hard-{rule}", (  # noqa: E731
+        "--stage=retrain", "--mode=hard"), search, rule)
     cells: list[tuple[str, str, Run]] = []
     if "table3" in tables:
         cells += [("table3", m, Run(m, ("--stage=train", f"--model={m}"))) for m in models]
     if not optfusion:
         return cells
     if "table3" in tables:
-        cells += [("table3", "optfusion_hard", hard("main")),
+        cells += [*(("table3", row, hard("main", rule)) for rule, row in HARD_ROWS.items()),
                   ("table3", "optfusion_soft", Run("main-soft", ("--stage=retrain", "--mode=soft"), "main"))]
     if "table4" in tables:
         cells += [("table4", op, Run(f"main-{op}", ("--stage=retrain", f"--fixed_op={op}"), "main")) for op in OPS]
@@ -115,7 +124,13 @@ class Runner:
         args, seconds = [*run.args, f"--seed={seed}"], 0.0
         if run.search is not None:
             search_dir, seconds = self.search(run.search, seed)
-            args += [f"--architecture={search_dir / 'architecture.json'}", *searches()[run.search]]
+            arch = search_dir / "architecture.json"
+            if run.rule is not None:
+                from pipeline.dataset_info import read_dataset_info
+                from trainer.selection import rule_architecture
+
+                arch = rule_architecture(search_dir, read_dataset_info(self.data), run.rule)
+            args += [f"--architecture={arch}", *searches()[run.search]]
         return run_dir, seconds + self._trainer(run_dir, args)
 
 
