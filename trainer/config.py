@@ -74,8 +74,10 @@ class SearchConfig:
     sequential: bool = False  # connections first (with fixed_op or add), then ops, edges frozen
     # Hard op per component: "beta" = argmax(beta), the paper; "remove" / "alone" = the valid AUC the
     # trained supernet loses without each op / has with it alone (trainer/selection.py, docs/DESIGN.md §3).
-    # remove measured best (benchmarks/RESULTS.md, Criteo and Frappe sample quality).
-    hard_select: Literal["beta", "alone", "remove"] = "remove"
+    # Frozen after benchmarks/hard_rule.py chose it on development seeds 101-105 by validation AUC only
+    # (benchmarks/RESULTS.md, "Frappe: the Hard rule chosen on development seeds"): neither remove
+    # (-0.0011, paired t p = 0.36) nor alone (-0.0016, p = 0.21) beat argmax(beta), so the paper's rule stays.
+    hard_select: Literal["beta", "alone", "remove"] = "beta"
     # Scores within this many standard errors of the best tie, and the larger beta wins: the margin is
     # hard_select_tie_se x the DeLong standard error of the paired validation AUC difference
     # (trainer/selection.py tie_margin), recorded per component in architecture.json; 0 = no margin.
