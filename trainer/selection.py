@@ -4,14 +4,16 @@ Why: on small samples the search peaks after one epoch (~32 beta steps on
 the Criteo sample), so softmax(beta) is often nearly tied (H: 0.24 / 0.28 /
 0.20 / 0.28) and argmax(beta), the paper's Hard rule, picks an op the model
 did not need. After Wang et al., "Rethinking Architecture Selection in
-Differentiable NAS" (ICLR 2021), each component's op is instead chosen by
-what the trained supernet does with it on the validation split: by how much
-the validation AUC drops when that op is removed from the mixture ("remove",
-that paper's criterion and the default: it measured best, benchmarks/RESULTS.md),
-or with each op alone in that component ("alone": ATT alone scores a hair
-above ADD at H, yet retrains worse). Scores within
-`search.hard_select_margin` of the best count as tied and the tie goes to
-the larger beta (`pick_op`). Components are decided one at a time, H first,
+Differentiable NAS" (ICLR 2021), each component's op can instead be chosen
+by what the trained supernet does with it on the validation split: by how
+much the validation AUC drops when that op is removed from the mixture
+("remove", that paper's criterion), or with each op alone in that component
+("alone": ATT alone scores a hair above ADD at H, yet retrains worse). The
+default stays "beta": chosen on development seeds, neither beat it
+(benchmarks/hard_rule.py; RESULTS.md "Frappe: the Hard rule chosen on
+development seeds"). Scores within `search.hard_select_tie_se` standard
+errors of the best (`tie_margin`: DeLong, paired) count as tied and the tie
+goes to the larger beta (`pick_op`). Components are decided one at a time, H first,
 each fixed to its op before the next is tried, so the last evaluation is
 the Hard architecture on the supernet's weights. Deviation from Wang et
 al.: no fine-tuning of the supernet between decisions (a few validation
