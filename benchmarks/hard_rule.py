@@ -186,10 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-m", "pipeline", "--schema", str(SCHEMA), "--input", str(SAMPLE),
                             "--output", str(data)], check=True, cwd=ROOT)
     seeds = {"dev": args.dev_seeds, "report": args.report_seeds, "all": args.dev_seeds + args.report_seeds}[args.phase]
-    for seed in seeds:
-        run_seed(data.resolve(), args.work.resolve(), seed, args.rules, extra)
-    records = load_records(args.work)
-    chosen, _ = choose(records, args.dev_seeds)
+    try:
+        for seed in seeds:
+            run_seed(data.resolve(), args.work.resolve(), seed, args.rules, extra)
+        records = load_records(args.work)
+        chosen, _ = choose(records, args.dev_seeds)
+    except RuntimeError as err:  # a failed trainer run (it resumes on a rerun) or no development records
+        print(f"hard_rule: {err}", file=sys.stderr)
+        return 1
     body = (f"{setup}- setup: pipeline on `shared/data/frappe/frappe_valid.tsv` (8:1:1 split), per seed one "
             f"`trainer --stage=search --config trainer/configs/frappe_cpu.yaml {' '.join(extra)}` and one "
             f"`--stage=retrain --mode=hard` per rule from it (search.hard_select_tie_se of the preset)\n\n"

@@ -20,8 +20,8 @@ def test_report_runs_each_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     assert paper_tables.main(args) == 0
     records = sorted(p.name for p in (out / "records").glob("*.json"))
     assert records == sorted(["table3__lr__s1.json", "table3__optfusion_hard__s1.json",
-                              "table3__optfusion_hard_remove__s1.json", "table3__optfusion_soft__s1.json", *(f"table4__{op}__s1.json" for op in
-                                                                  ("add", "prod", "concat", "att"))])
+                              "table3__optfusion_hard_remove__s1.json", "table3__optfusion_soft__s1.json",
+                              *(f"table4__{op}__s1.json" for op in ("add", "prod", "concat", "att"))])
     record = json.loads((out / "records" / "table4__prod__s1.json").read_text())
     assert 0.0 < record["test_auc"] <= 1.0 and record["infer_seconds"] > 0
     assert record["best_epoch"] == 1 and len(record["valid_auc_per_epoch"]) == len(record["valid_logloss_per_epoch"])
