@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         for table, variant, run in cells:
             path = records_dir / f"{table}__{variant.replace('=', '')}__s{seed}.json"
             finished += 1
-            if path.is_file():
-                continue
+            if path.is_file() and pathlib.Path(json.loads(path.read_text())["run_dir"]).parent.name == run.key:
+                continue  # done; a record of another run (e.g. `remove` before optfusion_hard was beta) is redone
             try:
                 run_dir, seconds = runner.cell(run, seed)
             except RuntimeError as err:  # one failed run (e.g. a constant predictor) does not stop the rest

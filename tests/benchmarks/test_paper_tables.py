@@ -45,6 +45,12 @@ def test_report_runs_each_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     assert paper_tables.main(args) == 0
     assert calls == [] and (out / "report.md").is_file()
 
+    # A record another run wrote (an old report's optfusion_hard, then `remove`: runs/main-hard) is redone.
+    stale = out / "records" / "table3__optfusion_hard__s1.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "run_dir": str(out / "runs" / "main-hard" / "s1")}))
+    assert paper_tables.main(args) == 0
+    assert json.loads(stale.read_text())["run_dir"] == str(out / "runs" / "main-hard-beta" / "s1")
+
 
 def test_plan_shares_the_searches_between_tables():
     cells = paper_tables.plan(list(paper_tables.TABLES), ["lr"])
