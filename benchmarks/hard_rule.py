@@ -19,7 +19,8 @@ Every finished retrain is a JSON record in WORK/records/, every trainer run
 resumes (`--resume`), so a killed benchmark continues where it stopped.
 
   python benchmarks/hard_rule.py --work DIR [--data DIR] [--rules beta remove alone]
-      [--dev-seeds 101 ...] [--report-seeds 1 ...] [--phase dev|report|all] [--no-write] [--section.key=value ...]
+      [--dev-seeds 101 ...] [--report-seeds 1 ...] [--phase dev|report|all] [--notes-file F] [--no-write]
+      [--section.key=value ...]
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fresh seeds the frozen choice is reported on")
     parser.add_argument("--phase", choices=("dev", "report", "all"), default="all",
                         help="run the development seeds, the report seeds, or both (default)")
+    parser.add_argument("--notes-file", type=pathlib.Path, help="text file added under the tables in RESULTS.md")
     parser.add_argument("--no-write", dest="write", action="store_false", help="print, do not write RESULTS.md")
     args, extra = parser.parse_known_args(argv)
     if BASELINE not in args.rules:
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Chosen by the rule fixed in advance (benchmarks/hard_rule.py): **{chosen}**.\n")
     if all(all(s in records.get(r, {}) for s in args.report_seeds) for r in args.rules):
         body += f"\n### Fresh seeds {args.report_seeds}: the report\n\n{table(records, args.report_seeds)}\n"
+    if args.notes_file:
+        body += "\n" + args.notes_file.read_text().strip() + "\n"
     print(body)
     if args.write:
         print(f"written: {write_section('Frappe: the Hard rule chosen on development seeds', body)}")
