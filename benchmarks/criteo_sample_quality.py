@@ -35,6 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.architecture import OPS  # noqa: E402
+from trainer.config import SearchConfig  # noqa: E402
 
 SAMPLES = {
     "criteo": (ROOT.parent / "shared" / "data" / "criteo" / "train_head10k.tsv", ["--dataset", "criteo"],
@@ -42,22 +43,22 @@ SAMPLES = {
     "frappe": (ROOT.parent / "shared" / "data" / "frappe" / "frappe_valid.tsv",
                ["--schema", str(ROOT / "schemas" / "frappe.yaml")], "57,722 rows"),
 }
-DEFAULT_RULE = "remove"  # trainer/config.py SearchConfig.hard_select
-MARGIN = 0.002  # a hard_select_margin to measure (with rule "alone")
-# (key, label, retrain arguments, Hard rule "<hard_select>" or "<hard_select>@<margin>": the
-# architecture file is the search's architecture_<rule>.json, or its architecture.json for None);
+DEFAULT_RULE = SearchConfig.hard_select  # the shipped default
+MARGIN = 2.0  # a search.hard_select_tie_se to measure (with rule "alone")
+# (key, label, retrain arguments, Hard rule "<hard_select>" or "<hard_select>@<tie_se>": the
+# architecture file is trainer.selection.rule_architecture's, or the search's architecture.json for None);
 # rows run in this order, seed by seed.
 RETRAINS = [
     ("soft", "OptFusion Soft (search + fresh retrain)", ["--mode", "soft", "--init", "fresh"], None),
     ("soft_patience4", "OptFusion Soft, retrain with --train.patience=4",
      ["--mode", "soft", "--init", "fresh", "--train.patience=4"], None),
-    ("hard_remove", "OptFusion Hard (search + fresh retrain; hard_select=remove: valid AUC lost without the op, "
-     "the default)", ["--mode", "hard", "--init", "fresh"], "remove"),
+    ("hard_remove", "OptFusion Hard (search + fresh retrain; hard_select=remove: valid AUC lost without the op)",
+     ["--mode", "hard", "--init", "fresh"], "remove"),
     ("hard_alone", "OptFusion Hard, hard_select=alone (valid AUC with the op alone)",
      ["--mode", "hard", "--init", "fresh"], "alone"),
-    ("hard_margin", f"OptFusion Hard, hard_select=alone, hard_select_margin={MARGIN}",
+    ("hard_margin", f"OptFusion Hard, hard_select=alone, hard_select_tie_se={MARGIN}",
      ["--mode", "hard", "--init", "fresh"], f"alone@{MARGIN}"),
-    ("hard_beta", "OptFusion Hard, hard_select=beta (argmax beta, the paper; before: the only rule)",
+    ("hard_beta", "OptFusion Hard, hard_select=beta (argmax beta, the paper's rule and the default)",
      ["--mode", "hard", "--init", "fresh"], "beta"),
     ("hard_search", f"OptFusion Hard, --init=search (warm start; hard_select={DEFAULT_RULE})",
      ["--mode", "hard", "--init", "search"], DEFAULT_RULE),
@@ -111,18 +112,15 @@ def _prod_share(arch_path: pathlib.Path) -> tuple[float, int]:
 
 
 def _architecture(search: pathlib.Path, rule: str | None, data: pathlib.Path) -> pathlib.Path:
-    """The search run's architecture file for Hard rule `rule` (written once, beside
-    architecture.json so that --init=search finds the search weights)."""
+    """The search run's architecture file for Hard rule `rule` ("<hard_select>" at the search's
+    tie_se or "<hard_select>@<tie_se>"; None: the search's own architecture.json)."""
     if rule is None:
         return search / "architecture.json"
-    path = search / f"architecture_{rule}.json"
-    if not path.exists():
-        from pipeline.dataset_info import read_dataset_info
-        from trainer.selection import select_from_run
+    from pipeline.dataset_info import read_dataset_info
+    from trainer.selection import rule_architecture
 
-        name, _, margin = rule.partition("@")
-        select_from_run(search, read_dataset_info(data), name, float(margin or 0)).save(path)
-    return path
+    name, _, tie_se = rule.partition("@")
+    return rule_architecture(search, read_dataset_info(data), name, float(tie_se) if tie_se else None)
 
 
 def run_benchmark(data: pathlib.Path, dataset: str, seeds: list[int], rows: list[str], work: pathlib.Path,

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_text_atomic  # noqa: E402
 from trainer.architecture import OPS  # noqa: E402
+from trainer.config import SearchConfig  # noqa: E402
 from trainer.nas import NAS_METHODS  # noqa: E402
 from trainer.zoo import OPTFUSION  # noqa: E402
 
@@ -47,11 +48,18 @@ QUICK = ("--train.epochs=1", "--train.max_steps_per_epoch=3", "--train.batch_siz
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One trainer command; `search` names the search run whose architecture it retrains."""
+    """One trainer command; `search` names the search run whose architecture it retrains, with its
+    Hard ops chosen by `rule` (`search.hard_select`) from that search's weights, or as the search chose."""
 
     key: str
     args: tuple[str, ...]
     search: str | None = None
+    rule: str | None = None
+
+
+HARD_ROWS = {"beta": "optfusion_hard", "remove": "optfusion_hard_remove"}
+"""Table 3's Hard rows by rule, each retrained from the same main search per seed (paired): the paper's
+argmax(beta) is "OptFusion-Hard"; `remove` is a variant (benchmarks/hard_rule.py chose the default)."""
 
 
 def searches() -> dict[str, tuple[str, ...]]:
@@ -74,8 +82,9 @@ def plan(tables: list[str], models: list[str], optfusion: bool = True,
          nas: Sequence[str] = ()) -> list[tuple[str, str, Run]]:
     """(table, variant, run) for every cell of the requested tables (`optfusion` False: baselines only;
     `nas`: AutoCTR / NASRec rows of table 3, each its search + a retrain of the design it found)."""
-    hard = lambda search, *extra: Run(f"{search}-hard" + "".join(extra), (  # noqa: E731
-        "--stage=retrain", "--mode=hard", *extra), search)
+    default = SearchConfig.hard_select  # tables 5-7: the shipped rule
+    hard = lambda search, rule=default: Run(f"{search}-hard-{rule}", (  # noqa: E731
+        "--stage=retrain", "--mode=hard"), search, rule)
     cells: list[tuple[str, str, Run]] = []
     if "table3" in tables:
         cells += [("table3", m, Run(m, ("--stage=train", f"--model={m}"))) for m in models]
@@ -83,7 +92,7 @@ def plan(tables: list[str], models: list[str], optfusion: bool = True,
     if not optfusion:
         return cells
     if "table3" in tables:
-        cells += [("table3", "optfusion_hard", hard("main")),
+        cells += [*(("table3", row, hard("main", rule)) for rule, row in HARD_ROWS.items()),
                   ("table3", "optfusion_soft", Run("main-soft", ("--stage=retrain", "--mode=soft"), "main"))]
     if "table4" in tables:
         cells += [("table4", op, Run(f"main-{op}", ("--stage=retrain", f"--fixed_op={op}"), "main")) for op in OPS]
@@ -134,7 +143,13 @@ class Runner:
         args, seconds = [*run.args, f"--seed={seed}"], 0.0
         if run.search is not None:
             search_dir, seconds = self.search(run.search, seed)
-            args += [f"--architecture={search_dir / 'architecture.json'}", *searches().get(run.search, ())]
+            arch = search_dir / "architecture.json"
+            if run.rule is not None:
+                from pipeline.dataset_info import read_dataset_info
+                from trainer.selection import rule_architecture
+
+                arch = rule_architecture(search_dir, read_dataset_info(self.data), run.rule)
+            args += [f"--architecture={arch}", *searches().get(run.search, ())]
         tuned = self.tuned.get(OPTFUSION if run.search in searches() else run.key, ())
         return run_dir, seconds + self._trainer(run_dir, args, tuned)
 
@@ -234,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         for table, variant, run in cells:
             path = records_dir / f"{table}__{variant.replace('=', '')}__s{seed}.json"
             finished += 1
-            if path.is_file():
-                continue
+            if path.is_file() and pathlib.Path(json.loads(path.read_text())["run_dir"]).parent.name == run.key:
+                continue  # done; a record of another run (e.g. `remove` before optfusion_hard was beta) is redone
             try:
                 run_dir, seconds = runner.cell(run, seed)
             except RuntimeError as err:  # one failed run (e.g. a constant predictor) does not stop the rest

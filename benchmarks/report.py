@@ -22,7 +22,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from benchmarks.paper_tables import HARD_ROWS  # noqa: E402
 from trainer.architecture import Architecture, components, level  # noqa: E402
+from trainer.config import SearchConfig  # noqa: E402
 
 TABLE_TITLES = {
     "table3": "Table 3: overall performance (test AUC / LogLoss, mean +- stdev over seeds)",
@@ -33,8 +35,9 @@ TABLE_TITLES = {
 }
 
 # The default design appears in tables 3, 5, 6 and 7: one set of runs, not four.
-SHARED_ROW = ("`{row}` is table 3's `optfusion_hard` runs (one-shot search, CrossNet, n = 3: the default "
-              "design), not a separate run.")
+DEFAULT_HARD_ROW = HARD_ROWS.get(SearchConfig.hard_select)
+SHARED_ROW = ("`{row}` is table 3's `" + str(DEFAULT_HARD_ROW) + "` runs (one-shot search, CrossNet, n = 3, "
+              f"Hard rule {SearchConfig.hard_select}: the default design), not a separate run.")
 SHARED_ROWS = {"table5": "one-shot", "table6": "crossnet", "table7": "n=3"}
 
 
@@ -48,6 +51,36 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     result = stats.ttest_ind(a, b, equal_var=False)
     return float(result.statistic), float(result.pvalue)
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Mean of a - b over pairs (the same seed, the same search) with the two-sided paired t-test and
+    Wilcoxon signed-rank p-values: nan with fewer than two pairs, 1 when every pair is equal."""
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    if len(diff) < 2:
+        return {"diff": statistics.fmean(diff) if diff else float("nan"), "t_p": float("nan"), "w_p": float("nan"),
+                "n": len(diff)}
+    if all(d == 0 for d in diff):
+        return {"diff": 0.0, "t_p": 1.0, "w_p": 1.0, "n": len(diff)}
+    return {"diff": statistics.fmean(diff), "t_p": float(stats.ttest_rel(a, b).pvalue),
+            "w_p": float(stats.wilcoxon(a, b).pvalue), "n": len(diff)}
+
+
+def rule_comparison(table3: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]] | None:
+    """Each Hard rule variant of table 3 minus argmax(beta)'s row, paired by seed (both retrain the
+    same search): metric ("auc", "logloss") -> `paired`; None without both rows."""
+    base = table3.get(HARD_ROWS["beta"])
+    out: dict[str, dict[str, float]] = {}
+    for rule, row in HARD_ROWS.items():
+        if rule == "beta" or base is None or row not in table3:
+            continue
+        other = table3[row]
+        seeds = sorted(set(base["seeds"]) & set(other["seeds"]))
+        for metric in ("auc", "logloss"):
+            a = [other[metric][other["seeds"].index(s)] for s in seeds]
+            b = [base[metric][base["seeds"].index(s)] for s in seeds]
+            out[f"{row} {metric}"] = paired(a, b)
+    return out or None
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -115,6 +148,13 @@ def markdown(title: str, setup: str, summary: dict[str, dict[str, dict[str, Any]
         lines.append("")
         if SHARED_ROWS.get(table) in summary[table]:
             lines += [SHARED_ROW.format(row=SHARED_ROWS[table]), ""]
+        rules = rule_comparison(summary[table]) if table == "table3" else None
+        if rules:
+            lines += [f"Hard rules paired on the same searches (`{HARD_ROWS['beta']}` is argmax(beta), the "
+                      "paper's rule): " + "; ".join(
+                          f"`{key.split()[0]}` - `{HARD_ROWS['beta']}` {key.split()[1]} {t['diff']:+.4f} over "
+                          f"{t['n']} seeds (paired t p = {t['t_p']:.3f}, Wilcoxon p = {t['w_p']:.3f})"
+                          for key, t in rules.items()) + ".", ""]
         if table == "table3" and comparison:
             c = comparison
             lines += [f"Best OptFusion variant `{c['ours']}` vs best baseline `{c['theirs']}`: "

@@ -31,7 +31,7 @@ import math
 import os
 import pathlib
 import typing
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.atomic import write_text_atomic
 
@@ -106,6 +106,11 @@ def pick_op(scores: list[float] | None, beta: list[float], margin: float = 0.0) 
     return max(candidates, key=lambda i: (beta[i], -i))
 
 
+def _margin(value: Any) -> float | dict[str, float]:
+    """A file's selection_margin: one number (files before per-component margins) or component -> number."""
+    return {c: float(v) for c, v in value.items()} if isinstance(value, dict) else float(value)
+
+
 def _check_n(n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"`n` must be an integer >= 1. Received: n={n!r}")
@@ -120,7 +125,9 @@ class Architecture:
     alpha, beta and the optional `selection` (per fusing component, one
     score per op in `OPS`, higher is better: the validation AUC the search's
     supernet loses without the op, or has with it alone) with its
-    `selection_margin` are the source of truth;
+    `selection_margin` (one for all components, or one per component: the
+    tie margin `trainer/selection.py` derived from the validation AUC's
+    standard error) are the source of truth;
     edges (1[alpha > 0]), the Hard op (`pick_op`) and the Soft weights
     (softmax beta) are derived and written to JSON only for the reader.
     """
@@ -130,7 +137,7 @@ class Architecture:
     beta: dict[str, list[float]]
     description: str = ""
     selection: dict[str, list[float]] | None = None
-    selection_margin: float = 0.0
+    selection_margin: float | dict[str, float] = 0.0
 
     def __post_init__(self) -> None:
         _check_n(self.n)
@@ -163,8 +170,11 @@ class Architecture:
             self.beta[comp] = [float(v) for v in self.beta[comp]]
             if not all(math.isfinite(v) for v in self.beta[comp]):
                 raise ValueError(f"beta of {comp} must be finite. Received: {self.beta[comp]}")
-        if not (math.isfinite(self.selection_margin) and self.selection_margin >= 0):
-            raise ValueError(f"selection_margin must be a finite number >= 0. Received: {self.selection_margin}")
+        margins = self.selection_margin.values() if isinstance(self.selection_margin, dict) else [self.selection_margin]
+        if not all(math.isfinite(m) and m >= 0 for m in margins) or (
+                isinstance(self.selection_margin, dict) and not set(self.selection_margin) <= set(fusing)):
+            raise ValueError(f"selection_margin must be a finite number >= 0, or map fusing components {fusing} "
+                             f"to one. Received: {self.selection_margin}")
         if self.selection is not None:
             self.selection = {c: [float(v) for v in s] for c, s in self.selection.items()}
             bad = {c: s for c, s in self.selection.items()
@@ -236,7 +246,13 @@ class Architecture:
         """Hard choice per fusing component: `pick_op` of its selection scores
         where the search recorded them, else the op of the largest beta."""
         chosen = self.selection or {}
-        return {c: OPS[pick_op(chosen.get(c), b, self.selection_margin)] for c, b in self.beta.items()}
+        return {c: OPS[pick_op(chosen.get(c), b, self.margin(c))] for c, b in self.beta.items()}
+
+    def margin(self, component: str) -> float:
+        """The selection's tie margin at `component` (0 where none was recorded)."""
+        if isinstance(self.selection_margin, dict):
+            return self.selection_margin.get(component, 0.0)
+        return self.selection_margin
 
     def soft_weights(self) -> dict[str, list[float]]:
         """Soft mixture weights per fusing component: softmax(beta)."""
@@ -283,7 +299,7 @@ class Architecture:
             beta={c: list(v) for c, v in data["beta"].items()},
             description=str(data.get("description", "")),
             selection={c: list(v) for c, v in data["selection"].items()} if data.get("selection") else None,
-            selection_margin=float(data.get("selection_margin", 0.0)),
+            selection_margin=_margin(data.get("selection_margin", 0.0)),
         )
         derived = arch.to_dict()
         for key in ("edges", "hard_ops", "reachable"):

@@ -127,8 +127,8 @@ def run_search(config: Config, info: DatasetInfo, out: pathlib.Path, *, resume: 
         summary["phases"][name] = epoch_summary(state, config.train.monitor)
         architecture = Architecture.load(arch_path)
     assert architecture is not None
-    architecture = select_ops(model, lambda: phase.evaluate("valid")["auc"], architecture, s.hard_select,
-                              s.hard_select_margin)
+    architecture = select_ops(model, lambda: phase.predict("valid"), architecture, s.hard_select,
+                              s.hard_select_tie_se)
     architecture.save(out / ARCH_FILE)
     save_search_weights(model, out)
     write_text_atomic(out / ARCH_TEXT_FILE, architecture.render() + "\n")

@@ -1,13 +1,14 @@
 """paper_tables.py end to end on tiny synthetic data: trainer runs, records, report, resume."""
 
 import json
+import pathlib
 
 import pytest
 import yaml
 
 from benchmarks import paper_tables
 from tests.trainer.synthetic import write_synthetic_run
-from trainer.config import preset_path
+from trainer.config import SearchConfig, preset_path
 
 
 @pytest.mark.slow
@@ -20,8 +21,8 @@ def test_report_runs_each_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     assert paper_tables.main(args) == 0
     records = sorted(p.name for p in (out / "records").glob("*.json"))
     assert records == sorted(["table3__lr__s1.json", "table3__optfusion_hard__s1.json",
-                              "table3__optfusion_soft__s1.json", *(f"table4__{op}__s1.json" for op in
-                                                                  ("add", "prod", "concat", "att"))])
+                              "table3__optfusion_hard_remove__s1.json", "table3__optfusion_soft__s1.json",
+                              *(f"table4__{op}__s1.json" for op in ("add", "prod", "concat", "att"))])
     record = json.loads((out / "records" / "table4__prod__s1.json").read_text())
     assert 0.0 < record["test_auc"] <= 1.0 and record["infer_seconds"] > 0
     assert record["best_epoch"] == 1 and len(record["valid_auc_per_epoch"]) == len(record["valid_logloss_per_epoch"])
@@ -29,7 +30,14 @@ def test_report_runs_each_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     md = (out / "report.md").read_text()
     assert "| optfusion_soft |" in md and "Table 4" in md
     assert (out / "figure3_architecture.png").is_file() and (out / "figure3_architecture.svg").is_file()
-    assert "[7/7]" in capsys.readouterr().out
+    assert "[8/8]" in capsys.readouterr().out
+    # Both Hard rows retrain the one main search: argmax(beta) and `remove` from its saved weights.
+    search = out / "runs" / "search-main" / "s1"
+    hard = {json.loads((out / "records" / f"table3__{v}__s1.json").read_text())["run_dir"]: v
+            for v in ("optfusion_hard", "optfusion_hard_remove")}
+    used = {v: json.loads((pathlib.Path(d) / "run.json").read_text())["architecture_source"] for d, v in hard.items()}
+    assert used == {"optfusion_hard": str(search / "architecture_beta.json"),
+                    "optfusion_hard_remove": str(search / "architecture_remove@1se.json")}
 
     # A rerun trains nothing (every record exists) and redraws the report.
     calls = []
@@ -38,6 +46,12 @@ def test_report_runs_each_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     assert paper_tables.main(args) == 0
     assert calls == [] and (out / "report.md").is_file()
 
+    # A record another run wrote (an old report's optfusion_hard, then `remove`: runs/main-hard) is redone.
+    stale = out / "records" / "table3__optfusion_hard__s1.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "run_dir": str(out / "runs" / "main-hard" / "s1")}))
+    assert paper_tables.main(args) == 0
+    assert json.loads(stale.read_text())["run_dir"] == str(out / "runs" / "main-hard-beta" / "s1")
+
 
 def test_plan_shares_the_searches_between_tables():
     cells = paper_tables.plan(list(paper_tables.TABLES), ["lr"])
@@ -45,8 +59,11 @@ def test_plan_shares_the_searches_between_tables():
     assert searches == set(paper_tables.searches())
     keys = [(t, v) for t, v, _ in cells]
     assert len(keys) == len(set(keys))
-    one_shot = {run for t, v, run in cells if (t, v) in {("table3", "optfusion_hard"), ("table5", "one-shot")}}
+    default_row = paper_tables.HARD_ROWS[SearchConfig.hard_select]
+    one_shot = {run for t, v, run in cells if (t, v) in {("table3", default_row), ("table5", "one-shot")}}
     assert len(one_shot) == 1  # the same run dir answers both cells
+    hard = {run for t, v, run in cells if t == "table3" and v in paper_tables.HARD_ROWS.values()}
+    assert {(run.search, run.rule) for run in hard} == {("main", "beta"), ("main", "remove")}
 
 
 
@@ -61,7 +78,7 @@ def test_a_failed_run_is_reported_and_the_rest_goes_on(tmp_path, monkeypatch):
     data = write_synthetic_run(tmp_path / "data")
     code = paper_tables.main(["--data", str(data), "--out", str(tmp_path / "r"), "--seeds", "1",
                               "--tables", "table3", "--models", "lr", "fnn"])
-    assert code == 1 and attempts == ["lr", "fnn", "main-hard", "main-soft"]
+    assert code == 1 and attempts == ["lr", "fnn", "main-hard-beta", "main-hard-remove", "main-soft"]
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Failed runs" in md and "table3 fnn seed 1: trainer failed (exit 1) for fnn" in md
 

@@ -37,13 +37,14 @@ def test_markdown_and_html_hold_every_variant(tmp_path):
     assert "Welch's t = 4.90" in md
     page = report.to_html(md)
     assert page.count("<tr>") == 4 and '<img src="f.png"' in page
-    assert "table 3's `optfusion_hard` runs" not in md  # no table 5-7 rows here
+    assert "table 3's `optfusion_hard" not in md  # no table 5-7 rows here
+    assert "Hard rules paired" not in md  # no Hard rows
 
 
 def test_rows_shared_with_table_3_are_named():
     records = [{**r, "table": "table5", "variant": "one-shot"} for r in _records() if r["variant"] == "dcn"]
     md = report.markdown("t", "- setup", report.summarize(records), None, [])
-    assert "`one-shot` is table 3's `optfusion_hard` runs" in md
+    assert f"`one-shot` is table 3's `{report.DEFAULT_HARD_ROW}` runs" in md
 
 
 def test_figures_are_written(tmp_path):
@@ -64,3 +65,21 @@ def test_calibrated_logloss_and_best_epoch_columns_and_older_records():
     assert "calibrated LogLoss (T on valid) | best epoch |" in md
     assert "| dcn | 0.7500 +- 0.0100 | 0.4250 +- 0.0010 | 0.3200 +- 0.0100 | 3.0 |" in md
     assert "| lr | 0.7100 +- 0.0100 | 0.4290 +- 0.0010 | n/a | n/a |" in md
+
+
+def test_hard_rules_are_compared_paired_by_seed():
+    hard = {"optfusion_hard": [0.70, 0.71, 0.72], "optfusion_hard_remove": [0.74, 0.71, 0.71]}
+    records = [{"table": "table3", "variant": v, "seed": s, "test_auc": auc, "test_logloss": 0.4,
+                "train_seconds": 1.0, "infer_seconds": 0.001}
+               for v, values in hard.items() for s, auc in zip((3, 1, 2), values, strict=True)]
+    comparison = report.rule_comparison(report.summarize(records)["table3"])
+    # by seed 1, 2, 3: remove 0.71, 0.71, 0.74 vs beta 0.71, 0.72, 0.70: differences 0, -0.01, +0.04
+    auc = comparison["optfusion_hard_remove auc"]
+    assert auc["diff"] == pytest.approx(0.01) and auc["n"] == 3
+    # t = 0.01 / (stdev(0, -0.01, 0.04) / sqrt 3) = 0.01 / (0.026458 / 1.732) = 0.655, df 2
+    assert auc["t_p"] == pytest.approx(0.580, abs=2e-3)
+    assert auc["w_p"] == pytest.approx(1.0)  # the zero pair dropped: ranks 1 (-) and 2 (+)
+    assert comparison["optfusion_hard_remove logloss"] == {"diff": 0.0, "t_p": 1.0, "w_p": 1.0, "n": 3}
+    md = report.markdown("t", "- setup", report.summarize(records), None, [])
+    assert "`optfusion_hard_remove` - `optfusion_hard` auc +0.0100 over 3 seeds (paired t p = 0.580" in md
+    assert report.rule_comparison({"optfusion_hard": report.summarize(records)["table3"]["optfusion_hard"]}) is None

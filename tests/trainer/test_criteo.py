@@ -15,9 +15,10 @@ def _run(*args):
 @pytest.mark.slow
 def test_search_retrain_on_the_generated_criteo_fixture(criteo_preprocessed_dir, tmp_path):
     fast = ["--train.epochs=2", "--train.batch_size=1024"]
-    # The paper's argmax(beta) Hard rule: on this 32-step search of generated data the default
-    # `remove` rule's scores are noise (|AUC change| <= 1e-2), it picks PROD at 4 of 7 components
-    # and the Hard retrain stays at 0.59 (a known limit, README). This test is about the stages.
+    # argmax(beta), the default Hard rule, pinned: this test is about the stages, not the rule. Rechecked
+    # 2026-12-06 from one search of this fixture: Hard test AUC beta 0.611, `remove` 0.605 with the DeLong
+    # tie margin (search.hard_select_tie_se=1; 0.603 at 0, where it had given 0.59 before the new
+    # early stopping): all pass 0.6, `remove` by too little to pin it here.
     _run("--stage=search", "--data", criteo_preprocessed_dir, "--out", tmp_path / "s", *fast,
          "--search.hard_select=beta")
     # 2 epochs of 16 steps leave the retrain at ~0.60 with the reference's emb std 1e-2: give it 5.
