@@ -4,6 +4,15 @@ Read ranges -> parse batches (per split, plus rejected rows) -> TFT analyze on
 train, transform all splits -> gzipped tf.Example shards, the transform graph,
 raw metadata and partial statistics (pipeline.job_spec's named counts).
 `pipeline.job` owns the scratch-then-rename protocol and the final stats.json.
+
+Memory is bounded by the vocabularies, not the rows: the FnApiRunner (the
+DirectRunner) runs one fused stage at a time and holds every PCollection
+that crosses stages whole in memory. So no rows cross stages: the analysis
+reads and parses the files itself, the transform reads them again (after
+the analysis, as its side input says), `--split time` reads them once more
+first for the cut-offs, and the shards are written without a GroupByKey of
+records (pipeline.tfrecord_sink.WriteShards). Only counts, vocabularies,
+statistics and file names cross stages.
 """
 
 from __future__ import annotations
