@@ -182,12 +182,14 @@ def run_size(rows: int, args: argparse.Namespace) -> dict:
     budget = [f"--train.epochs={args.epochs}", f"--train.max_steps_per_epoch={args.max_steps}",
               f"--train.batch_size={args.batch_size}"]
     record: dict = {"rows": rows, "seconds": {}, "peak_rss_mb": {}}
+    saved = pathlib.Path(args.work_dir) / f"scale_{rows}.json"  # after every stage: a stopped run keeps its figures
 
     def stage(name: str, command: Sequence[str]) -> None:
         print(f"[{rows:,}] {name} ...", flush=True)
         seconds, peak = timed(work / f"{name}.log", command)
         record["seconds"][name], record["peak_rss_mb"][name] = round(seconds, 1), round(peak / 2**20)
         print(f"[{rows:,}] {name}: {seconds:.1f} s, peak RSS {peak / 2**20:,.0f} MB", flush=True)
+        saved.write_text(json.dumps(record) + "\n")
 
     stage("generate", cli("pipeline", "generate", "--rows", str(rows), "--seed", str(args.seed),
                           "--output", str(raw)))
@@ -218,7 +220,7 @@ def run_size(rows: int, args: argparse.Namespace) -> dict:
         record["peak_rss_mb"]["serve"] = round(server.stop() / 2**20)
     record.update(quality(test_file, work / "scores.tsv"))
     print(json.dumps(record), flush=True)
-    (pathlib.Path(args.work_dir) / f"scale_{rows}.json").write_text(json.dumps(record) + "\n")
+    saved.write_text(json.dumps(record) + "\n")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return record
@@ -228,10 +230,11 @@ def table(records: list[dict]) -> str:
     """Markdown: one row per size, wall s and peak RSS per stage."""
     head = "| rows | " + " | ".join(f"{s} s / MB" for s in STAGES) + " | vocab total (max field) | test AUC / LogLoss |"
     lines = [head, "|" + "---|" * (len(STAGES) + 3)]
-    for r in records:
-        cells = [f"{r['seconds'].get(s, float('nan')):,.1f} / {r['peak_rss_mb'].get(s, 0):,}" for s in STAGES]
-        lines.append(f"| {r['rows']:,} | " + " | ".join(cells)
-                     + f" | {r['vocab_total']:,} ({r['vocab_max']:,}) | {r['auc']:.4f} / {r['logloss']:.4f} |")
+    for r in records:  # a stage a stopped run did not reach: "-"
+        cells = [f"{r['seconds'][s]:,.1f} / {r['peak_rss_mb'][s]:,}" if s in r["peak_rss_mb"] else "-" for s in STAGES]
+        vocab = f"{r['vocab_total']:,} ({r['vocab_max']:,})" if "vocab_total" in r else "-"
+        quality = f"{r['auc']:.4f} / {r['logloss']:.4f}" if "auc" in r else "-"
+        lines.append(f"| {r['rows']:,} | " + " | ".join(cells) + f" | {vocab} | {quality} |")
     return "\n".join(lines) + "\n"
 
 
@@ -242,11 +245,11 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r["rows"] for r in records]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for s in STAGES:
-        left.plot(rows, [r["seconds"][s] for r in records], marker="o", label=s)
-        right.plot(rows, [r["peak_rss_mb"][s] for r in records], marker="o", label=s)
+        done = [r for r in records if s in r["peak_rss_mb"]]
+        left.plot([r["rows"] for r in done], [r["seconds"][s] for r in done], marker="o", label=s)
+        right.plot([r["rows"] for r in done], [r["peak_rss_mb"][s] for r in done], marker="o", label=s)
     for ax, name in ((left, "wall seconds"), (right, "peak RSS of the stage's process tree, MB")):
         ax.set_xscale("log")
         ax.set_yscale("log")
