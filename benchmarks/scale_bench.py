@@ -226,12 +226,16 @@ def run_size(rows: int, args: argparse.Namespace) -> dict:
     return record
 
 
+def _reached(record: dict, stage: str) -> bool:
+    return stage in record["peak_rss_mb"] and stage in record["seconds"]
+
+
 def table(records: list[dict]) -> str:
     """Markdown: one row per size, wall s and peak RSS per stage."""
     head = "| rows | " + " | ".join(f"{s} s / MB" for s in STAGES) + " | vocab total (max field) | test AUC / LogLoss |"
     lines = [head, "|" + "---|" * (len(STAGES) + 3)]
     for r in records:  # a stage a stopped run did not reach: "-"
-        cells = [f"{r['seconds'][s]:,.1f} / {r['peak_rss_mb'][s]:,}" if s in r["peak_rss_mb"] else "-" for s in STAGES]
+        cells = [f"{r['seconds'][s]:,.1f} / {r['peak_rss_mb'][s]:,}" if _reached(r, s) else "-" for s in STAGES]
         vocab = f"{r['vocab_total']:,} ({r['vocab_max']:,})" if "vocab_total" in r else "-"
         quality = f"{r['auc']:.4f} / {r['logloss']:.4f}" if "auc" in r else "-"
         lines.append(f"| {r['rows']:,} | " + " | ".join(cells) + f" | {vocab} | {quality} |")
@@ -247,7 +251,7 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for s in STAGES:
-        done = [r for r in records if s in r["peak_rss_mb"]]
+        done = [r for r in records if _reached(r, s)]
         left.plot([r["rows"] for r in done], [r["seconds"][s] for r in done], marker="o", label=s)
         right.plot([r["rows"] for r in done], [r["peak_rss_mb"][s] for r in done], marker="o", label=s)
     for ax, name in ((left, "wall seconds"), (right, "peak RSS of the stage's process tree, MB")):
