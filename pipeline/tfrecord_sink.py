@@ -15,7 +15,7 @@ import shutil
 import struct
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import apache_beam as beam
@@ -108,18 +108,24 @@ class _WriteBundleParts(beam.DoFn):
         self._parts = {}
 
 
-def _concatenate(shard_parts: tuple[int, Iterable[str]], out_dir: str, prefix: str, shards: int) -> str:
-    """Joins one shard's gzip members into its final file (a multi-member gzip, which TFRecord readers
-    and Python's gzip read as one stream), then deletes the parts; returns the file's path."""
-    shard, parts = shard_parts
-    paths = sorted(parts)
-    final = FileSystems.join(out_dir, shard_name(prefix, shard, shards))
-    with FileSystems.create(final, compression_type=CompressionTypes.UNCOMPRESSED) as out:
-        for path in paths:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
-                shutil.copyfileobj(part, out, _COPY_BYTES)
-    FileSystems.delete(paths)
-    return final
+def _join_shards(parts: list[tuple[int, str]], out_dir: str, prefix: str) -> Iterator[str]:
+    """Joins each shard's gzip members into its final file (a multi-member gzip, which TFRecord readers
+    and Python's gzip read as one stream), then deletes the parts; yields the files' paths.
+
+    Shards that got batches are numbered 0..k-1 of k, as fileio.WriteToFiles numbered them.
+    """
+    by_shard: dict[int, list[str]] = {}
+    for shard, path in parts:
+        by_shard.setdefault(shard, []).append(path)
+    for index, shard in enumerate(sorted(by_shard)):
+        paths = sorted(by_shard[shard])
+        final = FileSystems.join(out_dir, shard_name(prefix, index, len(by_shard)))
+        with FileSystems.create(final, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            for path in paths:
+                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as part:
+                    shutil.copyfileobj(part, out, _COPY_BYTES)
+        FileSystems.delete(paths)
+        yield final
 
 
 @beam.ptransform_fn
@@ -129,12 +135,12 @@ def WriteShards(batches, out_dir: str, prefix: str, shards: int):
     Unlike fileio.WriteToFiles with fixed shards, no record crosses a
     GroupByKey: the FnApiRunner keeps a GroupByKey's whole input in memory,
     which made the job's memory grow with the rows. Only part names are
-    grouped; shards that got no batch are not written (as before).
+    gathered; at most `shards` files, none for a split without rows (as before).
     """
     temp_dir = FileSystems.join(out_dir, SHARD_TEMP_DIR)
     return (
         batches
         | "WriteParts" >> beam.ParDo(_WriteBundleParts(temp_dir, prefix, shards))
-        | "GroupParts" >> beam.GroupByKey()
-        | "Concatenate" >> beam.Map(_concatenate, out_dir, prefix, shards)
+        | "GatherParts" >> beam.combiners.ToList()
+        | "JoinShards" >> beam.FlatMap(_join_shards, out_dir, prefix)
     )
