@@ -13,6 +13,10 @@ Each stage's wall time and peak RSS (its whole process tree, sampled from
 Big files live under --work_dir (default /tmp) and are deleted after each N.
 
     python benchmarks/scale_bench.py --rows 100000 1000000 [--rows_done FILE.json ...]
+
+Start it without `nice`: every stage already runs under `nice -n 10`, and
+niceness adds up (a niced driver would start its stages at 19, which starve
+on a busy machine).
 """
 
 from __future__ import annotations
