@@ -2,7 +2,11 @@
 
 Both run, in one invocation, on the same generated Criteo file (1M rows by
 default) and the ratio of their wall times goes to benchmarks/RESULTS.md
-(section "Preprocessing"). The pandas side follows the reference code's
+(section "Preprocessing"). The reference is the method of the paper's
+official `criteo2TF.py` (issue 22's "official script"), re-implemented here.
+With --reference_rows below --rows, the reference runs on the file's first
+--reference_rows rows and its time is extrapolated linearly (it is one pass
+of per-row Python), as issue 22 allows for 10M rows. The pandas side follows the reference code's
 method: pandas read, log-squared discretization per value, per-field
 value_counts with threshold 2 on the training split, then tf.Example built
 and written row by row (gzip TFRecords).
@@ -11,6 +15,7 @@ and written row by row (gzip TFRecords).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import pathlib
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default=str(ROOT / "bench_out" / "preprocess"), help="scratch space")
     parser.add_argument("--job_args", default="", help="extra `pipeline` flags, e.g. '--direct_running_mode=in_memory'")
     parser.add_argument("--reference_only", nargs=2, metavar=("INPUT", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--reference_rows", type=int, default=None,
+                        help="run the reference on this many first rows and extrapolate linearly (default: all)")
     parser.add_argument("--no_write", action="store_true", help="print figures without touching RESULTS.md")
     args = parser.parse_args(argv)
     if args.reference_only:
@@ -110,15 +117,24 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / out, ignore_errors=True)
     job_cmd = [sys.executable, "-m", "pipeline", "--dataset", "criteo", "--input", str(data),
                "--output", str(work / "job_out"), *args.job_args.split()]
+    rows = args.rows
+    ref_rows = min(args.reference_rows or rows, rows)
+    ref_data = data
+    if ref_rows < rows:
+        ref_data = work / f"criteo_{ref_rows}_head_of_{rows}_seed{args.seed}.tsv"
+        with data.open("rb") as source, ref_data.open("wb") as head_file:
+            head_file.writelines(itertools.islice(source, ref_rows))
     ref_cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--seed", str(args.seed),
-               "--reference_only", str(data), str(work / "pandas_out")]
+               "--reference_only", str(ref_data), str(work / "pandas_out")]
     print(f"job: {' '.join(job_cmd)}", flush=True)
     job_s = _timed(job_cmd)
     print(f"job: {job_s:.1f}s; pandas reference ...", flush=True)
-    ref_s = _timed(ref_cmd)
+    ref_measured = _timed(ref_cmd)
+    ref_s = ref_measured * rows / ref_rows
     load_end = os.getloadavg()[0]
-    rows = args.rows
     ratio = ref_s / job_s
+    extrapolated = (f" (measured {ref_measured:.1f} s on the first {ref_rows:,} rows, extrapolated linearly)"
+                    if ref_rows < rows else "")
     body = (
         head
         + f"- data: generated Criteo raw TSV, {rows:,} rows (`pipeline generate --seed {args.seed}`), "
@@ -127,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "| method | wall s | rows/s |\n|---|---|---|\n"
         f"| Beam/TFT job (`pipeline`{' ' + args.job_args if args.job_args else ''}) "
         f"| {job_s:.1f} | {rows / job_s:,.0f} |\n"
-        f"| pandas reference method, single process | {ref_s:.1f} | {rows / ref_s:,.0f} |\n\n"
-        f"Job speed-up over the pandas method: **{ratio:.2f}x** (target >= 2x). "
+        f"| pandas reference method, single process{extrapolated} | {ref_s:.1f} | {rows / ref_s:,.0f} |\n\n"
+        f"Job speed-up over the pandas method: **{ratio:.2f}x** (issue 22's target: >= 5x at 1M rows, >= 8x at 10M). "
         "Both wall times include process start-up and all output writing; the job's also includes "
         "its fixed TFT/Beam cost (graph tracing, pipeline start-up: 20-30 s, about what a 20k-row run takes).\n"
     )

@@ -4,6 +4,15 @@ Read ranges -> parse batches (per split, plus rejected rows) -> TFT analyze on
 train, transform all splits -> gzipped tf.Example shards, the transform graph,
 raw metadata and partial statistics (pipeline.job_spec's named counts).
 `pipeline.job` owns the scratch-then-rename protocol and the final stats.json.
+
+Memory is bounded by the vocabularies, not the rows: the FnApiRunner (the
+DirectRunner) runs one fused stage at a time and holds every PCollection
+that crosses stages whole in memory. So no rows cross stages: the analysis
+reads and parses the files itself, the transform reads them again (after
+the analysis, as its side input says), `--split time` reads them once more
+first for the cut-offs, and the shards are written without a GroupByKey of
+records (pipeline.tfrecord_sink.WriteShards). Only counts, vocabularies,
+statistics and file names cross stages.
 """
 
 from __future__ import annotations
@@ -21,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
@@ -46,7 +54,7 @@ from pipeline.joins import SideTable, join_rows, load_side_tables
 from pipeline.parse import REASONS, parse_lines, raw_arrow_schema
 from pipeline.sources import FileRange, read_line_batches
 from pipeline.specs import DatasetSpec
-from pipeline.tfrecord_sink import GzipTFRecordSink
+from pipeline.tfrecord_sink import WriteShards
 from pipeline.transform import MergeCountsFn, make_preprocessing_fn, reduce_counts
 
 _progress = None  # one bar per worker process (the whole job under the local DirectRunner)
@@ -233,7 +241,6 @@ def _build_and_run(job: JobSpec) -> None:
         raw_arrow_schema(graph_spec),
         tensor_representation_util.InferTensorRepresentationsFromSchema(raw_metadata.schema),
     )
-    read_tags = (UNSPLIT,) if job.time_field else job.split_names
     options = PipelineOptions(list(job.beam_args))
     with beam.Pipeline(options=options) as p, tft_beam.Context(
         temp_dir=os.path.join(job.work_dir, TFT_TMP), force_tf_compat_v1=False
@@ -242,51 +249,71 @@ def _build_and_run(job: JobSpec) -> None:
         if job.spec.joins:  # the side tables, read once by a worker, reach every ReadAndParse as a side input
             tables = p | "JoinSpec" >> beam.Create([job.spec]) | "ReadSideTables" >> beam.Map(load_side_tables)
             side_input["tables"] = beam.pvalue.AsSingleton(tables)
-        parsed = (
-            p
-            | "Ranges" >> beam.Create(list(job.ranges))
-            | "Distribute" >> beam.Reshuffle()
-            | "ReadAndParse"
-            >> beam.ParDo(
-                ReadAndParse(job.spec, job.layouts, job.seed, job.batch_lines, job.input_bytes, job.time_field),
-                **side_input,
-            ).with_outputs(*read_tags, "rejected", "counts")
-        )
-        splits = {split: parsed[split] for split in job.split_names} if not job.time_field else _split_by_time(
-            parsed[UNSPLIT], job
-        )
-        if job.dummy_label:
-            splits = {s: pcoll | f"DummyLabel{s.title()}" >> beam.Map(_with_dummy_label) for s, pcoll in splits.items()}
+        reads = 1 + (job.run_dir is None) + bool(job.time_field)  # the progress bar counts the bytes of all
+        read = functools.partial(_read_splits, p, job, side_input, (job.input_bytes or 0) * reads or None)
+        # Every pass reads the files anew: a PCollection read after an analysis (or by two stages) is
+        # held whole in memory by the FnApiRunner, so re-reading is what bounds memory by vocabularies.
+        cutoffs = _time_cutoffs(read("Times", None).unsplit, job) if job.time_field else None
         if job.run_dir is None:
-            first, *rest = job.split_names
-            (first_out, first_metadata), transform_fn = (
-                splits[first],
-                adapter_config,
-            ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
-                make_preprocessing_fn(graph_spec, job.min_count), output_record_batches=True
+            train = read("Analyze", cutoffs).splits[job.split_names[0]]
+            transform_fn = (train, adapter_config) | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(
+                make_preprocessing_fn(graph_spec, job.min_count)
             )
-            transformed = {first: (first_out, first_metadata)}
             _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(job.work_dir)
             _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(
                 os.path.join(job.work_dir, tft.TFTransformOutput.RAW_METADATA_DIR), pipeline=p
             )
         else:  # `pipeline transform`: the run's graph, no analysis (the job copies the graph over)
-            rest = list(job.split_names)
             transform_fn = p | "ReadTransformFn" >> tft_beam.ReadTransformFn(job.run_dir)
-            transformed = {}
-        for split in rest:
-            transformed[split] = (
-                ((splits[split], adapter_config), transform_fn)
+        parsed = read("", cutoffs)
+        for split in job.split_names:
+            pcoll, metadata = (
+                ((parsed.splits[split], adapter_config), transform_fn)
                 | f"Transform{split.title()}" >> tft_beam.TransformDataset(output_record_batches=True)
             )
-        for split, (pcoll, metadata) in transformed.items():
             _ = pcoll | f"Write{split.title()}" >> _WriteSplit(metadata, split, job)
         _ = parsed.counts | "WriteInputCounts" >> _WriteInputCounts(job.work_dir)
         _ = parsed.rejected | "WriteRejected" >> _WriteRejected(job.work_dir)
 
 
-def _split_by_time(unsplit, job: JobSpec) -> dict:
-    """`--split time`: cut-offs from the histogram of all rows' times, then each batch split by them."""
+@dataclasses.dataclass
+class _Parsed:
+    """One read of the inputs: raw batches per split (UNSPLIT alone in a `--split time` first read)."""
+
+    splits: dict
+    unsplit: object
+    rejected: object
+    counts: object
+
+
+def _read_splits(p, job: JobSpec, side_input: dict, progress_bytes: int | None, label: str, cutoffs) -> _Parsed:
+    """Reads and parses every range; `cutoffs` (a PCollection) splits UNSPLIT rows by time, if given."""
+    tags = (UNSPLIT,) if job.time_field else job.split_names
+    parsed = (
+        p
+        | f"{label}Ranges" >> beam.Create(list(job.ranges))
+        | f"{label}Distribute" >> beam.Reshuffle()  # of the ranges only: spreads them over the workers
+        | f"{label}ReadAndParse"
+        >> beam.ParDo(
+            ReadAndParse(job.spec, job.layouts, job.seed, job.batch_lines, progress_bytes, job.time_field),
+            **side_input,
+        ).with_outputs(*tags, "rejected", "counts")
+    )
+    if job.time_field and cutoffs is not None:
+        by_time = parsed[UNSPLIT] | f"{label}SplitByTime" >> beam.ParDo(
+            SplitByTime(job.time_field), beam.pvalue.AsSingleton(cutoffs)
+        ).with_outputs(*SPLIT_NAMES)
+        splits = {split: by_time[split] for split in SPLIT_NAMES}
+    else:
+        splits = {split: parsed[split] for split in tags if split != UNSPLIT}
+    if job.dummy_label:
+        splits = {s: pcoll | f"{label}DummyLabel{s.title()}" >> beam.Map(_with_dummy_label)
+                  for s, pcoll in splits.items()}
+    return _Parsed(splits, parsed[UNSPLIT] if job.time_field else None, parsed.rejected, parsed.counts)
+
+
+def _time_cutoffs(unsplit, job: JobSpec):
+    """`--split time`: the cut-offs (a one-element PCollection) from the histogram of all rows' times."""
     field = job.time_field or ""
     cutoffs = (
         unsplit
@@ -295,10 +322,7 @@ def _split_by_time(unsplit, job: JobSpec) -> dict:
         | "TimeCutoffs" >> beam.Map(time_cutoffs)
     )
     _ = cutoffs | "WriteTimeSplit" >> _WriteJson(os.path.join(job.work_dir, STATS_TMP, TIME_SPLIT_FILE))
-    by_time = unsplit | "SplitByTime" >> beam.ParDo(
-        SplitByTime(field), beam.pvalue.AsSingleton(cutoffs)
-    ).with_outputs(*SPLIT_NAMES)
-    return {split: by_time[split] for split in SPLIT_NAMES}
+    return cutoffs
 
 
 @beam.ptransform_fn
@@ -323,13 +347,7 @@ def _WriteSplit(pcoll, metadata, split: str, job: JobSpec):
     _ = (
         batches
         | "Encode" >> beam.Map(lambda batch, coder: coder.encode(batch), coder=beam.pvalue.AsSingleton(encoder))
-        | "WriteRecords"
-        >> fileio.WriteToFiles(
-            job.work_dir,
-            file_naming=fileio.default_file_naming(split, ".tfrecord.gz"),
-            sink=lambda _: GzipTFRecordSink(),
-            shards=job.output_shards,
-        )
+        | "WriteRecords" >> WriteShards(job.work_dir, split, job.output_shards)
     )
     stats = (
         batches

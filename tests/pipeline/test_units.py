@@ -258,6 +258,23 @@ def test_tfrecord_sink_round_trip(tmp_path):
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")] == records
 
 
+def test_write_shards_streams_batches_into_named_gzip_shards(tmp_path):
+    """Every record once, in `prefix-0000k-of-0000n` files of concatenated gzip members, no part left."""
+    import apache_beam as beam
+    import tensorflow as tf
+
+    from pipeline.tfrecord_sink import SHARD_TEMP_DIR, WriteShards, shard_name
+
+    batches = [[f"{b}-{i}".encode() for i in range(b + 1)] for b in range(7)]
+    with beam.Pipeline(argv=["--direct_running_mode=in_memory", "--direct_num_workers=1"]) as p:
+        _ = p | beam.Create(batches) | WriteShards(str(tmp_path), "train", 3)
+    files = sorted(path.name for path in tmp_path.glob("*.tfrecord.gz"))
+    assert files == [shard_name("train", k, len(files)) for k in range(len(files))] and len(files) <= 3
+    read = [r.numpy() for f in files for r in tf.data.TFRecordDataset(str(tmp_path / f), compression_type="GZIP")]
+    assert sorted(read) == sorted(r for batch in batches for r in batch)
+    assert not list((tmp_path / SHARD_TEMP_DIR).glob("*"))
+
+
 class TestOutputProtocol:
     def test_existing_output_needs_overwrite(self, tmp_path):
         from pipeline.errors import UsageError
