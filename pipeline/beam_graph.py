@@ -24,6 +24,7 @@ import json
 import operator
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -220,11 +221,62 @@ def _no_time_based_data_flush():
         worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = saved
 
 
+class _LoopbackServer:
+    """A grpc.Server whose wildcard ports bind the loopback interface instead."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address.replace("[::]:", "localhost:", 1))
+
+
+class _LoopbackGrpc:
+    """The grpc module as the FnApiRunner sees it, with servers bound to loopback."""
+
+    def __getattr__(self, name: str) -> Any:
+        import grpc
+
+        return getattr(grpc, name)
+
+    def server(self, *args: Any, **kwargs: Any) -> _LoopbackServer:
+        import grpc
+
+        return _LoopbackServer(grpc.server(*args, **kwargs))
+
+
+@contextlib.contextmanager
+def _runner_servers_on_loopback():
+    """Binds the DirectRunner's gRPC servers (the FnApiRunner's control, data,
+    state and logging; the external worker pool) to loopback.
+
+    Beam 2.77 listens on `[::]:0`, every interface, for the whole job, with no
+    authentication, while its workers (threads, or processes of this machine
+    for multi_processing) dial `localhost:PORT`. `localhost:0` serves them the
+    same and nothing outside the machine.
+    """
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from apache_beam.runners.worker import worker_pool_main
+
+    modules = (worker_handlers, worker_pool_main)
+    saved = [vars(module)["grpc"] for module in modules]
+    for module in modules:
+        vars(module)["grpc"] = _LoopbackGrpc()
+    try:
+        yield
+    finally:
+        for module, grpc_module in zip(modules, saved, strict=True):
+            vars(module)["grpc"] = grpc_module
+
+
 def build_and_run(job: JobSpec) -> None:
     """Runs the Beam pipeline; outputs land in job.work_dir."""
     global _progress
     try:
-        with _no_time_based_data_flush():
+        with _no_time_based_data_flush(), _runner_servers_on_loopback():
             _build_and_run(job)
     finally:
         if _progress is not None:

@@ -176,3 +176,21 @@ def test_export_archive_root_saved_by_module_write_savedmodel(tmp_path):
     got = session_loader.run_signatures(export_dir, feeds)["serving_default"]["probabilities"]
     np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=_broken(
         patch, library, "the saved asset being what the loaded graph reads"))
+
+
+def test_beam_grpc_servers_bound_by_the_loopback_patch():
+    """pipeline/beam_graph.py `_runner_servers_on_loopback`: Beam binds the FnApiRunner's and the
+    worker pool's gRPC servers to `[::]` through each module's own `grpc`; the patch swaps that
+    module attribute for one whose servers bind `localhost`."""
+    import inspect
+
+    import apache_beam
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from apache_beam.runners.worker import worker_pool_main
+
+    library = f"apache-beam {apache_beam.__version__}"
+    for module in (worker_handlers, worker_pool_main):
+        patch = f"pipeline/beam_graph.py _runner_servers_on_loopback ({module.__name__})"
+        assert getattr(module, "grpc", None) is not None and hasattr(module.grpc, "server"), _broken(
+            patch, library, "a module-level `grpc` whose server() builds the servers")
+        assert "add_insecure_port(" in inspect.getsource(module), _broken(patch, library, "add_insecure_port")
