@@ -251,17 +251,19 @@ class _LoopbackGrpc:
 @contextlib.contextmanager
 def _runner_servers_on_loopback():
     """Binds the DirectRunner's gRPC servers (the FnApiRunner's control, data,
-    state and logging; the external worker pool) to loopback.
+    state and logging; the external worker pool; each multi_processing worker's
+    logging server) to loopback.
 
     Beam 2.77 listens on `[::]:0`, every interface, for the whole job, with no
     authentication, while its workers (threads, or processes of this machine
     for multi_processing) dial `localhost:PORT`. `localhost:0` serves them the
     same and nothing outside the machine.
     """
+    from apache_beam.runners.portability import local_job_service
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
     from apache_beam.runners.worker import worker_pool_main
 
-    modules = (worker_handlers, worker_pool_main)
+    modules = (worker_handlers, worker_pool_main, local_job_service)
     saved = [vars(module)["grpc"] for module in modules]
     for module in modules:
         vars(module)["grpc"] = _LoopbackGrpc()

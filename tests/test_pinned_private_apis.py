@@ -179,17 +179,18 @@ def test_export_archive_root_saved_by_module_write_savedmodel(tmp_path):
 
 
 def test_beam_grpc_servers_bound_by_the_loopback_patch():
-    """pipeline/beam_graph.py `_runner_servers_on_loopback`: Beam binds the FnApiRunner's and the
-    worker pool's gRPC servers to `[::]` through each module's own `grpc`; the patch swaps that
-    module attribute for one whose servers bind `localhost`."""
+    """pipeline/beam_graph.py `_runner_servers_on_loopback`: Beam binds the FnApiRunner's, the
+    worker pool's and each subprocess worker's logging gRPC servers to `[::]` through each
+    module's own `grpc`; the patch swaps that module attribute for one binding `localhost`."""
     import inspect
 
     import apache_beam
+    from apache_beam.runners.portability import local_job_service
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
     from apache_beam.runners.worker import worker_pool_main
 
     library = f"apache-beam {apache_beam.__version__}"
-    for module in (worker_handlers, worker_pool_main):
+    for module in (worker_handlers, worker_pool_main, local_job_service):
         patch = f"pipeline/beam_graph.py _runner_servers_on_loopback ({module.__name__})"
         assert getattr(module, "grpc", None) is not None and hasattr(module.grpc, "server"), _broken(
             patch, library, "a module-level `grpc` whose server() builds the servers")

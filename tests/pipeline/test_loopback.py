@@ -38,11 +38,7 @@ def _loopback(ip: str) -> bool:
     return (mapped or address).is_loopback
 
 
-@pytest.mark.parametrize("mode", [
-    "multi_threading",  # the default: every server is the driver's
-    pytest.param("multi_processing", marks=pytest.mark.xfail(
-        strict=True, reason="Beam's SDK worker subprocesses each still listen on [::] (source not found yet)")),
-])
+@pytest.mark.parametrize("mode", ["multi_threading", "multi_processing"])
 def test_job_servers_listen_on_loopback_only(criteo_generated_file, tmp_path, mode):
     job = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "--dataset", "criteo", "--input", str(criteo_generated_file),
