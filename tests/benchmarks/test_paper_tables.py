@@ -12,6 +12,7 @@ from trainer.config import SearchConfig, preset_path
 
 
 @pytest.mark.slow
+@pytest.mark.dist  # several trainer processes, ~1-2 min: make test-dist keeps make test under 20 min
 def test_report_runs_each_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     data = write_synthetic_run(tmp_path / "data")
     out = tmp_path / "report"
@@ -84,6 +85,7 @@ def test_a_failed_run_is_reported_and_the_rest_goes_on(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.dist  # several trainer processes, ~1-2 min: make test-dist keeps make test under 20 min
 def test_tuned_runs_each_model_at_its_best_grid_point(tmp_path):
     data = write_synthetic_run(tmp_path / "data")
     grid = tmp_path / "grid.yaml"  # lr x dense L2 x embedding L2, one L2 point each: 2 trials

@@ -43,6 +43,7 @@ def test_official_builds_on_the_datasets_paper_preset():
 
 
 @pytest.mark.slow
+@pytest.mark.dist  # several trainer processes, ~1-2 min: make test-dist keeps make test under 20 min
 def test_official_protocol_through_the_cli(tmp_path):
     data = write_synthetic_run(tmp_path / "data")
     stats = json.loads((data / "stats.json").read_text())

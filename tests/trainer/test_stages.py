@@ -245,8 +245,9 @@ def test_console_script_exit_code_for_a_missing_data_dir(tmp_path):
 @pytest.mark.parametrize("path", sorted((CONFIG_DIR.parent / "architectures").glob("*.json")), ids=lambda p: p.stem)
 def test_train_stage_runs_every_shipped_fixed_design(path, synthetic_dir, tmp_path):
     out = tmp_path / path.stem
+    n = Architecture.load(path).n  # stacked_dcnv2.json is n = 5 (3 cross + 3 deep): the config must say so
     _trainer("--stage=train", "--data", synthetic_dir, "--config", CONFIG, "--architecture", path, "--mode", "hard",
-             "--out", out, "--model.emb_dim=4", "--train.epochs=1", "--train.batch_size=512")
+             "--out", out, "--model.emb_dim=4", "--train.epochs=1", "--train.batch_size=512", f"--model.n={n}")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_auc"] > 0.6
     assert Architecture.load(out / "architecture.json").to_dict() == Architecture.load(path).to_dict()
