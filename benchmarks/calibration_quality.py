@@ -25,8 +25,9 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SAMPLE = ROOT.parent / "shared" / "data" / "frappe" / "frappe_valid.tsv"
-SCHEMA = ROOT / "schemas" / "frappe.yaml"
+
+from benchmarks.frappe_sample import frappe_run  # noqa: E402
+
 RULES = {
     "auc": ["--train.monitor=auc", "--train.lr_decay_factor=1", "--train.patience=4"],
     "auc_minus_logloss": ["--train.monitor=auc_minus_logloss", "--train.lr_decay_factor=0.1",
@@ -71,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup = header()
     work = args.work or pathlib.Path(tempfile.mkdtemp(prefix="calibration-"))
-    data = args.data
-    if data is None:
-        data = work / "data"
-        subprocess.run([sys.executable, "-m", "pipeline", "--schema", str(SCHEMA), "--input", str(SAMPLE),
-                        "--output", str(data)], check=True, cwd=ROOT)
+    data = frappe_run(args.data, work)
     results = {name: train(data, work / name, args.model, args.seed, extra) for name, extra in RULES.items()}
     history = {name: [(round(r["valid_auc"], 4), round(r["valid_logloss"], 4), round(r["lr_scale"], 6))
                       for r in m["history"]] for name, m in results.items()}

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
-import subprocess
 import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.calibration_quality import SAMPLE, SCHEMA, train  # noqa: E402
+from benchmarks.calibration_quality import train  # noqa: E402
+from benchmarks.frappe_sample import frappe_run  # noqa: E402
 
 VARIANTS = {"before (raw product)": ["--model.bridge_norm=false"], "after (scale kept)": []}
 
@@ -66,11 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup = header()
     work = args.work or pathlib.Path(tempfile.mkdtemp(prefix="edcn-bridge-"))
-    data = args.data
-    if data is None:
-        data = work / "data"
-        subprocess.run([sys.executable, "-m", "pipeline", "--schema", str(SCHEMA), "--input", str(SAMPLE),
-                        "--output", str(data)], check=True, cwd=ROOT)
+    data = frappe_run(args.data, work)
     rms = init_rms(data, args.seed)
     runs = {name: train(data, work / ("before" if extra else "after"), "edcn", args.seed, extra)
             for name, extra in VARIANTS.items()}

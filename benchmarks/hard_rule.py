@@ -36,11 +36,10 @@ from collections.abc import Sequence
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.frappe_sample import frappe_run  # noqa: E402
 from benchmarks.report import paired  # noqa: E402
 from pipeline.atomic import write_text_atomic  # noqa: E402
 
-SAMPLE = ROOT.parent / "shared" / "data" / "frappe" / "frappe_valid.tsv"
-SCHEMA = ROOT / "schemas" / "frappe.yaml"
 PRESET = ROOT / "trainer" / "configs" / "frappe_cpu.yaml"
 RULES = ("beta", "remove", "alone")
 BASELINE = "beta"  # the paper's rule: a rule must beat it on validation to be the default
@@ -178,15 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if BASELINE not in args.rules:
         args.rules.insert(0, BASELINE)
     setup = header()
-    data = args.data
-    if data is None:
-        data = args.work / "data"
-        if not (data / "DONE.json").is_file():
-            if not SAMPLE.is_file():
-                print(f"hard_rule: {SAMPLE} is absent; pass --data DIR", file=sys.stderr)
-                return 2
-            subprocess.run([sys.executable, "-m", "pipeline", "--schema", str(SCHEMA), "--input", str(SAMPLE),
-                            "--output", str(data)], check=True, cwd=ROOT)
+    data = frappe_run(args.data, args.work)
     seeds = {"dev": args.dev_seeds, "report": args.report_seeds, "all": args.dev_seeds + args.report_seeds}[args.phase]
     try:
         for seed in seeds:
