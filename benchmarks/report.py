@@ -227,6 +227,16 @@ def draw_architecture(arch: Architecture, title: str, out_base: pathlib.Path) ->
     return paths
 
 
+def _save(fig: Any, out: pathlib.Path) -> pathlib.Path:
+    """Writes a figure of the report as a PNG at `out` and frees it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def draw_times(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pathlib.Path:
     """Figure 2: training time (search + retrain for OptFusion) and inference time per model."""
     names = list(table3)
@@ -238,10 +248,7 @@ def draw_times(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pathlib.
     right.barh(names, infer, color="#c96")
     right.set_xlabel("inference ms per 1,000 test rows")
     right.set_yticklabels([])
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 SEARCH_COST_ROWS = {"optfusion_hard": "OptFusion", "autoctr": "AutoCTR", "nasrec": "NASRec"}
@@ -260,10 +267,7 @@ def draw_search_cost(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pa
            color=["#69c" if k == "optfusion_hard" else "#c96" for k in rows], capsize=4)
     ax.set_ylabel("search + retrain seconds")
     ax.set_title("Figure 2(a): search cost (same machine, same run)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def draw_speed_vs_auc(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pathlib.Path | None:
@@ -279,7 +283,4 @@ def draw_speed_vs_auc(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> p
     ax.set_xlabel("inference ms per 1,000 test rows")
     ax.set_ylabel("test AUC (mean over seeds)")
     ax.set_title("Figure 2(b-d): inference time vs AUC", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
