@@ -173,9 +173,11 @@ STOPPING_KEYS = ("monitor", "best_epoch", "valid_auc_per_epoch", "valid_logloss_
 
 
 def calibration_record(metrics: dict) -> dict:
-    """The run's temperature and its test LogLoss and ECE before and after (trainer/calibration.py)."""
+    """The run's calibration (method, T of a temperature map) and its test LogLoss and ECE before and
+    after (trainer/calibration.py)."""
     c = metrics["calibration"]
-    return {"temperature": c["temperature"], "test_logloss_calibrated": c["test"]["logloss_calibrated"],
+    return {"calibration": c["method"], "temperature": c["temperature"],
+            "test_logloss_calibrated": c["test"]["logloss_calibrated"],
             "test_ece": c["test"]["ece"], "test_ece_calibrated": c["test"]["ece_calibrated"]}
 
 

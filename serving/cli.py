@@ -254,8 +254,7 @@ def run_export(args: argparse.Namespace) -> int:
     v = result.verification
     print(f"exported {result.version_dir} (version {result.version}) in "
           f"{time.perf_counter() - start:.1f}s")
-    print(f"  calibration: probabilities = sigmoid(logit / T), T = {v.temperature:.4g} (the run's "
-          f"calibration.json; 1 = none)")
+    print(f"  calibration: probabilities = {v.calibration.describe()} (the run's calibration.json)")
     print(f"  verified on {v.rows} rows ({v.source}), tolerance {v.tolerance:g}:")
     print(f"    session loader (TF Serving's path): serving_default vs Keras {v.max_abs_diff:.2e}, "
           f"raw_fields {v.fields_max_abs_diff:.2e}, classification {v.classify_max_abs_diff:.2e}, "

@@ -50,6 +50,7 @@ from tensorflow_serving.apis import (
 from pipeline.errors import UsageError
 from pipeline.features import MOSTLY_OOV_FRACTION
 from serving import configs, examples, module, session_loader
+from trainer.calibration import IDENTITY, Calibration
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 VERSION_RE = re.compile(r"^[0-9]+$")
@@ -74,7 +75,7 @@ class Verification:
     tolerance: float
     oov_max_abs_diff: float = 0.0  # serving_default's oov_fraction vs the in-process TFT ids
     mostly_oov_rows: int = 0  # verification rows with most categorical fields OOV
-    temperature: float = 1.0  # the calibration both sides apply: sigmoid(logit / T)
+    calibration: Calibration = IDENTITY  # the map both sides apply to the logit (trainer/calibration.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,24 +171,24 @@ def read_raw_rows(path: str, fmt: str | None, dataset: str, limit: int) -> list[
 
 def _keras_reference(
     model: Any, transform_layer: Any, raw_spec: Mapping[str, Any], names: Sequence[str],
-    serialized: Sequence[bytes], oov_fields: Sequence[str] = (), temperature: float = 1.0,
+    serialized: Sequence[bytes], oov_fields: Sequence[str] = (), calibration: Calibration = IDENTITY,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The trained Keras model on the TFT-transformed rows, in process:
-    (sigmoid(logit / temperature), oov_fraction)."""
+    (sigmoid(calibrated logit), oov_fraction)."""
     from trainer.scoring import raw_scores
 
     p, oov = raw_scores(model, transform_layer, dict(raw_spec), list(names), tf.constant(list(serialized)),
-                        list(oov_fields), temperature)
+                        list(oov_fields), calibration)
     return p.numpy(), oov.numpy()
 
 
 def verify(
     export_dir: pathlib.Path, model: Any, transform_layer: Any, raw_spec: Mapping[str, Any],
     names: Sequence[str], rows: Sequence[Mapping[str, list]], source: str, tolerance: float,
-    batch_size: int = 512, oov_fields: Sequence[str] = (), temperature: float = 1.0,
+    batch_size: int = 512, oov_fields: Sequence[str] = (), calibration: Calibration = IDENTITY,
 ) -> Verification:
     """The saved model, loaded as TF Serving loads it, vs Keras on the TFT-transformed rows
-    (its logits divided by `temperature`: the calibrated answer the export must serve).
+    (its logits mapped by `calibration`: the calibrated answer the export must serve).
 
     Every signature runs under the session loader (fresh graph and session,
     restore, init op, tensors by SignatureDef name: `tensorflow_model_server`'s
@@ -206,7 +207,7 @@ def verify(
                 serialized = examples.serialize_rows(chunk, dtypes)
                 batch = np.array(serialized, dtype=object)
                 reference, reference_oov = _keras_reference(model, transform_layer, raw_spec, names,
-                                                            serialized, oov_fields, temperature)
+                                                            serialized, oov_fields, calibration)
                 default = session.run(module.DEFAULT_SIGNATURE, {module.EXAMPLES_INPUT: batch})
                 texts = examples.field_texts(chunk, list(raw_spec))
                 fields = session.run(module.FIELDS_SIGNATURE,
@@ -224,7 +225,7 @@ def verify(
     except session_loader.SessionLoadError as err:
         raise ExportError(f"export verification failed: {err}; nothing was published") from err
     result = Verification(len(rows), source, diffs["session"], diffs["fields"], diffs["classify"],
-                          diffs["tf2"], tolerance, diffs["oov"], mostly_oov, temperature)
+                          diffs["tf2"], tolerance, diffs["oov"], mostly_oov, calibration)
     if not all(d <= tolerance for d in diffs.values()):
         raise ExportError(
             f"export verification failed on {len(rows)} rows ({source}): max abs diff, session "
@@ -232,7 +233,7 @@ def verify(
             f"serving_default = {diffs['fields']:.3g}, classification vs serving_default = "
             f"{diffs['classify']:.3g}; tf.saved_model.load: serving_default vs Keras = "
             f"{diffs['tf2']:.3g}, oov_fraction vs TFT ids = {diffs['oov']:.3g} (tolerance {tolerance:g}; "
-            f"Keras logits / T = {temperature:g}); "
+            f"Keras logits calibrated by {calibration.describe()}); "
             "nothing was published"
         )
     return result
@@ -285,7 +286,7 @@ def export(
     from pipeline.job import run_spec
     from pipeline.remote import local_view
     from pipeline.transform import oov_fields
-    from trainer.calibration import read_temperature
+    from trainer.calibration import read_calibration
     from trainer.model_io import load_model, serving_form
     from trainer.scoring import check_compatible
 
@@ -299,7 +300,7 @@ def export(
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     model = load_model(run_dir)
-    temperature = read_temperature(run_dir)  # 1 for a run without calibration.json
+    calibration = read_calibration(run_dir)  # the identity for a run without calibration.json
     transform_layer = tft_output.transform_features_layer()
     categorical = oov_fields(run_spec(data_dir))
 
@@ -332,9 +333,9 @@ def export(
     try:
         # The exported form may differ (a folded head); it is verified against the trained model.
         module.write_savedmodel(tmp_dir, serving_form(model), transform_layer, raw_spec, info.field_names,
-                                temperature, oov_fields=categorical)
+                                calibration, oov_fields=categorical)
         verification = verify(tmp_dir, model, transform_layer, raw_spec, info.field_names,
-                              rows, source, tolerance, oov_fields=categorical, temperature=temperature)
+                              rows, source, tolerance, oov_fields=categorical, calibration=calibration)
         warmup = write_warmup(tmp_dir, model_name, raw_spec, rows)
         tmp_dir.rename(final_dir)
     except BaseException:

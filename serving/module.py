@@ -9,10 +9,10 @@ layer and call the model. Three signatures:
   -> `probabilities`, `logits` (float32[None]) and `oov_fraction`
   (float32[None]: per row, the fraction of its categorical fields whose id
   is the OOV id; near 1 for rows of another dataset, see `with_oov_fraction`).
-  `probabilities` and `logits` are calibrated: with the run's temperature T
-  (trainer/calibration.py), `logits` = model logit / T and `probabilities` =
-  sigmoid(`logits`), so the pair stays consistent for every client; T = 1 for
-  a run without calibration.
+  `probabilities` and `logits` are calibrated: `logits` = the run's
+  calibration map (trainer/calibration.py: beta or temperature) of the model
+  logit and `probabilities` = sigmoid(`logits`), so the pair stays consistent
+  for every client; the model's own logit for a run without calibration.
 - `raw_fields`: one string[None] tensor per raw field holding the cell text as
   in the input file (b"" = missing; timestamps as Unix seconds, docs/SCHEMA.md),
   for clients that cannot build tf.Example; numeric fields are parsed in the
@@ -24,7 +24,6 @@ layer and call the model. Three signatures:
 
 from __future__ import annotations
 
-import math
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +31,8 @@ from typing import Any
 import keras  # explicitly: importing tensorflow_transform sets TF_USE_LEGACY_KERAS
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
+
+from trainer.calibration import IDENTITY, Calibration
 
 DEFAULT_SIGNATURE = "serving_default"
 FIELDS_SIGNATURE = "raw_fields"
@@ -106,27 +107,18 @@ def with_oov_fraction(outputs: dict[str, tf.Tensor], transformed: Mapping[str, t
     return {**outputs, OOV_OUTPUT: oov_fraction(dict(transformed), list(oov_fields))}
 
 
-def calibrated_logits(model_logits: tf.Tensor, temperature: float) -> tf.Tensor:
-    """The served logit: the model's divided by the run's temperature (a graph constant; T = 1 adds no op)."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0. Received: {temperature}")
-    if temperature == 1.0:
-        return model_logits
-    return model_logits / tf.constant(temperature, tf.float32)
-
-
 def write_savedmodel(
     export_dir: str | pathlib.Path,
     model: Any,
     transform_layer: Any,
     raw_feature_spec: Mapping[str, Any],
     field_names: Sequence[str],
-    temperature: float = 1.0,
+    calibration: Calibration = IDENTITY,
     *,
     oov_fields: Sequence[str],
 ) -> None:
     """Saves the three signatures over `transform_layer` + `model` into `export_dir`,
-    the logits divided by `temperature` (calibration) before the sigmoid.
+    the logits mapped by `calibration` (graph constants) before the sigmoid.
 
     `keras.export.ExportArchive` tracks the Keras 3 model's variables so that
     the session loader (TF Serving's C++ path) restores them; a plain
@@ -143,7 +135,7 @@ def write_savedmodel(
         # The TFT outputs are [B] already; no per-field reshape (a graph op each, at every request).
         features = {n: tf.cast(transformed[n], tf.int64) for n in names}
         logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
-        logits = calibrated_logits(logits, temperature)
+        logits = calibration.apply_tf(logits)
         return with_oov_fraction({"probabilities": tf.sigmoid(logits), "logits": logits}, features,
                                  oov_fields)
 

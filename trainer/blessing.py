@@ -9,8 +9,8 @@ vocabularies, so both score the same RAW rows: NEW's held-out split re-read
 from the input files stats.json records (the job's split hash and seed pick
 the same rows as its TFRecords), each through its own transform graph:
 
-- a RUN: its pipeline run's TFT graph + its Keras model, sigmoid(logit / T)
-  with its temperature (trainer.scoring.run_raw_scorer), what its export serves;
+- a RUN: its pipeline run's TFT graph + its Keras model, calibrated with its
+  calibration.json (trainer.scoring.run_raw_scorer), what its export serves;
 - a MODEL_DIR: the SavedModel's `serving_default` under the TF1 session loader,
   the path tensorflow_model_server takes.
 

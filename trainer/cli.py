@@ -32,9 +32,9 @@ file of the run's schema through --data's transform graph instead: one line
 an error naming its line unless --on_bad_row=nan|skip marks it (see
 pipeline/batch_scoring.py).
 
-retrain and train end by fitting a temperature on the validation split
-(--calibrate, default temperature; RUN/calibration.json): the probabilities of
-evaluate, predict and `serving export` are sigmoid(logit / T).
+retrain and train end by fitting a calibration on the validation split
+(--calibrate beta|temperature|none, trainer/calibration.py; RUN/calibration.json):
+the probabilities of evaluate, predict and `serving export` are the calibrated ones.
 
 Bad input (config, data dir, architecture, run dir) fails before training with
 one line and exit code 2; a diverging loss stops with exit code 1, keeping the
@@ -59,6 +59,7 @@ from pipeline.errors import EXIT_USAGE, UsageError
 from pipeline.features import SPLIT_NAMES
 from pipeline.remote import local_view
 from trainer.architecture import OPS
+from trainer.calibration import CALIBRATION_METHODS
 from trainer.nas import METHODS, OPTFUSION_METHOD
 from trainer.nas.space import is_nas_file
 from trainer.strategies import STRATEGIES
@@ -120,10 +121,11 @@ FLAGS: dict[str, dict[str, Any]] = {
                        "every component (the paper's table 4; implies --mode=hard)"),
     "--model": dict(choices=(OPTFUSION, *ZOO), help=f"a baseline of the zoo: {describe()}; tune also takes "
                     f"{OPTFUSION} (tunes the search stage; retrain reuses its lr and L2, as the paper does)"),
-    "--calibrate": dict(choices=("temperature", "none"), help="after training, fit one temperature T on the "
-                        "validation split (minimum validation LogLoss of sigmoid(logit / T)) and write it to "
-                        "RUN/calibration.json; `serving export`, evaluate and predict then give "
-                        "sigmoid(logit / T); none keeps T = 1 (config train.calibrate, default temperature)"),
+    "--calibrate": dict(choices=CALIBRATION_METHODS, help="after training, fit an increasing map of the logit "
+                        "on the validation split (minimum validation LogLoss): beta (a * log p - b * log(1 - p) "
+                        "+ c) or temperature (logit / T); written to RUN/calibration.json, `serving export`, "
+                        "evaluate and predict then give the calibrated probability; none keeps the model's "
+                        "(config train.calibrate, default in trainer/config.py)"),
     "--grid": dict(type=pathlib.Path, help="YAML of config paths -> values (default: the paper's lr x L2 grid, "
                    "trainer/configs/tune_grid.yaml)"),
     "--max_trials": dict(type=int, help="trials at most (default: the whole grid)"),
@@ -476,7 +478,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         lines = [describe(summary)]
     elif summary["stage"] == "evaluate":
         lines = [f"trainer evaluate: {summary['run_dir']} on split {summary['split']} of {summary['data_dir']}: "
-                 f"AUC {summary['auc']:.4f}, LogLoss {summary['logloss']:.4f} (T = {summary['temperature']:.4g}; "
+                 f"AUC {summary['auc']:.4f}, LogLoss {summary['logloss']:.4f} (calibration {summary['calibration']}; "
                  f"{summary['rows']} rows, "
                  f"{summary['positives']} positive) in {summary['seconds']:.1f}s -> {summary['output']}"]
     elif summary["stage"] == "predict" and "input" in summary:  # rows in / scored / bad: stderr
@@ -498,7 +500,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"{summary['best_valid_logloss']:.4f}); {summary['params']:,} parameters"
         )
         if calibration["method"] != "none":
-            lines.append(f"  calibrated (T = {calibration['temperature']:.4f}, fitted on valid): test LogLoss "
+            lines.append(f"  calibrated ({calibration['method']}, fitted on valid): test LogLoss "
                          f"{calibration['test']['logloss_calibrated']:.4f}, ECE {calibration['test']['ece']:.4f} -> "
                          f"{calibration['test']['ece_calibrated']:.4f}")
     print("\n".join(lines))

@@ -49,9 +49,10 @@ class TrainConfig:
     # architecture optimizer keeps search.arch_lr (docs/DESIGN.md §3, "Early stopping").
     lr_decay_factor: float = 0.1
     lr_decay_patience: int = 1
-    # After training (retrain / train): fit one temperature T on the validation split, so that the served
-    # probability is sigmoid(logit / T) (trainer/calibration.py); "none" keeps T = 1.
-    calibrate: Literal["temperature", "none"] = "temperature"
+    # After training (retrain / train): fit an increasing map of the logit on the validation split, served
+    # inside the export (trainer/calibration.py): beta (a * log p - b * log(1 - p) + c) or temperature
+    # (logit / T); "none" serves the model's own.
+    calibrate: Literal["beta", "temperature", "none"] = "temperature"
     lr: float = 1e-3  # Adam lr of every non-embedding model weight
     emb_lr: float = 1e-3  # Adam lr of the embedding table
     l2: float = 0.0  # L2 on non-embedding model weights: gradient += l2 * w (the reference's Adam weight_decay)

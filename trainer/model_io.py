@@ -2,9 +2,9 @@
 
 A run directory is self-describing: `run.json` (stage, mode, fields and vocab
 sizes), the resolved `config.yaml`, `architecture.json` and the best epoch's
-weights `model.weights.h5`, plus `calibration.json` (the temperature T the
-served probabilities divide the logits by, trainer/calibration.py) when the
-run was calibrated. `load_model` rebuilds the same Keras 3 model from
+weights `model.weights.h5`, plus `calibration.json` (the map of the logit
+the served probabilities apply, trainer/calibration.py) when the run was
+calibrated. `load_model` rebuilds the same Keras 3 model from
 those files alone, so serving needs neither the data dir nor the trainer CLI.
 """
 

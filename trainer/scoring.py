@@ -13,10 +13,10 @@ the stored record order (the split's shards in name order, each in file order):
     0<TAB>0.0312<TAB>0
 
 `row` is the 0-based record index, `probability` P(click) with 7 significant
-digits (calibrated: sigmoid(logit / T) with the run's temperature,
-trainer/calibration.py, as the exported model serves it), `label` only for labeled data; an --output ending in `.csv` is
-comma-separated instead. The file appears complete or not at all (temp file,
-then rename).
+digits (calibrated: sigmoid of the run's calibration map of the logit,
+trainer/calibration.py, as the exported model serves it), `label` only for
+labeled data; an --output ending in `.csv` is comma-separated instead. The
+file appears complete or not at all (temp file, then rename).
 
 `trainer --stage=predict --input RAW_FILE` scores a raw file of the run's
 schema instead, line-aligned: the pipeline run's TFT graph and the trained
@@ -44,7 +44,7 @@ from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.dataset_info import FINGERPRINT_KEY, STATS_FILE, DatasetInfo, is_uri, join, read_dataset_info
 from pipeline.errors import UsageError
 from pipeline.remote import local_view
-from trainer.calibration import read_temperature
+from trainer.calibration import IDENTITY, Calibration, read_calibration
 from trainer.config import load_config
 from trainer.data import input_signature, make_dataset
 from trainer.metrics import log_loss, roc_auc
@@ -141,16 +141,16 @@ def _resolve_split(info: DatasetInfo, split: str | None) -> str:
     return split
 
 
-def _load(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int, float]:
-    """The run's model (after the data check), the run's eval batch size and its temperature."""
+def _load(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int, Calibration]:
+    """The run's model (after the data check), the run's eval batch size and its calibration."""
     check_compatible(run_dir, info)
     model = load_model(run_dir)  # refuses a search run or an unfinished one, naming why
-    return model, load_config(run_dir / CONFIG_FILE).train.eval_batch_size, read_temperature(run_dir)
+    return model, load_config(run_dir / CONFIG_FILE).train.eval_batch_size, read_calibration(run_dir)
 
 
-def _logits(model: Any, info: DatasetInfo, split: str, batch_size: int, desc: str, temperature: float,
+def _logits(model: Any, info: DatasetInfo, split: str, batch_size: int, desc: str, calibration: Calibration,
             ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(calibrated logits = logits / temperature, labels or None) per batch of `split`, in stored
+    """(calibrated logits, labels or None) per batch of `split`, in stored
     record order, with a progress bar."""
     step = tf.function(lambda f: model(f, training=False), input_signature=[input_signature(info)])
     bar = tqdm(total=_split_rows(info, split), desc=desc, unit="row", unit_scale=True, leave=False,
@@ -158,7 +158,7 @@ def _logits(model: Any, info: DatasetInfo, split: str, batch_size: int, desc: st
     with bar:
         for batch in make_dataset(info, split, batch_size, in_file_order=True):
             features, labels = batch if info.labeled else (batch, None)
-            logits = np.asarray(step(features)).reshape(-1) / np.float32(temperature)
+            logits = calibration.apply(np.asarray(step(features)).reshape(-1))
             bar.update(logits.size)
             yield logits, None if labels is None else labels.numpy()
 
@@ -175,10 +175,10 @@ def evaluate(run_dir: str | pathlib.Path, info: DatasetInfo, split: str | None =
     split = _resolve_split(info, split)
     target = run_dir / EVALUATION_FILE.format(split=split) if output is None else _output_path(output)
     start = time.perf_counter()
-    model, batch_size, temperature = _load(run_dir, info)
+    model, batch_size, calibration = _load(run_dir, info)
     logits: list[np.ndarray] = []
     labels: list[np.ndarray] = []
-    for batch_logits, batch_labels in _logits(model, info, split, batch_size, f"evaluate {split}", temperature):
+    for batch_logits, batch_labels in _logits(model, info, split, batch_size, f"evaluate {split}", calibration):
         assert batch_labels is not None  # labeled data, checked above
         logits.append(batch_logits)
         labels.append(batch_labels)
@@ -191,7 +191,7 @@ def evaluate(run_dir: str | pathlib.Path, info: DatasetInfo, split: str | None =
     result = {
         "stage": "evaluate", "run_dir": str(run_dir), "data_dir": str(info.data_dir), "split": split,
         "auc": roc_auc(y, z), "logloss": log_loss(y, z), "rows": int(y.size), "positives": positives,
-        "temperature": temperature,
+        "temperature": calibration.temperature, "calibration": calibration.describe(),
     }
     write_text_atomic(target, json.dumps(result, indent=1) + "\n")
     return {**result, "output": str(target), "seconds": time.perf_counter() - start}
@@ -204,12 +204,12 @@ def predict(run_dir: str | pathlib.Path, info: DatasetInfo, output: str | pathli
     split = _resolve_split(info, split)
     target = _output_path(output)
     start = time.perf_counter()
-    model, batch_size, temperature = _load(run_dir, info)
+    model, batch_size, calibration = _load(run_dir, info)
     sep = "," if target.suffix.lower() == ".csv" else "\t"
     rows, total, low, high = 0, 0.0, math.inf, -math.inf
     with atomic_path(target) as tmp, tmp.open("w") as out:
         out.write(sep.join(["row", "probability", *(["label"] if info.labeled else [])]) + "\n")
-        for logits, labels in _logits(model, info, split, batch_size, f"predict {split}", temperature):
+        for logits, labels in _logits(model, info, split, batch_size, f"predict {split}", calibration):
             p = np.exp(-np.logaddexp(0.0, -logits.astype(np.float64)))  # sigmoid, no overflow at any logit
             index = np.arange(rows, rows + p.size)
             columns = [index, p] if labels is None else [index, p, labels.astype(np.int64)]
@@ -222,9 +222,9 @@ def predict(run_dir: str | pathlib.Path, info: DatasetInfo, output: str | pathli
 
 
 def raw_scores(model: Any, transform_layer: Any, raw_spec: dict[str, Any], names: list[str],
-               serialized: tf.Tensor, oov_fields: list[str], temperature: float = 1.0,
+               serialized: tf.Tensor, oov_fields: list[str], calibration: Calibration = IDENTITY,
                ) -> tuple[tf.Tensor, tf.Tensor]:
-    """(sigmoid(logit / temperature), oov_fraction) of serialized raw tf.Examples: parse, the TFT
+    """(sigmoid(calibrated logit), oov_fraction) of serialized raw tf.Examples: parse, the TFT
     layer, the model.
 
     What the exported `serving_default` computes, in process (export verifies against it).
@@ -234,7 +234,7 @@ def raw_scores(model: Any, transform_layer: Any, raw_spec: dict[str, Any], names
     transformed = transform_layer(tf.io.parse_example(serialized, raw_spec))
     features = {n: tf.cast(transformed[n], tf.int64) for n in names}
     logits = tf.reshape(tf.cast(model(features, training=False), tf.float32), [-1])
-    return tf.sigmoid(logits / temperature), oov_fraction(features, oov_fields)
+    return tf.sigmoid(calibration.apply_tf(logits)), oov_fraction(features, oov_fields)
 
 
 def _raw_step(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int, Any]:
@@ -245,12 +245,12 @@ def _raw_step(run_dir: pathlib.Path, info: DatasetInfo) -> tuple[Any, int, Any]:
     from pipeline.job import run_spec
     from pipeline.transform import oov_fields
 
-    model, batch_size, temperature = _load(run_dir, info)
+    model, batch_size, calibration = _load(run_dir, info)
     spec = run_spec(str(info.data_dir))
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     layer, names, fields = tft_output.transform_features_layer(), info.field_names, oov_fields(spec)
-    step = tf.function(lambda s: raw_scores(model, layer, raw_spec, names, s, fields, temperature),
+    step = tf.function(lambda s: raw_scores(model, layer, raw_spec, names, s, fields, calibration),
                        input_signature=[tf.TensorSpec([None], tf.string)])
     return spec, batch_size, step
 
@@ -298,7 +298,7 @@ def _output_path(output: str | pathlib.Path) -> pathlib.Path:
 def run_raw_scorer(run_dir: str | pathlib.Path, batch_size: int | None = None,
                    ) -> Callable[[list[bytes]], np.ndarray]:
     """P(click) of serialized raw tf.Examples through the run's OWN transform graph (the
-    pipeline run recorded in its run.json) and its model, calibrated with its temperature:
+    pipeline run recorded in its run.json) and its model, calibrated with its calibration map:
     what its export would serve. For comparing runs trained on different pipeline runs
     (other vocabularies) on the same raw rows (trainer/blessing.py)."""
     run_dir = pathlib.Path(run_dir)

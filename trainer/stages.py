@@ -6,7 +6,7 @@ Search runs one phase (one-shot, or connections only with a fixed op) or two
 the connections frozen) and keeps the best epoch's weights by variable path.
 Retrain and train are the same code: a frozen architecture, Hard or Soft,
 fresh weights or (retrain `init="search"`) the search run's, best validation
-epoch kept, a constant predictor refused, a temperature fitted on the
+epoch kept, a constant predictor refused, a calibration fitted on the
 validation split (trainer/calibration.py), test metrics in metrics.json.
 """
 
@@ -202,7 +202,7 @@ def run_fixed(
     _refuse_constant(phase, *valid)
     test = phase.predict("test")
     save_weights(model, out)
-    calibration = calibrate(config.train.calibrate, valid, test, out)  # T on valid only
+    calibration = calibrate(config.train.calibrate, valid, test, out)  # fitted on valid only
     metrics = {
         "stage": stage,
         "mode": mode,

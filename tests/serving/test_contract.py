@@ -98,22 +98,22 @@ def _in_process(version_dir: pathlib.Path, rows: list[dict]) -> np.ndarray:
 @pytest.fixture(scope="session")
 def keras_reference(criteo_run_dir, criteo_preprocessed_dir, held_out_rows) -> np.ndarray:
     """The trained Keras model on the TFT-transformed held-out rows, in process, calibrated by the
-    run's temperature (fitted on validation by the trainer, != 1): sigmoid(logit / T)."""
+    run's calibration map (fitted on validation by the trainer, not the identity)."""
     import tensorflow_transform as tft
 
     from pipeline.dataset_info import read_dataset_info
     from serving.export import _keras_reference
-    from trainer.calibration import read_temperature
+    from trainer.calibration import read_calibration
     from trainer.model_io import load_model
 
     info = read_dataset_info(criteo_preprocessed_dir)
     tft_output = tft.TFTransformOutput(str(info.transform_output_dir))
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
-    temperature = read_temperature(criteo_run_dir)
-    assert temperature != 1.0  # the trainer calibrates by default: the export must serve it
+    calibration = read_calibration(criteo_run_dir)
+    assert calibration.method != "none"  # the trainer calibrates by default: the export must serve it
     return _keras_reference(load_model(criteo_run_dir), tft_output.transform_features_layer(),
                             raw_spec, info.field_names, examples.serialize_rows(held_out_rows),
-                            temperature=temperature)[0]
+                            calibration=calibration)[0]
 
 
 def _session_feeds(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:

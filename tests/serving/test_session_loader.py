@@ -22,6 +22,7 @@ import tensorflow as tf
 from serving import cli, examples, module, session_loader
 from tests.conftest import ROOT
 from tests.serving import tiny
+from trainer.calibration import Calibration
 
 SEED = 3
 
@@ -56,28 +57,31 @@ def test_every_signature_equals_keras_under_session_loader(tiny_export):
     assert len(set(np.round(expected, 6))) > 1  # distinct rows, distinct answers
 
 
-def test_a_calibrated_export_serves_sigmoid_of_keras_logit_over_t(tmp_path):
-    """T != 1 (trainer/calibration.py): under the session loader every signature answers
-    sigmoid(keras_logit / T), `logits` is keras_logit / T; export's own verification passes against
-    the calibrated Keras answer and fails against the uncalibrated one (T = 1)."""
-    temperature = 2.5
-    version = tiny.write_version(tmp_path, 1, "tiny", seed=SEED, temperature=temperature)
+@pytest.mark.parametrize("calibration", [Calibration.from_temperature(2.5), Calibration("beta", 0.3, 1.2, -0.5)],
+                         ids=["temperature", "beta"])
+def test_a_calibrated_export_serves_sigmoid_of_the_calibrated_keras_logit(tmp_path, calibration):
+    """A temperature and a beta map (trainer/calibration.py): under the session loader every
+    signature answers sigmoid(map(keras_logit)), `logits` is map(keras_logit), computed here in
+    float64 numpy; export's own verification passes against the calibrated Keras answer and fails
+    against the uncalibrated one."""
+    version = tiny.write_version(tmp_path, 1, "tiny", seed=SEED, calibration=calibration)
     keras_logits = tiny.keras_logits(tiny.ROWS, seed=SEED)
-    expected = 1 / (1 + np.exp(-keras_logits.astype(np.float64) / temperature))
+    want_logits = calibration.apply(keras_logits.astype(np.float64))
+    expected = 1 / (1 + np.exp(-want_logits))
     with session_loader.SessionModel(version) as loaded:
         out = {name: loaded.run(name, inputs) for name, inputs in _feeds(tiny.ROWS).items()}
-    np.testing.assert_allclose(out[module.DEFAULT_SIGNATURE]["logits"], keras_logits / temperature, atol=1e-6)
+    np.testing.assert_allclose(out[module.DEFAULT_SIGNATURE]["logits"], want_logits, atol=1e-5)
     for got in (out[module.DEFAULT_SIGNATURE]["probabilities"], out[module.FIELDS_SIGNATURE]["probabilities"],
                 out[module.CLASSIFY_SIGNATURE]["scores"][:, 1]):
         np.testing.assert_allclose(got, expected, atol=1e-6)
-    assert np.max(np.abs(expected - tiny.keras_probabilities(tiny.ROWS, seed=SEED))) > 1e-2  # T matters here
+    assert np.max(np.abs(expected - tiny.keras_probabilities(tiny.ROWS, seed=SEED))) > 1e-2  # the map matters
 
     from serving import export
 
     verify = functools.partial(export.verify, version, tiny.tiny_model(SEED), tiny.HashTransform(), tiny.RAW_SPEC,
                                tiny.FIELDS, tiny.ROWS, "tiny rows", 1e-5, oov_fields=tiny.OOV_FIELDS)
-    assert verify(temperature=temperature).temperature == temperature
-    with pytest.raises(export.ExportError, match="Keras logits / T = 1"):
+    assert verify(calibration=calibration).calibration == calibration
+    with pytest.raises(export.ExportError, match="calibrated by none"):
         verify()
 
 

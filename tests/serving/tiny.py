@@ -18,6 +18,7 @@ from tensorflow_serving.apis import classification_pb2, model_pb2, prediction_se
 
 from pipeline.features import FIRST_VALUE_ID, MISSING_ID, OOV_ID
 from serving import examples, export, module
+from trainer.calibration import IDENTITY, Calibration
 
 RAW_SPEC = {
     "I1": tf.io.VarLenFeature(tf.int64),
@@ -69,11 +70,11 @@ def tiny_model(seed: int = 0) -> keras.Model:
 
 
 def write_version(model_dir: pathlib.Path, version: int, model_name: str, seed: int = 0,
-                  temperature: float = 1.0) -> pathlib.Path:
-    """Saves a tiny model as model_dir/<version> the way `serving export` does (calibrated by `temperature`)."""
+                  calibration: Calibration = IDENTITY) -> pathlib.Path:
+    """Saves a tiny model as model_dir/<version> the way `serving export` does (with `calibration`)."""
     target = model_dir / str(version)
     tmp = model_dir / f".tmp-{version}"
-    module.write_savedmodel(tmp, tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS, temperature,
+    module.write_savedmodel(tmp, tiny_model(seed), HashTransform(), RAW_SPEC, FIELDS, calibration,
                             oov_fields=OOV_FIELDS)
     export.write_warmup(tmp, model_name, RAW_SPEC, ROWS)
     tmp.rename(target)

@@ -1,4 +1,5 @@
-"""Temperature scaling: the fit recovers a known T, the run records it, and older runs read as T = 1."""
+"""Temperature and beta calibration: the fits recover known maps, the maps match hand-computed values in
+numpy and TF, the run records them, and older runs read as before."""
 
 import json
 import math
@@ -8,10 +9,13 @@ import pytest
 
 from trainer.calibration import (
     CALIBRATION_FILE,
+    IDENTITY,
+    Calibration,
     CalibrationError,
     calibrate,
+    fit_beta,
     fit_temperature,
-    read_temperature,
+    read_calibration,
 )
 from trainer.metrics import log_loss, roc_auc
 
@@ -47,23 +51,101 @@ def test_calibrate_writes_the_run_file_and_keeps_the_ranking(tmp_path):
     valid, test = _synthetic(2.0, rows=50_000, seed=2), _synthetic(2.0, rows=50_000, seed=3)
     result = calibrate("temperature", valid, test, tmp_path)
     assert json.loads((tmp_path / CALIBRATION_FILE).read_text()) == result
-    assert read_temperature(tmp_path) == pytest.approx(result["temperature"]) == pytest.approx(2.0, rel=0.03)
+    temperature = read_calibration(tmp_path).temperature
+    assert temperature == pytest.approx(result["temperature"]) == pytest.approx(2.0, rel=0.03)
     for split in ("valid", "test"):
         q = result[split]
         assert q["logloss_calibrated"] < q["logloss"] and q["ece_calibrated"] < q["ece"]
     assert roc_auc(test[0], test[1] / result["temperature"]) == roc_auc(*test)  # AUC unchanged
 
     off = calibrate("none", valid, test, tmp_path)  # a rerun without calibration leaves no stale T
-    assert not (tmp_path / CALIBRATION_FILE).exists() and read_temperature(tmp_path) == 1.0
+    assert not (tmp_path / CALIBRATION_FILE).exists() and read_calibration(tmp_path) == IDENTITY
     assert off["temperature"] == 1.0 and off["test"]["logloss_calibrated"] == off["test"]["logloss"]
 
 
-def test_read_temperature_of_older_and_broken_runs(tmp_path):
-    assert read_temperature(tmp_path) == 1.0  # a run from before calibration
+def test_read_calibration_of_older_and_broken_runs(tmp_path):
+    assert read_calibration(tmp_path) == IDENTITY  # a run from before calibration
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"temperature": 2.0}))  # before beta: no method key
+    assert read_calibration(tmp_path) == Calibration.from_temperature(2.0)
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"temperature": -2}))
     with pytest.raises(CalibrationError, match="finite number > 0"):
-        read_temperature(tmp_path)
+        read_calibration(tmp_path)
     (tmp_path / CALIBRATION_FILE).write_text("{}")
-    with pytest.raises(CalibrationError, match="holds no valid temperature"):
-        read_temperature(tmp_path)
-    assert math.isclose(read_temperature(tmp_path.parent / "nowhere"), 1.0)
+    with pytest.raises(CalibrationError, match="holds no valid calibration"):
+        read_calibration(tmp_path)
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "isotonic"}))
+    with pytest.raises(CalibrationError, match="unknown calibration method 'isotonic'"):
+        read_calibration(tmp_path)
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "beta", "params": {"a": -1, "b": 1, "c": 0}}))
+    with pytest.raises(CalibrationError, match="a, b >= 0"):
+        read_calibration(tmp_path)
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "beta", "params": {"a": 1, "b": 2}}))
+    with pytest.raises(CalibrationError, match="holds no valid calibration"):
+        read_calibration(tmp_path)
+    assert read_calibration(tmp_path.parent / "nowhere") == IDENTITY
+
+
+def test_maps_match_hand_computed_values_in_numpy_and_tf():
+    import tensorflow as tf
+
+    z = np.array([0.0, 2.0, -3.0])
+    softplus = np.log1p(np.exp(z))
+    # beta: b * softplus(z) - a * softplus(-z) + c; at z = 0 both softplus are ln 2
+    beta = Calibration("beta", 1.0, 2.0, 0.5)
+    assert beta.apply(np.zeros(1))[0] == pytest.approx(math.log(2) + 0.5)
+    want = 2.0 * softplus - 1.0 * np.log1p(np.exp(-z)) + 0.5
+    np.testing.assert_allclose(beta.apply(z), want, rtol=1e-12)
+    np.testing.assert_allclose(beta.apply_tf(tf.constant(z, tf.float32)).numpy(), want, rtol=1e-6)
+    # a = b = 1 / T, c = 0 is temperature: z / T, exactly in the temperature form
+    t = Calibration.from_temperature(4.0)
+    np.testing.assert_allclose(t.apply(z), z / 4.0, rtol=0)
+    np.testing.assert_allclose(Calibration("beta", 0.25, 0.25, 0.0).apply(z), z / 4.0, atol=1e-12)
+    np.testing.assert_allclose(t.apply_tf(tf.constant(z, tf.float32)).numpy(), z / 4.0, rtol=1e-7)
+    assert IDENTITY.apply(z) is not None and np.array_equal(IDENTITY.apply(z), z) and IDENTITY.temperature == 1.0
+    assert beta.temperature is None and t.temperature == pytest.approx(4.0)
+
+
+def _beta_labels(a: float, b: float, c: float, rows: int = 200_000, seed: int = 0):
+    """Logits z ~ N(-1, 2) and labels drawn from the beta map's probability of z."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(-1.0, 2.0, rows)
+    p = 1 / (1 + np.exp(-Calibration("beta", a, b, c).apply(z)))
+    return (rng.random(rows) < p).astype(np.float64), z
+
+
+@pytest.mark.parametrize("true", [(0.2, 1.0, -1.3), (1.5, 0.4, 0.3), (0.5, 0.5, 0.0)])
+def test_fit_beta_recovers_a_known_map(true):
+    labels, z = _beta_labels(*true)
+    fitted = fit_beta(labels, z)
+    assert fitted.method == "beta"
+    assert (fitted.a, fitted.b, fitted.c) == pytest.approx(true, abs=0.05)
+    # its LogLoss is no worse than temperature's, which is the special case a = b, c = 0
+    assert log_loss(labels, fitted.apply(z)) <= log_loss(labels, z / fit_temperature(labels, z)) + 1e-9
+
+
+def test_fit_beta_keeps_the_map_increasing():
+    rng = np.random.default_rng(4)
+    z = rng.normal(0.0, 2.0, 100_000)
+    # clicks rise with z above 0 but also with |z| below it: unconstrained, a would be negative
+    p = 1 / (1 + np.exp(-(np.abs(z) - 1.0)))
+    labels = (rng.random(z.size) < p).astype(np.float64)
+    fitted = fit_beta(labels, z)
+    assert fitted.a == 0.0 and fitted.b > 0
+    assert np.all(np.diff(fitted.apply(np.sort(z))) >= 0)  # increasing: the ranking (AUC) is kept
+    assert roc_auc(labels, fitted.apply(z)) == pytest.approx(roc_auc(labels, z), abs=1e-12)
+    with pytest.raises(CalibrationError, match="no increasing map"):  # labels ranked backwards
+        fit_beta((z < 0).astype(np.float64), z)
+    with pytest.raises(CalibrationError, match="constant"):
+        fit_beta(np.array([0.0, 1.0]), np.ones(2))
+
+
+def test_calibrate_beta_writes_a_run_file_export_reads(tmp_path):
+    valid, test = _beta_labels(0.2, 1.0, -1.3, rows=50_000, seed=5), _beta_labels(0.2, 1.0, -1.3, rows=50_000, seed=6)
+    result = calibrate("beta", valid, test, tmp_path)
+    assert json.loads((tmp_path / CALIBRATION_FILE).read_text()) == result and result["temperature"] is None
+    read = read_calibration(tmp_path)
+    assert (read.a, read.b, read.c) == (result["params"]["a"], result["params"]["b"], result["params"]["c"])
+    for split in ("valid", "test"):
+        q = result[split]
+        assert q["logloss_calibrated"] < q["logloss"] and q["ece_calibrated"] < q["ece"]
+    assert roc_auc(test[0], read.apply(test[1])) == roc_auc(*test)

@@ -10,7 +10,7 @@ import tensorflow as tf
 from pipeline.dataset_info import PAD_ID, STATS_FILE, read_dataset_info
 from tests.trainer.synthetic import SEQ_FIELD, SEQ_VOCAB, VOCAB_SIZES
 from trainer import cli
-from trainer.calibration import read_temperature
+from trainer.calibration import read_calibration
 from trainer.config import load_config, preset_path
 from trainer.data import make_dataset
 from trainer.model.embedding import FieldEmbedding, stack_ids
@@ -195,8 +195,8 @@ def test_export_serves_raw_multivalued_cells(multivalued_run, multivalued_dir, t
 
     features = {n: tf.strings.to_hash_bucket_fast(texts[n], v) for n, v in zip(singles, VOCAB_SIZES, strict=True)}
     features[SEQ_FIELD] = tf.constant([ids(c) for c in cells], tf.int64)
-    temperature = read_temperature(multivalued_run)  # the export serves the calibrated probability
-    want = tf.sigmoid(tf.reshape(load_model(multivalued_run)(features), [-1]) / temperature).numpy()
+    calibration = read_calibration(multivalued_run)  # the export serves the calibrated probability
+    want = tf.sigmoid(calibration.apply_tf(tf.reshape(load_model(multivalued_run)(features), [-1]))).numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert got[0] == pytest.approx(got[1], abs=1e-6)  # mean pooling: the order of the ids does not matter
     assert got[2] == pytest.approx(got[3], abs=1e-6)  # mean of one id repeated is that id

@@ -58,7 +58,7 @@ def test_a_nas_design_exports_and_runs_under_the_session_loader(case, criteo_pre
 
     from pipeline.dataset_info import read_dataset_info
     from serving.export import _keras_reference
-    from trainer.calibration import read_temperature
+    from trainer.calibration import read_calibration
     from trainer.model_io import load_model
 
     run = _run(criteo_preprocessed_dir, tmp_path, case)
@@ -70,7 +70,7 @@ def test_a_nas_design_exports_and_runs_under_the_session_loader(case, criteo_pre
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != info.label_key}
     serialized = examples.serialize_rows(raw_rows)
     expected = _keras_reference(load_model(run), tft_output.transform_features_layer(), raw_spec, info.field_names,
-                                serialized, temperature=read_temperature(run))[0]
+                                serialized, calibration=read_calibration(run))[0]
     texts = examples.field_texts(raw_rows, list(raw_rows[0]))
     feeds = {"serving_default": {"examples": np.array(serialized, dtype=object)},
              "raw_fields": {k: np.array(v, dtype=object) for k, v in texts.items()},

@@ -9,7 +9,7 @@ import tensorflow as tf
 from pipeline.dataset_info import read_dataset_info
 from tests.trainer.synthetic import write_synthetic_run
 from trainer import cli
-from trainer.calibration import read_temperature
+from trainer.calibration import read_calibration
 from trainer.data import make_dataset
 from trainer.model_io import load_model
 
@@ -41,11 +41,11 @@ def _error(captured) -> str:
 
 def _model_probabilities(run, data_dir) -> np.ndarray:
     """The run's model on every record of `data`, in stored order, outside the stage, calibrated:
-    sigmoid(logit / T) with the run's temperature (as the export serves it)."""
-    model, temperature = load_model(run), read_temperature(run)
-    assert temperature != 1.0  # the trainer calibrates by default
+    sigmoid of the run's calibration map of the logit (as the export serves it)."""
+    model, calibration = load_model(run), read_calibration(run)
+    assert calibration.method != "none"  # the trainer calibrates by default
     batches = make_dataset(read_dataset_info(data_dir), "data", 64, in_file_order=True)
-    return np.concatenate([tf.sigmoid(model(b if isinstance(b, dict) else b[0]) / temperature).numpy().ravel()
+    return np.concatenate([tf.sigmoid(calibration.apply_tf(model(b if isinstance(b, dict) else b[0]))).numpy().ravel()
                            for b in batches])
 
 
