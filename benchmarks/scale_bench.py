@@ -26,7 +26,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -36,7 +35,8 @@ from collections.abc import Sequence
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results import header, write_section  # noqa: E402
+from benchmarks.results import header, publish  # noqa: E402
+from serving.process import STOP_TIMEOUT_S, ServeProcess, ServeProcessError  # noqa: E402
 
 MODEL = "ctr"
 PLOT = ROOT / "benchmarks" / "scale_bench.png"
@@ -90,8 +90,11 @@ class PeakRss(threading.Thread):
         return self.peak
 
 
+NICE = ("nice", "-n", "10")
+
+
 def cli(package: str, *args: str) -> list[str]:
-    return ["nice", "-n", "10", sys.executable, "-m", f"{package}.cli", *args]
+    return [*NICE, sys.executable, "-m", f"{package}.cli", *args]
 
 
 def timed(log: pathlib.Path, command: Sequence[str]) -> tuple[float, int]:
@@ -140,40 +143,17 @@ def quality(test_file: pathlib.Path, scores_file: pathlib.Path) -> dict[str, flo
     return {"auc": roc_auc(labels, probs), "logloss": log_loss(labels, np.log(probs / (1 - probs)))}
 
 
-class Server:
-    """`serving serve` of BASE/models.config on 127.0.0.1 (free port), its RSS sampled, stopped by PID."""
+class Server(ServeProcess):
+    """`serving serve` of BASE/models.config under `nice` like every stage, its RSS sampled."""
 
     def __init__(self, base: pathlib.Path, log: pathlib.Path):
-        self.port_file = base.parent / "server.ports"
-        self.port_file.unlink(missing_ok=True)
-        self.log = log.open("w")
-        self.start = time.perf_counter()
-        self.process = subprocess.Popen(
-            cli("serving", "serve", "--model_config_file", str(base / "models.config"), "--host", "127.0.0.1",
-                "--port", "0", "--port_file", str(self.port_file)),
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        self.sampler = PeakRss(self.process.pid)
+        super().__init__(base / "models.config", base.parent / "server.ports", log, prefix=NICE, cwd=ROOT)
+        self.sampler = PeakRss(self.pid)
         self.sampler.start()
 
-    def target(self, timeout: float = 600) -> str:
-        deadline = time.monotonic() + timeout
-        while not self.port_file.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                sys.exit(f"scale_bench: the server did not start (log {self.log.name})")
-            time.sleep(0.2)
-        return f"127.0.0.1:{int(self.port_file.read_text().split()[0])}"
-
-    def stop(self) -> int:
-        """Stops the server (SIGTERM to its PID, then SIGKILL); its peak RSS."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        self.log.close()
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Stops the server by PID; its peak RSS."""
+        super().stop(timeout)
         return self.sampler.stop()
 
 
@@ -215,7 +195,10 @@ def run_size(rows: int, args: argparse.Namespace) -> dict:
     raw.unlink()  # the big input is not needed any more
     server = Server(base, work / "serve.log")
     try:
-        target = server.target()
+        try:
+            target = server.target(timeout=600)
+        except ServeProcessError as err:
+            sys.exit(f"scale_bench: {err}")
         record["seconds"]["serve"] = round(time.perf_counter() - server.start, 1)  # start to port open
         stage("score", cli("serving", "predict", "--target", target, "--model_name", MODEL, "--input",
                            str(test_file), "--format", "criteo", "--batch_size", str(args.predict_batch),
@@ -304,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- plot: `{PLOT.relative_to(ROOT)}`\n\n"
         + table(records)
     )
-    print(body)
-    if not args.no_write:
-        print(f"wrote {write_section('Scale', body)}")
+    publish("Scale", body, not args.no_write)
     return 0
 
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from pipeline import raw_rows  # noqa: E402
 from pipeline.validate import ANOMALIES_FILE, EXIT_ANOMALIES  # noqa: E402
 from serving import examples  # noqa: E402
 from serving.client import AVAILABLE, ServingClient  # noqa: E402
+from serving.process import ServeProcess, ServeProcessError  # noqa: E402
 from trainer.blessing import BLESSING_FILE, EXIT_NOT_BLESSED  # noqa: E402
 
 MODEL = steps.MODEL_NAME
@@ -95,38 +95,6 @@ class RequestStream(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=30)
-
-
-class Server:
-    """`serving serve` on 127.0.0.1 (any free port), stopped by PID."""
-
-    def __init__(self, work: pathlib.Path, base: pathlib.Path) -> None:
-        self.port_file = work / "server.ports"
-        self.log = (work / "server.log").open("w")
-        self.process = subprocess.Popen(
-            cli("serving", ["serve", "--model_config_file", str(base / "models.config"), "--host", "127.0.0.1",
-                            "--port", "0", "--port_file", str(self.port_file), "--file_system_poll_wait_seconds", "1"]),
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def target(self, timeout: float = 300) -> str:
-        deadline = time.monotonic() + timeout
-        while not self.port_file.exists():
-            if self.process.poll() is not None:
-                raise ScenarioError(f"server exited {self.process.returncode} (log {self.log.name})")
-            if time.monotonic() > deadline:
-                raise ScenarioError(f"no port file after {timeout:g} s (log {self.log.name})")
-            time.sleep(0.2)
-        return f"127.0.0.1:{int(self.port_file.read_text().split()[0])}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        self.log.close()
 
 
 def served_version(client: ServingClient) -> int:
@@ -201,12 +169,13 @@ def scenario(args: argparse.Namespace) -> None:
     say(1, "pipeline", "ok")
     run1 = train_and_bless(args, 1, data1, None)
     push(args, 1, run1, data1)
-    server = Server(work, args.base)
+    server = ServeProcess(args.base / "models.config", work / "server.ports", work / "server.log",
+                          "--file_system_poll_wait_seconds", "1")
     try:
         target = server.target()
         with ServingClient(target, timeout=10) as client:
             wait_served(client, 1)
-            say(1, "serve", f"v1 served at {target} (pid {server.process.pid})")
+            say(1, "serve", f"v1 served at {target} (pid {server.pid})")
             # Day 2: validated, warm-started, blessed against day 1, pushed under a request stream.
             data2, code = day_data(args, 2, previous=data1)
             if code != 0:
@@ -270,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         scenario(args)
-    except ScenarioError as err:
+    except (ScenarioError, ServeProcessError) as err:
         print(f"daily demo FAILED: {err}", file=sys.stderr, flush=True)
         return 1
     print(f"daily demo passed in {time.monotonic() - start:.0f} s", flush=True)
