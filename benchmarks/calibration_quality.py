@@ -60,7 +60,7 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.results import header, write_section
+    from benchmarks.results import header, publish
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=pathlib.Path,
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{table(results)}\n\n"
             "Per-epoch (valid AUC, valid LogLoss, lr scale):\n\n"
             + "".join(f"- {name}: {h}\n" for name, h in history.items()))
-    print(body)
-    if args.write:
-        print(f"written: {write_section('Frappe: early stopping and calibration', body)}")
+    publish("Frappe: early stopping and calibration", body, args.write)
     return 0
 
 

@@ -55,7 +55,7 @@ def init_rms(data: pathlib.Path, seed: int) -> dict[str, list[tuple[float, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.results import header, write_section
+    from benchmarks.results import header, publish
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=pathlib.Path,
@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             f"`trainer --stage=train --model edcn --seed {args.seed} --calibrate=temperature`, preset "
             "`trainer/configs/frappe_cpu.yaml`, before with `--model.bridge_norm=false`. RMS at init: one batch of "
             f"512 train rows, seed {args.seed}.\n\n" + "\n".join(lines) + "\n")
-    print(body)
-    if args.write:
-        print(f"written: {write_section('EDCN: the bridge keeps its scale', body)}")
+    publish("EDCN: the bridge keeps its scale", body, args.write)
     return 0
 
 

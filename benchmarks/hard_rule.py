@@ -158,7 +158,7 @@ def table(records: dict[str, dict[int, dict]], seeds: Sequence[int], metrics: Se
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.results import header, write_section
+    from benchmarks.results import header, publish
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", required=True, type=pathlib.Path, help="work dir for data, runs, records (resumable)")
@@ -197,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         body += f"\n### Fresh seeds {args.report_seeds}: the report\n\n{table(records, args.report_seeds)}\n"
     if args.notes_file:
         body += "\n" + args.notes_file.read_text().strip() + "\n"
-    print(body)
-    if args.write:
-        print(f"written: {write_section('Frappe: the Hard rule chosen on development seeds', body)}")
+    publish("Frappe: the Hard rule chosen on development seeds", body, args.write)
     return 0
 
 

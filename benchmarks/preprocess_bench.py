@@ -27,7 +27,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results import header, write_section  # noqa: E402
+from benchmarks.results import header, publish  # noqa: E402
 
 INT_COLS = [f"I{i}" for i in range(1, 14)]
 CAT_COLS = [f"C{i}" for i in range(1, 27)]
@@ -148,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "Both wall times include process start-up and all output writing; the job's also includes "
         "its fixed TFT/Beam cost (graph tracing, pipeline start-up: 20-30 s, about what a 20k-row run takes).\n"
     )
-    print(body)
-    if not args.no_write:
-        print(f"wrote {write_section('Preprocessing', body)}")
+    publish("Preprocessing", body, not args.no_write)
     return 0
 
 

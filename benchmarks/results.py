@@ -54,3 +54,10 @@ def write_section(name: str, body: str) -> pathlib.Path:
         text = text.rstrip() + "\n\n" + section
     write_text_atomic(RESULTS, text)
     return RESULTS
+
+
+def publish(name: str, body: str, write: bool = True) -> None:
+    """Prints a benchmark's `## name` section and, unless `write` is false (--no-write), writes it to RESULTS.md."""
+    print(body)
+    if write:
+        print(f"written: {write_section(name, body)}")

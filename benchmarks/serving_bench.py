@@ -48,7 +48,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results import header, write_section  # noqa: E402
+from benchmarks.results import header, publish  # noqa: E402
 
 CRITEO_SAMPLE = ROOT.parent / "shared" / "data" / "criteo" / "train_head10k.tsv"
 CPU_PRESET = ROOT / "trainer/configs/criteo_cpu.yaml"
@@ -432,9 +432,7 @@ def _measure(args: argparse.Namespace, wanted: list[str], work: pathlib.Path, st
         "Targets (docs/DESIGN.md §6; the CPU-preset model is preset-hard, what the README and "
         "`make demo` build; the other rows for comparison):\n\n" + "\n".join(verdicts),
     ])
-    print(body)
-    if not args.no_write:
-        print(f"written to {write_section('Serving', body)}")
+    publish("Serving", body, not args.no_write)
     return 0
 
 

@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
     args = parser.parse_args()
 
-    from benchmarks.results import header, write_section
+    from benchmarks.results import header, publish
     from pipeline.generate import generate
 
     head = header(["python", *sys.argv])  # date and load at the start
@@ -138,9 +138,7 @@ def main() -> None:
                                                                   "--train.max_steps_per_epoch=1"])
     warm = train("warm", days["day2"], workdir / "warm", [*day2, init])
     body = report(day1, cold, [step, warm], args.rows, args.model)
-    print(body)
-    if not args.no_write:
-        print(f"wrote {write_section('Warm start across vocabularies', head + chr(10) + body)}")
+    publish("Warm start across vocabularies", head + "\n" + body, not args.no_write)
 
 
 if __name__ == "__main__":
