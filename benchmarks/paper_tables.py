@@ -178,7 +178,9 @@ def calibration_record(metrics: dict) -> dict:
     c = metrics["calibration"]
     return {"calibration": c["method"], "temperature": c["temperature"],
             "test_logloss_calibrated": c["test"]["logloss_calibrated"],
-            "test_ece": c["test"]["ece"], "test_ece_calibrated": c["test"]["ece_calibrated"]}
+            "test_ece": c["test"]["ece"], "test_ece_calibrated": c["test"]["ece_calibrated"],
+            "test_reliability": c["test"].get("reliability"),
+            "test_reliability_calibrated": c["test"].get("reliability_calibrated")}
 
 
 def inference_seconds(run_dir: pathlib.Path, data: pathlib.Path) -> float:

@@ -41,7 +41,7 @@ import numpy as np
 
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import UsageError
-from trainer.metrics import expected_calibration_error, log_loss, sigmoid
+from trainer.metrics import expected_calibration_error, log_loss, reliability, sigmoid
 
 log = logging.getLogger("trainer")
 
@@ -209,13 +209,15 @@ def _checked(labels: np.ndarray, logits: np.ndarray, method: str) -> tuple[np.nd
 
 
 def quality(labels: np.ndarray, logits: np.ndarray, calibration: Calibration) -> dict[str, float]:
-    """LogLoss and 15-bin ECE of `logits` before and after `calibration`."""
+    """LogLoss, 15-bin ECE and its reliability diagram of `logits` before and after `calibration`."""
     scaled = calibration.apply(logits)
     return {
         "logloss": log_loss(labels, logits),
         "ece": expected_calibration_error(labels, sigmoid(logits)),
         "logloss_calibrated": log_loss(labels, scaled),
         "ece_calibrated": expected_calibration_error(labels, sigmoid(scaled)),
+        "reliability": reliability(labels, sigmoid(logits)),
+        "reliability_calibrated": reliability(labels, sigmoid(scaled)),
         "rows": int(np.asarray(labels).size),
     }
 

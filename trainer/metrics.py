@@ -91,6 +91,20 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     ([0, 1/15), [1/15, 2/15), ...), the last one closed on both sides so that
     p = 1 counts. Empty bins add nothing. 0 is perfectly calibrated.
     """
+    rows, clicks, predicted = _bin_sums(labels, probabilities, bins)
+    return float(np.abs(clicks - predicted).sum() / rows.sum())  # per bin: |sum y - sum p|
+
+
+def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> list[list[float]]:
+    """The reliability diagram of the ECE's bins: [mean probability, observed click rate, rows] per
+    non-empty bin, in order. Sums of rows over runs pool their diagrams (benchmarks/report.py)."""
+    rows, clicks, predicted = _bin_sums(labels, probabilities, bins)
+    return [[float(predicted[i] / rows[i]), float(clicks[i] / rows[i]), int(rows[i])]
+            for i in range(bins) if rows[i] > 0]
+
+
+def _bin_sums(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> tuple[np.ndarray, ...]:
+    """Per equal-width bin: (rows, sum of labels, sum of probabilities)."""
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if labels.shape != p.shape or p.size == 0:
@@ -98,5 +112,4 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     if np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
         raise ValueError("ECE needs probabilities in [0, 1]")
     index = np.minimum((p * bins).astype(np.int64), bins - 1)
-    gap = np.abs(np.bincount(index, labels, bins) - np.bincount(index, p, bins))  # per bin: |sum y - sum p|
-    return float(gap.sum() / p.size)
+    return np.bincount(index, minlength=bins), np.bincount(index, labels, bins), np.bincount(index, p, bins)

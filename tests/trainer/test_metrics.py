@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import ECE_BINS, expected_calibration_error, log_loss, roc_auc, sigmoid
+from trainer.metrics import ECE_BINS, expected_calibration_error, log_loss, reliability, roc_auc, sigmoid
 
 
 def test_auc_hand_computed_with_ties():
@@ -59,6 +59,10 @@ def test_ece_hand_computed_with_15_equal_width_bins():
     assert ECE_BINS == 15
     # Two bins instead: [0, 0.5) holds 0.05, 0.05, 0.35 x 3 (mean label 2/5, mean p 0.23); [0.5, 1] the rest.
     assert expected_calibration_error(labels, p, bins=2) == pytest.approx((5 * 0.17 + 2 * 0.025) / 7)
+    # The reliability diagram of the same bins: [mean p, observed rate, rows] per non-empty bin.
+    got = reliability(labels, p)
+    assert [row[2] for row in got] == [2, 3, 2]
+    np.testing.assert_allclose([row[:2] for row in got], [[0.05, 0.5], [0.35, 1 / 3], [0.975, 1.0]])
 
 
 def test_ece_is_zero_when_calibrated_and_refuses_non_probabilities():
