@@ -301,7 +301,8 @@ def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, fai
     if "table3" in summary:
         figures.append(report.draw_times(summary["table3"], out / "figure2_times.png").name)
         figures += [f.name for f in (report.draw_search_cost(summary["table3"], out / "figure2a_search_cost.png"),
-                                     report.draw_speed_vs_auc(summary["table3"], out / "figure2bd_speed_auc.png"))
+                                     report.draw_speed_vs_auc(summary["table3"], out / "figure2bd_speed_auc.png"),
+                                     report.draw_reliability(summary["table3"], out / "reliability.png"))
                     if f is not None]
     arch_path = out / "runs" / "search-main" / "s1" / "architecture.json"
     if arch_path.is_file():

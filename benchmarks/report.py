@@ -2,10 +2,15 @@
 2(b-d) inference time vs AUC) and 3.
 
 Input: the per-run result records of `paper_tables.py` ({table, variant,
-seed, test_auc, test_logloss, test_logloss_calibrated, best_epoch,
+seed, test_auc, test_logloss, test_logloss_calibrated, test_ece,
+test_ece_calibrated, test_reliability[_calibrated], best_epoch,
 train_seconds, infer_seconds, ...}; records made before calibration and the
 best-epoch record existed show "n/a" there). Kept apart
 from the runner so a report can be redrawn from the records without training.
+
+Table 3 compares every model with the best baseline (by mean test AUC) on
+AUC, calibrated LogLoss and calibrated ECE, Welch's t-test each, and a
+summary says where OptFusion wins, ties or loses (two-sided p < 0.05).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from scipy import stats  # noqa: E402
 from benchmarks.paper_tables import HARD_ROWS  # noqa: E402
 from trainer.architecture import Architecture, components, level  # noqa: E402
 from trainer.config import SearchConfig  # noqa: E402
+from trainer.metrics import ECE_BINS  # noqa: E402
 
 TABLE_TITLES = {
     "table3": "Table 3: overall performance (test AUC / LogLoss, mean +- stdev over seeds)",
@@ -83,34 +89,82 @@ def rule_comparison(table3: dict[str, dict[str, Any]]) -> dict[str, dict[str, fl
     return out or None
 
 
+OPTIONAL = {"logloss_calibrated": "test_logloss_calibrated", "ece": "test_ece", "ece_calibrated": "test_ece_calibrated",
+            "reliability": "test_reliability", "reliability_calibrated": "test_reliability_calibrated",
+            "best_epoch": "best_epoch"}
+"""summary key -> record key of the values older records lack (None there)."""
+
+
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """table -> variant -> {auc: [...], logloss: [...], logloss_calibrated: [...], best_epoch: [...],
-    train_s: [...], infer_s: [...], seeds: [...]} (None where an older record lacks the value)."""
+    """table -> variant -> {auc: [...], logloss: [...], logloss_calibrated, ece, ece_calibrated,
+    reliability[_calibrated], best_epoch, train_s, infer_s, seeds: [...]} (None where an older record
+    lacks the value)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: (r["table"], r["variant"], r["seed"])):
         row = out.setdefault(r["table"], {}).setdefault(
-            r["variant"], {"auc": [], "logloss": [], "logloss_calibrated": [], "best_epoch": [], "train_s": [],
-                           "infer_s": [], "seeds": []})
+            r["variant"], {"auc": [], "logloss": [], **{k: [] for k in OPTIONAL}, "train_s": [], "infer_s": [],
+                           "seeds": []})
         row["auc"].append(r["test_auc"])
         row["logloss"].append(r["test_logloss"])
-        row["logloss_calibrated"].append(r.get("test_logloss_calibrated"))
-        row["best_epoch"].append(r.get("best_epoch"))
+        for key, record_key in OPTIONAL.items():
+            row[key].append(r.get(record_key))
         row["train_s"].append(r["train_seconds"])
         row["infer_s"].append(r["infer_seconds"])
         row["seeds"].append(r["seed"])
     return out
 
 
+def best_baseline(table3: dict[str, dict[str, Any]]) -> str | None:
+    """The hand-designed baseline of highest mean test AUC (not OptFusion, not a NAS method)."""
+    theirs = [k for k in table3 if not k.startswith("optfusion") and k not in SEARCH_COST_ROWS]
+    return max(theirs, key=lambda k: statistics.fmean(table3[k]["auc"])) if theirs else None
+
+
+COMPARED = {"auc": ("AUC", 1), "logloss_calibrated": ("calibrated LogLoss", -1),
+            "ece_calibrated": ("calibrated ECE", -1)}
+"""Metrics of the table 3 comparison: key -> (name, +1 where higher is better, -1 where lower)."""
+ALPHA = 0.05
+
+
+def versus_best(table3: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every other row vs the best baseline: variant -> metric -> {diff, p, verdict} with verdict
+    "win" / "lose" (better / worse at two-sided Welch p < ALPHA) or "tie"; metrics a row lacks are left out."""
+    best = best_baseline(table3)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for variant, v in table3.items():
+        if best is None or variant == best:
+            continue
+        for metric, (_, sign) in COMPARED.items():
+            a, b = v[metric], table3[best][metric]
+            if any(x is None for x in [*a, *b]):
+                continue
+            diff = statistics.fmean(a) - statistics.fmean(b)
+            p = welch(a, b)[1]
+            verdict = "tie" if not p < ALPHA else ("win" if diff * sign > 0 else "lose")
+            out.setdefault(variant, {})[metric] = {"diff": diff, "p": p, "verdict": verdict}
+    return out
+
+
+def outcome_summary(table3: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines saying where each OptFusion variant wins, ties or loses against the best baseline."""
+    best, compared = best_baseline(table3), versus_best(table3)
+    lines = []
+    for variant in sorted(k for k in compared if k.startswith("optfusion")):
+        parts = [f"{COMPARED[m][0]} {r['verdict']} ({r['diff']:+.4f}, p = {r['p']:.3f})"
+                 for m, r in compared[variant].items()]
+        lines.append(f"- `{variant}` vs `{best}`: " + "; ".join(parts))
+    return lines
+
+
 def best_comparison(table3: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """Best OptFusion variant vs best baseline by mean test AUC, with Welch's test."""
     ours = {k: v for k, v in table3.items() if k.startswith("optfusion")}
-    theirs = {k: v for k, v in table3.items() if not k.startswith("optfusion")}
-    if not ours or not theirs:
+    best_theirs = best_baseline(table3)
+    if not ours or best_theirs is None:
         return None
     best_ours = max(ours, key=lambda k: statistics.fmean(ours[k]["auc"]))
-    best_theirs = max(theirs, key=lambda k: statistics.fmean(theirs[k]["auc"]))
-    t, p = welch(ours[best_ours]["auc"], theirs[best_theirs]["auc"])
-    diff = statistics.fmean(ours[best_ours]["auc"]) - statistics.fmean(theirs[best_theirs]["auc"])
+    t, p = welch(ours[best_ours]["auc"], table3[best_theirs]["auc"])
+    diff = statistics.fmean(ours[best_ours]["auc"]) - statistics.fmean(table3[best_theirs]["auc"])
     return {"ours": best_ours, "theirs": best_theirs, "diff": diff, "t": t, "p": p}
 
 
@@ -119,8 +173,9 @@ def _rows(table: dict[str, dict[str, Any]]) -> list[list[str]]:
     for variant, v in table.items():
         auc, auc_sd = mean_std(v["auc"])
         ll, ll_sd = mean_std(v["logloss"])
-        rows.append([variant, f"{auc:.4f} +- {auc_sd:.4f}", f"{ll:.4f} +- {ll_sd:.4f}",
-                     _mean_or_na(v["logloss_calibrated"], "{:.4f} +- {:.4f}"), _mean_or_na(v["best_epoch"], "{:.1f}"),
+        rows.append([variant, f"{auc:.4f} +- {auc_sd:.4f}", _mean_or_na(v["logloss_calibrated"], "{:.4f} +- {:.4f}"),
+                     _mean_or_na(v["ece_calibrated"], "{:.4f} +- {:.4f}"), f"{ll:.4f} +- {ll_sd:.4f}",
+                     _mean_or_na(v["ece"], "{:.4f} +- {:.4f}"), _mean_or_na(v["best_epoch"], "{:.1f}"),
                      f"{statistics.fmean(v['train_s']):.0f}", f"{statistics.fmean(v['infer_s']) * 1e3:.1f}",
                      str(len(v["seeds"]))])
     return rows
@@ -133,8 +188,9 @@ def _mean_or_na(values: Sequence[float | None], fmt: str) -> str:
     return fmt.format(*mean_std([float(v) for v in values if v is not None]))
 
 
-HEADER = ["model", "test AUC", "test LogLoss", "calibrated LogLoss (T on valid)", "best epoch", "train s",
-          "inference ms / 1k rows", "seeds"]
+HEADER = ["model", "test AUC", "test LogLoss, calibrated", "test ECE, calibrated", "test LogLoss, uncalibrated",
+          "test ECE, uncalibrated", "best epoch", "train s", "inference ms / 1k rows", "seeds"]
+VERSUS_HEADER = ["model", *(f"{name} - best baseline (Welch p)" for name, _ in COMPARED.values())]
 
 
 def markdown(title: str, setup: str, summary: dict[str, dict[str, dict[str, Any]]],
@@ -159,6 +215,16 @@ def markdown(title: str, setup: str, summary: dict[str, dict[str, dict[str, Any]
             c = comparison
             lines += [f"Best OptFusion variant `{c['ours']}` vs best baseline `{c['theirs']}`: "
                       f"AUC difference {c['diff']:+.4f}, Welch's t = {c['t']:.2f}, two-sided p = {c['p']:.3f}.", ""]
+        versus = versus_best(summary[table]) if table == "table3" else {}
+        if versus:
+            lines += [f"Each model vs the best baseline `{best_baseline(summary[table])}` (by mean test AUC): "
+                      "difference of the means, Welch's two-sided p; win / lose = better / worse at p < "
+                      f"{ALPHA}, else tie.", "", "| " + " | ".join(VERSUS_HEADER) + " |",
+                      "|" + "---|" * len(VERSUS_HEADER)]
+            lines += ["| " + " | ".join([variant, *(
+                f"{r[m]['diff']:+.4f} ({r[m]['p']:.3f}, {r[m]['verdict']})" if m in r else "n/a" for m in COMPARED)])
+                + " |" for variant, r in versus.items()]
+            lines += ["", "**Where OptFusion wins, ties or loses:**", "", *outcome_summary(summary[table]), ""]
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
@@ -267,6 +333,44 @@ def draw_search_cost(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pa
            color=["#69c" if k == "optfusion_hard" else "#c96" for k in rows], capsize=4)
     ax.set_ylabel("search + retrain seconds")
     ax.set_title("Figure 2(a): search cost (same machine, same run)", fontsize=10)
+    return _save(fig, out)
+
+
+def pooled_reliability(diagrams: Sequence[Sequence[Sequence[float]] | None]) -> list[tuple[float, float, int]]:
+    """Seeds' reliability diagrams (trainer.metrics.reliability) pooled per bin: (mean probability,
+    observed rate, rows), the bin recovered from its mean probability; [] when any seed lacks one."""
+    if not diagrams or any(d is None for d in diagrams):
+        return []
+    sums: dict[int, list[float]] = {}
+    for diagram in diagrams:
+        for p, observed, rows in diagram or ():
+            acc = sums.setdefault(min(int(p * ECE_BINS), ECE_BINS - 1), [0.0, 0.0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + p * rows, acc[1] + observed * rows, acc[2] + rows
+    return [(p / n, o / n, int(n)) for _, (p, o, n) in sorted(sums.items())]
+
+
+def draw_reliability(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pathlib.Path | None:
+    """The reliability plot (predicted vs observed CTR on test, pooled over seeds) of the best baseline
+    and the best OptFusion variant, before (dashed) and after (solid) calibration; None without diagrams."""
+    ours = [k for k in table3 if k.startswith("optfusion")]
+    names = [n for n in (best_baseline(table3), max(ours, key=lambda k: statistics.fmean(table3[k]["auc"]))
+                         if ours else None) if n is not None]
+    curves = [(name, key, pooled_reliability(table3[name][key])) for name in names
+              for key in ("reliability", "reliability_calibrated")]
+    if not any(points for *_, points in curves):
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    ax.plot([0, 1], [0, 1], color="#aaa", linewidth=1)
+    for (name, key, points), color in zip(curves, ("#369", "#369", "#c33", "#c33"), strict=True):
+        if points:
+            calibrated = key.endswith("calibrated")
+            ax.plot([p for p, _, _ in points], [o for _, o, _ in points], marker="o", markersize=4, color=color,
+                    linestyle="-" if calibrated else "--",
+                    label=f"{name}, {'calibrated' if calibrated else 'uncalibrated'}")
+    ax.set_xlabel(f"predicted CTR (mean per bin, {ECE_BINS} bins)")
+    ax.set_ylabel("observed CTR on test")
+    ax.set_title("Reliability: best baseline and best OptFusion (pooled seeds)", fontsize=9)
+    ax.legend(fontsize=7)
     return _save(fig, out)
 
 

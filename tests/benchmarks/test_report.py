@@ -36,7 +36,7 @@ def test_markdown_and_html_hold_every_variant(tmp_path):
     assert "| dcn | 0.7500 +- 0.0100 |" in md
     assert "Welch's t = 4.90" in md
     page = report.to_html(md)
-    assert page.count("<tr>") == 4 and '<img src="f.png"' in page
+    assert page.count("<tr>") == 4 + 3 and '<img src="f.png"' in page  # table 3, then each row vs the best
     assert "table 3's `optfusion_hard" not in md  # no table 5-7 rows here
     assert "Hard rules paired" not in md  # no Hard rows
 
@@ -62,9 +62,53 @@ def test_calibrated_logloss_and_best_epoch_columns_and_older_records():
                   for r in _records() if r["variant"] == "dcn"]
     older = [r for r in _records() if r["variant"] == "lr"]  # made before calibration existed
     md = report.markdown("t", "- setup", report.summarize(calibrated + older), None, [])
-    assert "calibrated LogLoss (T on valid) | best epoch |" in md
-    assert "| dcn | 0.7500 +- 0.0100 | 0.4250 +- 0.0010 | 0.3200 +- 0.0100 | 3.0 |" in md
-    assert "| lr | 0.7100 +- 0.0100 | 0.4290 +- 0.0010 | n/a | n/a |" in md
+    assert "| test LogLoss, calibrated | test ECE, calibrated | test LogLoss, uncalibrated | test ECE, uncalibrated " \
+           "| best epoch |" in md
+    assert "| dcn | 0.7500 +- 0.0100 | 0.3200 +- 0.0100 | n/a | 0.4250 +- 0.0010 | n/a | 3.0 |" in md
+    assert "| lr | 0.7100 +- 0.0100 | n/a | n/a | 0.4290 +- 0.0010 | n/a | n/a |" in md
+
+
+def _calibrated_records():
+    """Three seeds of a baseline and an OptFusion row with AUC, calibrated LogLoss and ECE."""
+    rows = {"dcn": ([0.74, 0.75, 0.76], [0.30, 0.31, 0.32], [0.020, 0.021, 0.022]),
+            "fnn": ([0.70, 0.71, 0.72], [0.35, 0.36, 0.37], [0.05, 0.05, 0.05]),
+            "optfusion_hard": ([0.745, 0.755, 0.765], [0.25, 0.26, 0.27], [0.030, 0.031, 0.032])}
+    return [{"table": "table3", "variant": v, "seed": s + 1, "test_auc": auc[s], "test_logloss": 0.4,
+             "test_logloss_calibrated": ll[s], "test_ece": 0.06, "test_ece_calibrated": ece[s],
+             "train_seconds": 1.0, "infer_seconds": 0.001}
+            for v, (auc, ll, ece) in rows.items() for s in range(3)]
+
+
+def test_every_model_is_compared_with_the_best_baseline_on_auc_logloss_and_ece():
+    table3 = report.summarize(_calibrated_records())["table3"]
+    assert report.best_baseline(table3) == "dcn"
+    versus = report.versus_best(table3)
+    assert set(versus) == {"fnn", "optfusion_hard"}
+    # AUC +0.005 with equal spreads 0.01: t = 0.005 / sqrt(2 * 0.0001 / 3) = 0.612, a tie
+    assert versus["optfusion_hard"]["auc"]["diff"] == pytest.approx(0.005)
+    assert versus["optfusion_hard"]["auc"]["verdict"] == "tie" and versus["optfusion_hard"]["auc"]["p"] > 0.5
+    # LogLoss lower by 0.05 (t = 6.1, p < 0.05): a win; ECE higher by 0.01 (t = 12.2): a loss
+    assert versus["optfusion_hard"]["logloss_calibrated"]["verdict"] == "win"
+    assert versus["optfusion_hard"]["ece_calibrated"]["diff"] == pytest.approx(0.01)
+    assert versus["optfusion_hard"]["ece_calibrated"]["verdict"] == "lose"
+    assert versus["fnn"]["auc"]["verdict"] == "lose"
+    md = report.markdown("t", "- setup", report.summarize(_calibrated_records()), None, [])
+    assert "| optfusion_hard | +0.0050 (0." in md and "**Where OptFusion wins, ties or loses:**" in md
+    assert "- `optfusion_hard` vs `dcn`: AUC tie (+0.0050" in md and "calibrated LogLoss win (-0.0500" in md
+    assert "calibrated ECE lose (+0.0100" in md
+
+
+def test_reliability_diagrams_pool_over_seeds_and_are_drawn(tmp_path):
+    # seed 1: bin 1 (p in [1/15, 2/15)) 10 rows at 0.1, observed 0.2; seed 2: same bin, 30 rows at 0.12,
+    # observed 0.1, and bin 14 (p = 1 included) 5 rows at 0.97, observed 1.0
+    pooled = report.pooled_reliability([[[0.1, 0.2, 10]], [[0.12, 0.1, 30], [0.97, 1.0, 5]]])
+    assert pooled[0] == pytest.approx((0.115, 0.125, 40)) and pooled[1] == pytest.approx((0.97, 1.0, 5))
+    assert report.pooled_reliability([[[0.1, 0.2, 10]], None]) == []  # a seed without a diagram
+    records = [{**r, "test_reliability": [[0.3, 0.4, 10]], "test_reliability_calibrated": [[0.35, 0.36, 10]]}
+               for r in _calibrated_records()]
+    path = report.draw_reliability(report.summarize(records)["table3"], tmp_path / "reliability.png")
+    assert path is not None and path.stat().st_size > 1000
+    assert report.draw_reliability(report.summarize(_calibrated_records())["table3"], tmp_path / "none.png") is None
 
 
 def test_hard_rules_are_compared_paired_by_seed():
