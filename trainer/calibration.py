@@ -208,7 +208,7 @@ def _checked(labels: np.ndarray, logits: np.ndarray, method: str) -> tuple[np.nd
     return labels, logits
 
 
-def quality(labels: np.ndarray, logits: np.ndarray, calibration: Calibration) -> dict[str, float]:
+def quality(labels: np.ndarray, logits: np.ndarray, calibration: Calibration) -> dict[str, Any]:
     """LogLoss, 15-bin ECE and its reliability diagram of `logits` before and after `calibration`."""
     scaled = calibration.apply(logits)
     return {
