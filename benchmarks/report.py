@@ -361,7 +361,9 @@ def draw_reliability(table3: dict[str, dict[str, Any]], out: pathlib.Path) -> pa
         return None
     fig, ax = plt.subplots(figsize=(5, 4.6))
     ax.plot([0, 1], [0, 1], color="#aaa", linewidth=1)
-    for (name, key, points), color in zip(curves, ("#369", "#369", "#c33", "#c33"), strict=True):
+    colors = dict(zip(names, ("#369", "#c33"), strict=False))  # the baseline blue, OptFusion red
+    for name, key, points in curves:
+        color = colors[name]
         if points:
             calibrated = key.endswith("calibrated")
             ax.plot([p for p, _, _ in points], [o for _, o, _ in points], marker="o", markersize=4, color=color,

@@ -109,6 +109,8 @@ def test_reliability_diagrams_pool_over_seeds_and_are_drawn(tmp_path):
     path = report.draw_reliability(report.summarize(records)["table3"], tmp_path / "reliability.png")
     assert path is not None and path.stat().st_size > 1000
     assert report.draw_reliability(report.summarize(_calibrated_records())["table3"], tmp_path / "none.png") is None
+    baseline_only = report.summarize([r for r in records if r["variant"] == "dcn"])["table3"]
+    assert report.draw_reliability(baseline_only, tmp_path / "one.png") is not None  # no OptFusion row yet
 
 
 def test_hard_rules_are_compared_paired_by_seed():
