@@ -312,6 +312,10 @@ def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, fai
     setup = header() + (f"- trainer arguments: `{' '.join(base) or '(preset defaults)'}`; seeds 1..{seeds} "
                         "requested, the `seeds` column says how many each row holds\n"
                         + (f"- {tuned}\n" if tuned else "")) + nas_budgets(out)
+    methods = sorted({r["calibration"] for r in records if r.get("calibration")})
+    if methods:
+        setup += (f"- calibration, fitted on each run's validation split (trainer/calibration.py): "
+                  f"{', '.join(methods)}; 'calibrated' columns are after it, 'uncalibrated' the model's own\n")
     md = report.markdown(f"OptFusion vs baselines: {title}", setup, summary,
                          report.best_comparison(summary.get("table3", {})), figures)
     if failed:  # rerun the script to retry them (their trainer runs resume)
