@@ -20,6 +20,18 @@ from pipeline.errors import UsageError
 STOP_TIMEOUT_S = 60
 
 
+def stop_by_pid(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait up to `timeout`, then SIGKILL; the exit code (idempotent). Shared with the tests'
+    server helper (tests/server_process.py)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(timeout=30)
+
+
 class ServeProcessError(UsageError):
     """The server exited or did not open its port in time; the message names its log."""
 
@@ -56,13 +68,7 @@ class ServeProcess:
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, wait up to `timeout`, then SIGKILL; the exit code (idempotent)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait(timeout=30)
+        return stop_by_pid(self.process, timeout)
 
     def __enter__(self) -> ServeProcess:
         return self

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from serving import client as client_lib
+from serving.process import stop_by_pid
 from tests.conftest import ROOT
 
 POLL_S = 0.1
@@ -90,13 +90,7 @@ class ServerProcess:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, wait up to `timeout`, then SIGKILL; returns the exit code (idempotent)."""
         if self._exit_code is None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self._exit_code = self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self._exit_code = self.process.wait(timeout=30)
+            self._exit_code = stop_by_pid(self.process, timeout)
         return self._exit_code
 
 
