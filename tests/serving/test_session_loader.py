@@ -57,10 +57,14 @@ def test_every_signature_equals_keras_under_session_loader(tiny_export):
     assert len(set(np.round(expected, 6))) > 1  # distinct rows, distinct answers
 
 
-@pytest.mark.parametrize("calibration", [Calibration.from_temperature(2.5), Calibration("beta", 0.3, 1.2, -0.5)],
-                         ids=["temperature", "beta"])
+ISOTONIC = Calibration("isotonic", knots=((-0.225, -2.0), (0.0, 0.4), (0.2, 1.5)))
+"""Knots among the tiny model's logits (-0.234, -0.221, 0.142, 0.254): two rows between knots, one beyond each end."""
+
+
+@pytest.mark.parametrize("calibration", [Calibration.from_temperature(2.5), Calibration("beta", 0.3, 1.2, -0.5),
+                                         ISOTONIC], ids=["temperature", "beta", "isotonic"])
 def test_a_calibrated_export_serves_sigmoid_of_the_calibrated_keras_logit(tmp_path, calibration):
-    """A temperature and a beta map (trainer/calibration.py): under the session loader every
+    """A temperature, a beta and an isotonic map (trainer/calibration.py): under the session loader every
     signature answers sigmoid(map(keras_logit)), `logits` is map(keras_logit), computed here in
     float64 numpy; export's own verification passes against the calibrated Keras answer and fails
     against the uncalibrated one."""
