@@ -15,6 +15,7 @@
   trainer predict  --data DIR --run_dir RUN [--split NAME] --output FILE.tsv|FILE.csv
   trainer predict  --data DIR --run_dir RUN --input RAW_FILE --output FILE.tsv|FILE.csv
                    [--keep_columns COL,...] [--on_bad_row {error,nan,skip}] [--unlabeled]
+  trainer calibrate --data DIR --run_dir RUN --calibrate {beta,isotonic,temperature,none}
 
 `trainer --stage=NAME ...` is the same command as `trainer NAME ...` (the original form, kept for
 scripts): e.g. trainer --stage=evaluate --data DIR --run_dir RUN. Each stage takes only its own
@@ -33,8 +34,10 @@ an error naming its line unless --on_bad_row=nan|skip marks it (see
 pipeline/batch_scoring.py).
 
 retrain and train end by fitting a calibration on the validation split
-(--calibrate beta|temperature|none, trainer/calibration.py; RUN/calibration.json):
-the probabilities of evaluate, predict and `serving export` are the calibrated ones.
+(--calibrate beta|isotonic|temperature|none, trainer/calibration.py;
+RUN/calibration.json): the probabilities of evaluate, predict and `serving
+export` are the calibrated ones. calibrate refits it on a finished run (its
+own pipeline output as --data) with another method, without retraining.
 
 Bad input (config, data dir, architecture, run dir) fails before training with
 one line and exit code 2; a diverging loss stops with exit code 1, keeping the
@@ -70,7 +73,7 @@ log = logging.getLogger("trainer")
 
 EXIT_DIVERGED = 1
 TRAINING_STAGES = ("search", "retrain", "train", "tune")
-SCORING_STAGES = ("evaluate", "predict")
+SCORING_STAGES = ("evaluate", "predict", "calibrate")
 DEFAULT_INIT = "fresh"
 INIT_HELP = (
     "retrain: weights to start from: fresh (random) or search (the search run's weights beside "
@@ -90,6 +93,8 @@ STAGE_HELP = {
                 "written as JSON; or, with --candidate, the blessing of a candidate against --baseline",
     "predict": "one probability per record of --data into --output (labeled or unlabeled data), or per row "
                "of a raw --input file",
+    "calibrate": "refit the calibration of a finished run (--run_dir) with --calibrate on the validation split "
+                 "of --data (the run's own pipeline output); the model is unchanged",
 }
 OVERRIDES_EPILOG = ("Any further --section.key=value overrides the config, e.g. --train.lr=3e-4 --model.n=2 "
                     "--search.fixed_op=add --search.sequential=true --train.jit_compile=true.")
@@ -122,10 +127,11 @@ FLAGS: dict[str, dict[str, Any]] = {
     "--model": dict(choices=(OPTFUSION, *ZOO), help=f"a baseline of the zoo: {describe()}; tune also takes "
                     f"{OPTFUSION} (tunes the search stage; retrain reuses its lr and L2, as the paper does)"),
     "--calibrate": dict(choices=CALIBRATION_METHODS, help="after training, fit an increasing map of the logit "
-                        "on the validation split (minimum validation LogLoss): beta (a * log p - b * log(1 - p) "
-                        "+ c) or temperature (logit / T); written to RUN/calibration.json, `serving export`, "
-                        "evaluate and predict then give the calibrated probability; none keeps the model's "
-                        "(config train.calibrate, default in trainer/config.py)"),
+                        "on the validation split: beta (a * log p - b * log(1 - p) + c), isotonic (pooled adjacent "
+                        "violators, served piecewise-linear) or temperature (logit / T); written to "
+                        "RUN/calibration.json, `serving export`, evaluate and predict then give the calibrated "
+                        "probability; none keeps the model's (config train.calibrate, default in trainer/config.py). "
+                        "calibrate: the method to refit"),
     "--grid": dict(type=pathlib.Path, help="YAML of config paths -> values (default: the paper's lr x L2 grid, "
                    "trainer/configs/tune_grid.yaml)"),
     "--max_trials": dict(type=int, help="trials at most (default: the whole grid)"),
@@ -176,6 +182,7 @@ STAGE_FLAGS: dict[str, tuple[str, ...]] = {
     "tune": (*_TRAINING, "--model", "--grid", "--max_trials", "--epochs", "--calibrate"),
     "evaluate": (*_SCORING, *_BLESSING),
     "predict": (*_SCORING, "--input", "--keep_columns", "--on_bad_row", "--unlabeled"),
+    "calibrate": ("--data", "--run_dir", "--calibrate"),
 }
 
 
@@ -379,7 +386,7 @@ def _nas_design(args: argparse.Namespace, config: Any, info: Any) -> dict[str, A
 
 
 def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
-    """evaluate / predict: a finished run's model on --data (trainer/scoring.py)."""
+    """evaluate / predict / calibrate: a finished run's model on --data (trainer/scoring.py, trainer/stages.py)."""
     from trainer import scoring
     from trainer.data import check_data
 
@@ -392,6 +399,13 @@ def _score(args: argparse.Namespace, info: Any) -> dict[str, Any]:
     if args.input is not None and args.split is not None:
         raise UsageError("--split selects TFRecords of --data; --input scores a raw file: give one of both")
     check_data(info)
+    if args.stage == "calibrate":
+        from trainer.stages import run_calibrate
+
+        if args.calibrate is None:
+            raise UsageError("trainer calibrate needs --calibrate METHOD (one of "
+                             f"{', '.join(CALIBRATION_METHODS)})")
+        return run_calibrate(args.run_dir, info, args.calibrate)
     if args.stage == "evaluate":
         return scoring.evaluate(args.run_dir, info, args.split, args.output)
     if args.output is None:
@@ -485,6 +499,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"trainer predict: {summary['summary']}, scored by {summary['run_dir']} in "
               f"{summary['seconds']:.1f}s", *filter(None, [summary["warning"]]), sep="\n", file=sys.stderr)
         return
+    elif summary["stage"] == "calibrate":
+        c = summary["calibration"]
+        lines.append(f"  calibration {summary['previous']} -> {c['method']} (fitted on valid): test LogLoss "
+                     f"{c['test']['logloss']:.4f} -> {c['test']['logloss_calibrated']:.4f}, ECE {c['test']['ece']:.4f} "
+                     f"-> {c['test']['ece_calibrated']:.4f}; serve it with `serving export` again")
     elif summary["stage"] == "predict":
         lines = [f"trainer predict: {summary['rows']} rows of split {summary['split']} of {summary['data_dir']} "
                  f"scored by {summary['run_dir']} in {summary['seconds']:.1f}s -> {summary['output']} "

@@ -1,4 +1,5 @@
-"""The three stages: search an architecture, retrain it, train a fixed design.
+"""The stages that write a run: search an architecture, retrain it, train a fixed design; refit a
+finished run's calibration.
 
 Each stage owns a run directory (see model_io) and returns a summary dict.
 Search runs one phase (one-shot, or connections only with a fixed op) or two
@@ -8,6 +9,8 @@ Retrain and train are the same code: a frozen architecture, Hard or Soft,
 fresh weights or (retrain `init="search"`) the search run's, best validation
 epoch kept, a constant predictor refused, a calibration fitted on the
 validation split (trainer/calibration.py), test metrics in metrics.json.
+Calibrate refits that map on a finished run (another method, the same
+model): calibration.json and metrics.json's calibration block are replaced.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from trainer.model_io import (
 )
 from trainer.nas import OPTFUSION_METHOD
 from trainer.nas.space import NasArchitecture
-from trainer.scoring import check_compatible
+from trainer.scoring import ScoringError, check_compatible, labeled_logits
 from trainer.selection import select_ops
 
 log = logging.getLogger("trainer")
@@ -217,6 +220,24 @@ def run_fixed(
     }
     _write_json(out / METRICS_FILE, metrics)
     return {"stage": stage, "run_dir": str(out), "seconds": time.perf_counter() - start, **metrics}
+
+
+def run_calibrate(run_dir: pathlib.Path, info: DatasetInfo, method: str) -> dict[str, Any]:
+    """Refits the finished run's calibration with `method` on `info`'s validation split (the run's own
+    pipeline output); the model is unchanged, so only the calibrated figures move."""
+    start = time.perf_counter()
+    metrics_path = run_dir / METRICS_FILE
+    if not metrics_path.is_file():
+        raise ScoringError(f"{run_dir} is not a finished train or retrain run ({METRICS_FILE} is missing); "
+                           "calibrate refits the map of a finished run")
+    metrics = json.loads(metrics_path.read_text())
+    previous = metrics.get("calibration", {}).get("method", "none")
+    valid, test = labeled_logits(run_dir, info, "valid"), labeled_logits(run_dir, info, "test")
+    calibration = {**calibrate(method, valid, test, run_dir), "refit": {"previous": previous,
+                                                                        "data_dir": str(info.data_dir)}}
+    _write_json(metrics_path, {**metrics, "calibration": calibration})
+    return {"stage": "calibrate", "run_dir": str(run_dir), "seconds": time.perf_counter() - start,
+            "previous": previous, "calibration": calibration}
 
 
 def _refuse_constant(phase: Phase, labels: np.ndarray, logits: np.ndarray) -> None:

@@ -1,6 +1,7 @@
-"""`trainer --stage=evaluate|predict`: a finished run on its own test split and on new data."""
+"""`trainer --stage=evaluate|predict|calibrate`: a finished run on its own test split and on new data."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -60,6 +61,37 @@ def test_evaluate_reproduces_the_runs_test_metrics(multivalued_run, multivalued_
     assert written["temperature"] == metrics["calibration"]["temperature"]
     assert written["logloss"] == pytest.approx(metrics["calibration"]["test"]["logloss_calibrated"], abs=1e-6)
     assert f"AUC {written['auc']:.4f}" in out.out and "evaluation.test.json" in out.out
+
+
+@pytest.mark.slow
+def test_calibrate_refits_a_finished_run_and_evaluate_serves_the_new_map(multivalued_run, multivalued_dir, new_data,
+                                                                          tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(multivalued_run, run)  # the shared fixture stays as trained
+    before = json.loads((run / "metrics.json").read_text())
+    out = _trainer(capsys, "calibrate", "--data", multivalued_dir, "--run_dir", run, "--calibrate", "isotonic")
+    after = json.loads((run / "metrics.json").read_text())
+    c = after["calibration"]
+    assert c["method"] == "isotonic" and c["refit"]["previous"] == before["calibration"]["method"] != "isotonic"
+    assert read_calibration(run).method == "isotonic"
+    assert {k: v for k, v in after.items() if k != "calibration"} == {k: v for k, v in before.items()
+                                                                       if k != "calibration"}  # the model's own
+    assert c["test"]["logloss"] == pytest.approx(before["calibration"]["test"]["logloss"], abs=1e-9)
+    assert f"calibration {before['calibration']['method']} -> isotonic" in out.out
+    _trainer(capsys, "evaluate", "--data", multivalued_dir, "--run_dir", run)
+    written = json.loads((run / "evaluation.test.json").read_text())
+    assert written["logloss"] == pytest.approx(c["test"]["logloss_calibrated"], abs=1e-6)
+    assert written["auc"] == pytest.approx(after["test_auc"], abs=1e-9)  # strictly increasing: AUC kept
+    assert written["calibration"].startswith("isotonic")
+
+    assert "needs --calibrate METHOD" in _error(_trainer(capsys, "calibrate", "--data", multivalued_dir,
+                                                        "--run_dir", run, expect=2))
+    assert "needs a labeled split 'valid'" in _error(_trainer(capsys, "calibrate", "--data", new_data[True],
+                                                             "--run_dir", run, "--calibrate", "beta", expect=2))
+    (run / "metrics.json").unlink()
+    assert "is not a finished train or retrain run" in _error(_trainer(
+        capsys, "calibrate", "--data", multivalued_dir, "--run_dir", run, "--calibrate", "beta", expect=2))
+    assert read_calibration(run).method == "isotonic"  # a refused refit leaves the map
 
 
 @pytest.mark.slow
@@ -150,4 +182,5 @@ def test_help_lists_the_scoring_stages(capsys):
     text = capsys.readouterr().out
     assert "trainer evaluate --data DIR --run_dir RUN" in text
     assert "trainer predict  --data DIR --run_dir RUN" in text
+    assert "trainer calibrate --data DIR --run_dir RUN --calibrate" in text
     assert "evaluate AUC and LogLoss of a finished run" in " ".join(text.split())
