@@ -3,6 +3,7 @@
   python benchmarks/paper_tables.py --data DATA_DIR --seeds 3 --out reports/NAME \
       [--config PRESET.yaml] [--tables table3 table4 ...] [--models lr deepfm ...] [--quick] \
       [--tuned [--grid GRID.yaml]] [--nas autoctr nasrec] [--section.key=value ...]
+  python benchmarks/paper_tables.py --data DATA_DIR --out reports/NAME --recalibrate METHOD
 
 Every run is an ordinary `trainer` command in its own process (the path users
 take), writing to OUT/runs/<run>/s<seed>/; its result goes to
@@ -20,6 +21,11 @@ retrains) first runs `trainer --stage=tune` over GRID on validation AUC
 (`--config OUT/tune/<model>/best.yaml` and the tuned base's epochs). The
 default grid is the reduced CPU one (trainer/configs/tune_grid_reduced.yaml);
 the report header names the grid and its size.
+
+--recalibrate METHOD trains nothing: it refits the calibration of every
+recorded run with `trainer calibrate` (same models, the map fitted on
+validation by METHOD), updates the records and redraws the report. Each
+invocation appends its command to OUT/commands.txt, which the header lists.
 """
 
 from __future__ import annotations
@@ -36,13 +42,17 @@ from collections.abc import Sequence
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results import header_command  # noqa: E402
 from pipeline.atomic import write_text_atomic  # noqa: E402
 from trainer.architecture import OPS  # noqa: E402
+from trainer.calibration import CALIBRATION_METHODS  # noqa: E402
 from trainer.config import SearchConfig  # noqa: E402
 from trainer.nas import NAS_METHODS  # noqa: E402
 from trainer.zoo import OPTFUSION  # noqa: E402
 
 TABLES = ("table3", "table4", "table5", "table6", "table7")
+COMMANDS_FILE = "commands.txt"
+"""OUT's log of the invocations that made its records, one `date: command` per line."""
 QUICK = ("--train.epochs=1", "--train.max_steps_per_epoch=3", "--train.batch_size=64")
 
 
@@ -172,6 +182,32 @@ STOPPING_KEYS = ("monitor", "best_epoch", "valid_auc_per_epoch", "valid_logloss_
 """What a record keeps of the run's early stopping (trainer/loop.py epoch_summary)."""
 
 
+def recalibrate(out: pathlib.Path, data: pathlib.Path, method: str) -> list[str]:
+    """Refits every recorded run's calibration with `method` (`trainer calibrate`, own process) and
+    updates its records; the failures, one line each."""
+    failed = []
+    paths = sorted((out / "records").glob("*.json"))
+    for i, path in enumerate(paths, 1):
+        record = json.loads(path.read_text())
+        run_dir = pathlib.Path(record["run_dir"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        if metrics["calibration"]["method"] != method:  # a run two records share is refit once
+            cmd = [sys.executable, "-c", "from trainer.cli import main; raise SystemExit(main())", "calibrate",
+                   f"--data={data}", f"--run_dir={run_dir}", f"--calibrate={method}"]
+            with (run_dir.parent / f"{run_dir.name}.calibrate.log").open("a") as sink:
+                code = subprocess.call(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+            if code != 0:
+                failed.append(f"calibrate {run_dir}: exit {code}")
+                continue
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        previous = record.get("calibration_previous") or record["calibration"]
+        record.update(calibration_record(metrics), calibration_previous=previous)
+        write_text_atomic(path, json.dumps(record, indent=1))
+        print(f"[{i}/{len(paths)}] {path.stem}: {previous} -> {method}, test ECE "
+              f"{record['test_ece_calibrated']:.4f}", flush=True)
+    return failed
+
+
 def calibration_record(metrics: dict) -> dict:
     """The run's calibration (method, T of a temperature map) and its test LogLoss and ECE before and
     after (trainer/calibration.py)."""
@@ -224,11 +260,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="tune grid of --tuned (default: the reduced CPU grid "
                              "trainer/configs/tune_grid_reduced.yaml; the paper's: trainer/configs/tune_grid.yaml)")
     parser.add_argument("--title", default=None, help="report title (default: the data dir's name)")
+    parser.add_argument("--recalibrate", choices=CALIBRATION_METHODS,
+                        help="train nothing: refit every recorded run's calibration with this method (`trainer "
+                             "calibrate`, on validation) and redraw the report")
     args, extra = parser.parse_known_args(argv)
     base = ([f"--config={args.config}"] if args.config else []) + (list(QUICK) if args.quick else []) + extra
     runner = Runner(args.data.resolve(), args.out.resolve(), base)
     records_dir = args.out / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
+    with (args.out / COMMANDS_FILE).open("a") as log:
+        argv_used = sys.argv[1:] if argv is None else argv
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+                  f"{header_command(['python', 'benchmarks/paper_tables.py', *argv_used])}\n")
+    if args.recalibrate:
+        failed = recalibrate(args.out.resolve(), args.data.resolve(), args.recalibrate)
+        seeds = max((json.loads(p.read_text())["seed"] for p in records_dir.glob("*.json")), default=0)
+        write_report(args.out, args.title or args.data.name, base, seeds, failed)
+        return 1 if failed else 0
     cells = plan(args.tables, args.models, args.optfusion, args.nas)
     total, finished, failed = len(cells) * args.seeds, 0, []
     tuned_note = None
@@ -312,10 +360,18 @@ def write_report(out: pathlib.Path, title: str, base: list[str], seeds: int, fai
     setup = header() + (f"- trainer arguments: `{' '.join(base) or '(preset defaults)'}`; seeds 1..{seeds} "
                         "requested, the `seeds` column says how many each row holds\n"
                         + (f"- {tuned}\n" if tuned else "")) + nas_budgets(out)
+    commands = out / COMMANDS_FILE
+    if commands.is_file():
+        setup += "- the invocations that made the records (OUT/commands.txt):\n" + "".join(
+            f"  - {line.split(': ', 1)[0]}: `{line.split(': ', 1)[1]}`\n" for line in commands.read_text().splitlines())
     methods = sorted({r["calibration"] for r in records if r.get("calibration")})
     if methods:
         setup += (f"- calibration, fitted on each run's validation split (trainer/calibration.py): "
                   f"{', '.join(methods)}; 'calibrated' columns are after it, 'uncalibrated' the model's own\n")
+    refit = sorted({r["calibration_previous"] for r in records if r.get("calibration_previous")})
+    if refit:
+        setup += (f"- the calibration of runs trained under {', '.join(refit)} was refit by `trainer calibrate` "
+                  "(--recalibrate): the same trained models, a new map fitted on validation\n")
     md = report.markdown(f"OptFusion vs baselines: {title}", setup, summary,
                          report.best_comparison(summary.get("table3", {})), figures)
     if failed:  # rerun the script to retry them (their trainer runs resume)

@@ -32,9 +32,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {model}"
 
 
+def header_command(argv: list[str] | None = None) -> str:
+    """The command line (this process's, or `argv`), shell-quoted."""
+    return " ".join(shlex.quote(a) for a in (argv if argv is not None else ["python", *sys.argv]))
+
+
 def header(argv: list[str] | None = None) -> str:
     """Date, machine and command lines for the top of a section."""
-    command = " ".join(shlex.quote(a) for a in (argv if argv is not None else ["python", *sys.argv]))
+    command = header_command(argv)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     try:
         load = pathlib.Path("/proc/loadavg").read_text().split()[0]

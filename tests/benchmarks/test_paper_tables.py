@@ -53,6 +53,21 @@ def test_report_runs_each_cell_once_and_resumes(tmp_path, capsys, monkeypatch):
     assert paper_tables.main(args) == 0
     assert json.loads(stale.read_text())["run_dir"] == str(out / "runs" / "main-hard-beta" / "s1")
 
+    # --recalibrate trains nothing: every run's map is refit by `trainer calibrate`, records and report follow.
+    monkeypatch.undo()
+    before = {p.name: json.loads(p.read_text()) for p in (out / "records").glob("*.json")}
+    assert paper_tables.main(["--data", str(data), "--out", str(out), "--recalibrate", "isotonic"]) == 0
+    for name, old in before.items():
+        new = json.loads((out / "records" / name).read_text())
+        assert new["calibration"] == "isotonic" and new["calibration_previous"] == old["calibration"] == "temperature"
+        assert new["test_auc"] == old["test_auc"] and new["train_seconds"] == old["train_seconds"]
+        metrics = json.loads((pathlib.Path(new["run_dir"]) / "metrics.json").read_text())
+        assert new["test_ece_calibrated"] == metrics["calibration"]["test"]["ece_calibrated"]
+    md = (out / "report.md").read_text()
+    assert "was refit by `trainer calibrate`" in md and "trainer/calibration.py): isotonic;" in md
+    assert len((out / paper_tables.COMMANDS_FILE).read_text().splitlines()) == 4  # three runs and this one
+    assert "benchmarks/paper_tables.py --data" in md and "--recalibrate isotonic`" in md  # listed in the header
+
 
 def test_plan_shares_the_searches_between_tables():
     cells = paper_tables.plan(list(paper_tables.TABLES), ["lr"])
