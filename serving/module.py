@@ -10,7 +10,7 @@ layer and call the model. Three signatures:
   (float32[None]: per row, the fraction of its categorical fields whose id
   is the OOV id; near 1 for rows of another dataset, see `with_oov_fraction`).
   `probabilities` and `logits` are calibrated: `logits` = the run's
-  calibration map (trainer/calibration.py: beta or temperature) of the model
+  calibration map (trainer/calibration.py: temperature, beta, isotonic) of the model
   logit and `probabilities` = sigmoid(`logits`), so the pair stays consistent
   for every client; the model's own logit for a run without calibration.
 - `raw_fields`: one string[None] tensor per raw field holding the cell text as

@@ -262,24 +262,25 @@ def test_calibrate_none_writes_no_temperature(synthetic_dir, tmp_path):
     assert load_config(out / "config.yaml").train.calibrate == "none"
 
 
-def test_calibrate_beta_is_served_by_evaluate(synthetic_dir, tmp_path, capsys):
-    """--calibrate=beta: the run keeps the beta map, its summary names it, and `trainer --stage=evaluate`
+@pytest.mark.parametrize("method", ["beta", "isotonic"])
+def test_calibrate_method_is_served_by_evaluate(synthetic_dir, tmp_path, capsys, method):
+    """--calibrate=beta|isotonic: the run keeps the map, its summary names it, and `trainer --stage=evaluate`
     scores the calibrated probabilities the run reported (what the export serves)."""
     from trainer.calibration import read_calibration
 
-    out = tmp_path / "beta"
-    _trainer("--stage=train", "--data", synthetic_dir, "--config", CONFIG, "--model", "fnn", "--calibrate", "beta",
+    out = tmp_path / method
+    _trainer("--stage=train", "--data", synthetic_dir, "--config", CONFIG, "--model", "fnn", "--calibrate", method,
              "--out", out, "--model.emb_dim=4", "--train.epochs=1", "--train.batch_size=512")
-    assert "calibrated (beta, fitted on valid)" in capsys.readouterr().out
+    assert f"calibrated ({method}, fitted on valid)" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     calibration = read_calibration(out)
-    assert calibration.method == "beta" and metrics["calibration"]["temperature"] is None
-    assert (calibration.a, calibration.b, calibration.c) == tuple(metrics["calibration"]["params"][k] for k in "abc")
+    assert calibration.method == method and metrics["calibration"]["temperature"] is None
+    assert calibration.params() == metrics["calibration"]["params"]
     _trainer("--stage=evaluate", "--data", synthetic_dir, "--run_dir", out)
     evaluated = json.loads((out / "evaluation.test.json").read_text())
     assert evaluated["logloss"] == pytest.approx(metrics["calibration"]["test"]["logloss_calibrated"], abs=1e-5)
     assert evaluated["auc"] == pytest.approx(metrics["test_auc"], abs=1e-6)  # an increasing map keeps AUC
-    assert evaluated["calibration"].startswith("beta: ")
+    assert evaluated["calibration"].startswith(f"{method}: ")
 
 
 def test_fixed_op_retrain_keeps_the_searched_edges_with_one_op(synthetic_dir, search_run, tmp_path):
