@@ -3,8 +3,8 @@
 Why: early stopping keeps the epoch with the best validation monitor, but a
 CTR model trained past its LogLoss minimum is over-confident (on Frappe, FNN:
 test LogLoss 0.386 at AUC 0.946; T = 2.41 fitted on validation gave 0.283 at
-the same AUC, issue 19). Both maps are increasing, so the ranking (AUC) is
-kept; both are fitted on validation only, never on test.
+the same AUC, issue 19). Every map is increasing, so the ranking (AUC) is
+kept; each is fitted on validation only, never on test.
 
 - temperature: P = sigmoid(z / T), one parameter (Guo et al., 2017). It fixes
   the overall confidence but not an asymmetric one: the FNN above keeps a
