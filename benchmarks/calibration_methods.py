@@ -52,7 +52,7 @@ def valid_logits(run: pathlib.Path, data: pathlib.Path) -> tuple[np.ndarray, np.
     from pipeline.dataset_info import read_dataset_info
     from trainer.scoring import labeled_logits
 
-    return labeled_logits(run, read_dataset_info(str(data)), "valid")
+    return labeled_logits(run, read_dataset_info(str(data)), ("valid",))[0]
 
 
 def cross_fitted(labels: np.ndarray, logits: np.ndarray, seed: int) -> dict[str, dict[str, float]]:

@@ -32,7 +32,7 @@ import math
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -163,14 +163,20 @@ def _logits(model: Any, info: DatasetInfo, split: str, batch_size: int, desc: st
             yield logits, None if labels is None else labels.numpy()
 
 
-def labeled_logits(run_dir: pathlib.Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, the model's own logits, before calibration) of a labeled `split`, float64, in stored order."""
-    if not info.labeled or split not in info.splits:
-        raise ScoringError(f"{info.data_dir} holds {'unlabeled ' if not info.labeled else ''}splits "
-                           f"{list(info.splits)}: needs a labeled split {split!r} (the run's `pipeline` output)")
+def labeled_logits(run_dir: pathlib.Path, info: DatasetInfo, splits: Sequence[str],
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per labeled split: (labels, the model's own logits, before calibration), float64, in stored order;
+    the model is loaded once for all of them."""
+    for split in splits:
+        if not info.labeled or split not in info.splits:
+            raise ScoringError(f"{info.data_dir} holds {'unlabeled ' if not info.labeled else ''}splits "
+                               f"{list(info.splits)}: needs a labeled split {split!r} (the run's `pipeline` output)")
     model, batch_size, _ = _load(run_dir, info)
-    logits, labels = zip(*_logits(model, info, split, batch_size, split, IDENTITY), strict=True)
-    return np.concatenate(labels).astype(np.float64), np.concatenate(logits).astype(np.float64)
+    result = []
+    for split in splits:
+        logits, labels = zip(*_logits(model, info, split, batch_size, split, IDENTITY), strict=True)
+        result.append((np.concatenate(labels).astype(np.float64), np.concatenate(logits).astype(np.float64)))
+    return result
 
 
 def evaluate(run_dir: str | pathlib.Path, info: DatasetInfo, split: str | None = None,

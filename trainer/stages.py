@@ -232,7 +232,7 @@ def run_calibrate(run_dir: pathlib.Path, info: DatasetInfo, method: str) -> dict
                            "calibrate refits the map of a finished run")
     metrics = json.loads(metrics_path.read_text())
     previous = metrics.get("calibration", {}).get("method", "none")
-    valid, test = labeled_logits(run_dir, info, "valid"), labeled_logits(run_dir, info, "test")
+    valid, test = labeled_logits(run_dir, info, ("valid", "test"))
     calibration = {**calibrate(method, valid, test, run_dir), "refit": {"previous": previous,
                                                                         "data_dir": str(info.data_dir)}}
     _write_json(metrics_path, {**metrics, "calibration": calibration})
